@@ -1,0 +1,1 @@
+"""commandv.exporter — pyreft adapter import, layer mapping, translators, folding, pack export."""

@@ -1,0 +1,190 @@
+"""pyreft interventions → one internal low-rank form per donor layer.
+
+Every pyreft intervention (pyreft 0.1.0 ``interventions.py``) is, on a row ``h [d]``::
+
+    LoReFT    h + (act(h Wᵀ + b) − h R) Rᵀ          R [d, r] orthonormal columns
+    NoReFT    h + (act(h Wᵀ + b) − (h Pᵀ + p)) P    P [r, d] (proj_layer), p optional bias
+    DiReFT    h + act(h Wᵀ + b) Rᵀ
+    NodiReFT  h + act(h Wᵀ + b) P                   (proj_layer.bias unused in the forward)
+    ConsReFT  h + (c − h R) Rᵀ                      c [r] learned constant
+    LobiReFT  h + c Rᵀ
+
+All of them are ``h + act(h A + b) C − (h P) Q + e`` with
+``A [d, r]``, ``b [r]``, ``C [r, d]``, ``P [d, q]``, ``Q [q, d]``, ``e [d]``:
+:class:`DonorEdit` holds that form; :func:`from_state_dict` builds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from commandv.runtime.lowrank import canonical_activation, lowrank_delta
+
+INTERVENTION_TYPES = ("LoReFT", "NoReFT", "DiReFT", "NodiReFT", "ConsReFT", "LobiReFT")
+_CLASS_NAMES = {
+    "loreftintervention": "LoReFT",
+    "noreftintervention": "NoReFT",
+    "direftintervention": "DiReFT",
+    "nodireftintervention": "NodiReFT",
+    "consreftintervention": "ConsReFT",
+    "lobireftintervention": "LobiReFT",
+}
+
+
+class AdapterError(ValueError):
+    """An adapter folder or state dict cannot be read as a pyreft intervention."""
+
+
+def normalize_type(name: str) -> str:
+    """Map ``"<class 'pyreft.interventions.NodireftIntervention'>"``, ``"nodireft"``, … to a canonical name."""
+    key = str(name).rsplit(".", 1)[-1].strip("'<> ").lower()
+    if key in _CLASS_NAMES:
+        return _CLASS_NAMES[key]
+    for canon in INTERVENTION_TYPES:
+        if key in (canon.lower(), canon.lower() + "intervention"):
+            return canon
+    raise AdapterError(f"unknown intervention type {name!r}; supported: {', '.join(INTERVENTION_TYPES)}")
+
+
+@dataclass
+class DonorEdit:
+    """One donor layer's intervention in the common form (donor hidden size ``d``).
+
+    ``delta(h) = act(h@A + b)@C − (h@P)@Q + e``; ``A [d, r]``, ``b [r]``, ``C [r, d]``,
+    ``P [d, q]``/``Q [q, d]``/``e [d]`` optional. float64 arrays.
+    """
+
+    layer: int
+    kind: str
+    A: np.ndarray
+    b: np.ndarray
+    C: np.ndarray
+    act: str = "linear"
+    P: np.ndarray | None = None
+    Q: np.ndarray | None = None
+    e: np.ndarray | None = None
+
+    @property
+    def d(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[1])
+
+    def delta(self, h: np.ndarray) -> np.ndarray:
+        """``delta(h)`` for ``h [..., d]``."""
+        return lowrank_delta(h, self.A, self.b, self.C, self.act, self.P, self.Q, self.e)
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu").double().numpy() if hasattr(t, "detach") else np.asarray(t, np.float64)
+
+
+def orthogonal_weight(state: dict, prefix: str = "rotate_layer") -> np.ndarray:
+    """Effective ``[d, r]`` weight of a torch-orthogonal-parametrized ``LowRankRotateLayer``.
+
+    pyreft 0.1.0 saves ``{prefix}.parametrizations.weight.original`` and
+    ``{prefix}.parametrizations.weight.0.base``; the weight is what torch's
+    parametrization computes from both, so we rebuild that module and read it.
+    """
+    import torch
+
+    orig_key = f"{prefix}.parametrizations.weight.original"
+    base_key = f"{prefix}.parametrizations.weight.0.base"
+    if orig_key not in state:
+        raise AdapterError(f"state dict lacks {orig_key!r}")
+    original = state[orig_key]
+    d, r = original.shape
+
+    class _Rotate(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.empty(d, r, dtype=original.dtype))
+
+    mod = torch.nn.utils.parametrizations.orthogonal(_Rotate())
+    sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    if base_key not in state:
+        sub = {k: v for k, v in sub.items() if not k.endswith(".base")}
+    try:
+        mod.load_state_dict(sub, strict=base_key in state)
+    except RuntimeError as exc:
+        raise AdapterError(f"cannot rebuild the orthogonal rotation: {str(exc).splitlines()[0]}") from None
+    with torch.no_grad():
+        return _np(mod.weight)
+
+
+def _need(state: dict, *keys: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise AdapterError(f"state dict lacks {missing} (has {sorted(state)[:8]})")
+
+
+def infer_type(state: dict) -> str:
+    """Guess the intervention type from the saved keys; raise when ambiguous."""
+    keys = set(state)
+    if "rotate_layer" in keys and "weight" in keys:
+        return "LoReFT"
+    if any(k.startswith("rotate_layer.parametrizations") for k in keys):
+        if "learned_source.weight" in keys:
+            return "DiReFT"
+        raise AdapterError("cannot tell ConsReFT from LobiReFT from the weights alone; pass the type")
+    if "proj_layer.weight" in keys:
+        raise AdapterError("cannot tell NoReFT from NodiReFT from the weights alone; pass the type")
+    raise AdapterError(f"state dict keys {sorted(keys)[:8]} match no pyreft intervention")
+
+
+def from_state_dict(state: dict, kind: str | None, layer: int, act: str | None = None) -> DonorEdit:
+    """Build the :class:`DonorEdit` of one saved pyreft intervention state dict."""
+    kind = normalize_type(kind) if kind else infer_type(state)
+    try:
+        act = canonical_activation(act)
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
+    if kind == "LoReFT":
+        _need(state, "weight", "bias", "rotate_layer")
+        W, b, R = _np(state["weight"]), _np(state["bias"]), _np(state["rotate_layer"])
+        edit = DonorEdit(layer, kind, W.T, b, R.T, act, P=R, Q=R.T)
+    elif kind in ("NoReFT", "NodiReFT"):
+        _need(state, "proj_layer.weight", "learned_source.weight", "learned_source.bias")
+        Pw = _np(state["proj_layer.weight"])
+        W, b = _np(state["learned_source.weight"]), _np(state["learned_source.bias"])
+        edit = DonorEdit(layer, kind, W.T, b, Pw, act)
+        if kind == "NoReFT":
+            edit.P, edit.Q = Pw.T, Pw
+            if "proj_layer.bias" in state:
+                edit.e = -_np(state["proj_layer.bias"]) @ Pw
+    elif kind == "DiReFT":
+        _need(state, "learned_source.weight", "learned_source.bias")
+        R = orthogonal_weight(state)
+        W, b = _np(state["learned_source.weight"]), _np(state["learned_source.bias"])
+        edit = DonorEdit(layer, kind, W.T, b, R.T, act)
+    else:  # ConsReFT / LobiReFT: constant source c [r], no input dependence in the act term
+        _need(state, "learned_source")
+        R = orthogonal_weight(state)
+        c = _np(state["learned_source"]).reshape(-1)
+        d, r = R.shape
+        edit = DonorEdit(layer, kind, np.zeros((d, r)), c, R.T, "linear")
+        if kind == "ConsReFT":
+            edit.P, edit.Q = R, R.T
+    _check_shapes(edit)
+    return edit
+
+
+def _check_shapes(edit: DonorEdit) -> None:
+    d, r = edit.A.shape
+    if r < 1:
+        raise AdapterError(f"layer {edit.layer}: rank is 0")
+    if edit.b.shape != (r,) or edit.C.shape != (r, d):
+        raise AdapterError(
+            f"layer {edit.layer}: inconsistent shapes A{list(edit.A.shape)} b{list(edit.b.shape)} "
+            f"C{list(edit.C.shape)}"
+        )
+    if edit.P is not None and (edit.P.shape[0] != d or edit.Q.shape != (edit.P.shape[1], d)):
+        raise AdapterError(f"layer {edit.layer}: inconsistent shapes P{list(edit.P.shape)} Q{list(edit.Q.shape)}")
+    for name in ("A", "b", "C", "P", "Q", "e"):
+        t = getattr(edit, name)
+        if t is not None and not np.all(np.isfinite(t)):
+            raise AdapterError(f"layer {edit.layer}: tensor {name} has NaN or Inf values")

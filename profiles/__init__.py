@@ -1,0 +1,1 @@
+"""commandv.profiles — prompt sets, activation capture (HF and GGUF), profile store."""

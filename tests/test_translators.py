@@ -1,0 +1,74 @@
+"""Translators through the Gram matrix vs torch.linalg.pinv (the independent reference)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from commandv.exporter.translators import factorize, fit_diagnostics, translator  # noqa: E402
+
+
+def ref_pinv_times(X, Y, rtol=None):
+    Xt = torch.from_numpy(np.asarray(X, np.float64))
+    kw = {} if rtol is None else {"rtol": rtol}
+    return (torch.linalg.pinv(Xt, **kw) @ torch.from_numpy(np.asarray(Y, np.float64))).numpy()
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("n,d", [(20, 64), (64, 48), (40, 40)])
+def test_full_rank_matches_pinv(n, d):
+    rng = np.random.default_rng(n + d)
+    X = rng.standard_normal((n, d))
+    Y = rng.standard_normal((n, 33))
+    f = factorize(X)
+    assert rel(f.pinv_times(Y), ref_pinv_times(X, Y)) < 1e-9
+    M = rng.standard_normal((5, d))
+    ref = M @ torch.linalg.pinv(torch.from_numpy(X)).numpy()
+    assert rel(f.times_pinv(M), ref) < 1e-9
+
+
+def test_rank_deficient_matches_pinv_with_same_cutoff():
+    rng = np.random.default_rng(1)
+    X = (rng.standard_normal((50, 7)) @ rng.standard_normal((7, 120))).astype(np.float32)
+    Y = rng.standard_normal((50, 9)).astype(np.float32)
+    f = factorize(X)
+    assert f.rank == 7
+    rtol = max(X.shape) * np.finfo(np.float32).eps
+    assert rel(f.pinv_times(Y), ref_pinv_times(X, Y, rtol=rtol)) < 1e-6
+
+
+def test_duplicate_rows_and_zero_matrix():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((10, 30))
+    X[5] = X[2]
+    f = factorize(X)
+    assert f.rank == 9
+    Y = rng.standard_normal((10, 4))
+    assert rel(f.pinv_times(Y), ref_pinv_times(X, Y)) < 1e-8
+    z = factorize(np.zeros((4, 8)))
+    assert z.rank == 0 and np.all(z.pinv_times(np.ones((4, 2))) == 0)
+
+
+def test_translator_matrix_and_diagnostics():
+    rng = np.random.default_rng(3)
+    XR = rng.standard_normal((30, 40))
+    T = rng.standard_normal((40, 50))
+    XD = XR @ T  # a perfectly linear relation: held-out R² must be ~1
+    fR, fD = factorize(XR), factorize(XD)
+    C = translator(fR, XD)
+    assert rel(C, ref_pinv_times(XR, XD)) < 1e-8
+    held = rng.standard_normal((8, 40))
+    diag = fit_diagnostics(fR, fD, held @ np.linalg.pinv(XR) @ XR, (held @ np.linalg.pinv(XR) @ XR) @ T)
+    assert diag["r2_r2d"] > 0.999999
+    noise = fit_diagnostics(fR, fD, rng.standard_normal((8, 40)), rng.standard_normal((8, 50)))
+    assert noise["r2_r2d"] < 0.5
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        factorize(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match=r"\[N, d\]"):
+        factorize(np.zeros((0, 3)))
