@@ -1,0 +1,128 @@
+"""Export speed: reference pinv translators + fold vs the Gram-factor fold (cold and warm).
+
+Paper shapes by default: N=1030 prompts, d_R=3072, d_D=4096, rank 8, 16 layer
+pairs, random data (NodiReFT-style edit: A = W1ᵀ, C = W2). The reference is
+what the authors' code does: ``torch.linalg.pinv(X) @ Y`` both ways (float32),
+then ``A' = C_R→D @ A``, ``C' = C @ C_D→R``.
+
+Also reports the pack size for a real pair (Qwen1.5B → Qwen0.5B, rank 8, every
+2nd donor layer) next to the recipient file and the unfolded translators,
+when both zoo models are fetched (``--real``).
+
+    python benchmarks/export_speed.py [--layers 16] [--real]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1030)
+    ap.add_argument("--d-r", type=int, default=3072)
+    ap.add_argument("--d-d", type=int, default=4096)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--real", action="store_true", help="also measure the Qwen1.5B→Qwen0.5B pack size")
+    ap.add_argument("--real-prompts", type=int, default=128)
+    args = ap.parse_args()
+
+    import torch
+
+    from commandv.exporter.fold import fold_edit
+    from commandv.exporter.interventions import DonorEdit
+    from commandv.exporter.export import cached_factor, clear_factor_cache
+
+    torch.set_num_threads(torch.get_num_threads())
+    rng = np.random.default_rng(0)
+    L, n, dR, dD, r = args.layers, args.n, args.d_r, args.d_d, args.rank
+    XR = [rng.standard_normal((n, dR)).astype(np.float32) for _ in range(L)]
+    XD = [rng.standard_normal((n, dD)).astype(np.float32) for _ in range(L)]
+    edits = [DonorEdit(i, "NodiReFT", rng.standard_normal((dD, r)) / 64, rng.standard_normal(r),
+                       rng.standard_normal((r, dD)) / 64, "linear") for i in range(L)]
+
+    print(f"reference: torch.linalg.pinv both ways + fold, {L} layer pairs ...", flush=True)
+    t0 = time.perf_counter()
+    ref = []
+    for i in range(L):
+        xr, xd = torch.from_numpy(XR[i]), torch.from_numpy(XD[i])
+        C_rd = torch.linalg.pinv(xr) @ xd
+        C_dr = torch.linalg.pinv(xd) @ xr
+        A = C_rd @ torch.from_numpy(edits[i].A.astype(np.float32))
+        C = torch.from_numpy(edits[i].C.astype(np.float32)) @ C_dr
+        ref.append((A.numpy(), C.numpy()))
+        print(f"  layer {i}: {time.perf_counter() - t0:.1f} s", flush=True)
+    ref_s = time.perf_counter() - t0
+
+    def ours():
+        out = []
+        for i in range(L):
+            fR = cached_factor(("bench-R", i), XR[i])
+            fD = cached_factor(("bench-D", i), XD[i])
+            out.append(fold_edit(edits[i], fR, fD, i))
+        return out
+
+    clear_factor_cache()
+    t0 = time.perf_counter()
+    cold = ours()
+    cold_s = time.perf_counter() - t0
+    warm_times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        warm = ours()
+        warm_times.append(time.perf_counter() - t0)
+    warm_s = float(np.median(warm_times))
+    err = 0.0
+    for (A, C), e in zip(ref, cold):
+        err = max(err, float(np.abs(e.A - A).max() / np.abs(A).max()), float(np.abs(e.C - C).max() / np.abs(C).max()))
+    assert all(np.array_equal(a.A, b.A) for a, b in zip(cold, warm))
+    figures = {
+        "ref_seconds": (ref_s, "s"), "cold_seconds": (cold_s, "s"), "warm_seconds": (warm_s, "s"),
+        "cold_speedup": (ref_s / cold_s, "x"), "warm_speedup": (ref_s / warm_s, "x"), "max_rel_err": (err, "relative"),
+    }
+    print({k: round(v[0], 6) for k, v in figures.items()}, flush=True)
+    if args.real:
+        figures.update(real_pack_sizes(args.real_prompts))
+    write_results("export_speed", figures, {"shapes": {"N": n, "d_R": dR, "d_D": dD, "rank": r, "layer_pairs": L}})
+
+
+def real_pack_sizes(n_prompts: int) -> dict:
+    """Pack for Qwen1.5B → Qwen0.5B with a random rank-8 NodiReFT on every 2nd donor layer."""
+    import tempfile
+
+    from commandv.exporter.adapters import Adapter
+    from commandv.exporter.export import export_pack
+    from commandv.exporter.interventions import DonorEdit
+    from commandv.profiles.profiler import profile_model
+    from commandv.runtime import zoo
+
+    donor, recip = "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"
+    dprof, _, _ = profile_model(donor, "general", "gguf", limit=n_prompts)
+    rprof, _, _ = profile_model(recip, "general", "gguf", limit=n_prompts)
+    rng = np.random.default_rng(1)
+    d = dprof.meta.d_model
+    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((d, 8)) / 40, rng.standard_normal(8),
+                       rng.standard_normal((8, d)) / 40) for l in range(0, dprof.meta.n_layer, 2)]
+    ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="0" * 64,
+                 source="random")
+    res = export_pack(ad, dprof, rprof, name="size-probe")
+    with tempfile.TemporaryDirectory() as tmp:
+        size = res.pack.save(Path(tmp) / "p.gguf").stat().st_size
+    dR, dD = rprof.meta.d_model, dprof.meta.d_model
+    unfolded = len(edits) * (2 * dR * dD) * 4 + sum(e.A.nbytes + e.C.nbytes + e.b.nbytes for e in edits) // 2
+    print(f"pack {size} B, recipient {zoo.path(recip).stat().st_size} B, unfolded {unfolded} B")
+    return {"pack_bytes": (size, "bytes"), "recipient_bytes": (zoo.path(recip).stat().st_size, "bytes"),
+            "unfolded_bytes": (unfolded, "bytes")}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""``cmdv``: the one command-line entry point.
+
+Sub-commands: ``models`` (zoo), ``profile``, ``export``, ``inspect``, ``run``/``chat``
+(llama.cpp engine) and ``demo``. User errors print one red line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+
+from commandv.runtime.cli_models import app as models_app
+
+from .layermap import DEFAULT_LAYER_RULE, LAYER_RULES
+
+app = typer.Typer(help="Command-V behavior transfer: profile models, export behavior packs, run them.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the project's user-facing errors (all ``ValueError``/``RuntimeError`` subclasses it defines,
+    plus missing files) into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            if not type(exc).__module__.startswith("commandv") and not isinstance(exc, FileNotFoundError):
+                raise
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command("profile")
+@user_errors
+def profile_cmd(
+    model: str = typer.Argument(..., help="zoo key, .gguf file, HF folder or hub id"),
+    prompts: str = typer.Option("general", "--prompts", "-p", help="built-in set name or .jsonl/.txt file"),
+    backend: str = typer.Option("gguf", help="gguf (llama.cpp) or hf (transformers)"),
+    limit: Optional[int] = typer.Option(None, help="use only the first N prompts"),
+    batch: int = typer.Option(8, help="prompts per forward batch"),
+    match: str = typer.Option("file", help="reuse a stored profile of the exact file ('file') or of any file "
+                                           "of the same network, e.g. another quantization ('network')"),
+    force: bool = typer.Option(False, help="recompute even if stored"),
+) -> None:
+    """Record the last prompt token's residual stream after every block, for every prompt."""
+    from commandv.profiles.profiler import profile_model
+
+    prof, path, cached = profile_model(model, prompts, backend, limit=limit, batch=batch, match=match, force=force)
+    m = prof.meta
+    state = "reused stored profile" if cached else f"computed in {m.seconds:.1f} s ({m.n_prompts / max(m.seconds, 1e-9):.1f} prompts/s)"
+    out.print(f"{m.model_name}: {m.n_layer} layers × [{m.n_prompts}, {m.d_model}] ({m.backend}); {state}")
+    out.print(f"prompt set {m.prompt_set} sha256 {m.prompt_sha256[:16]}…, model {m.model_fingerprint[:16]}…")
+    out.print(f"saved: {path}")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    adapter: Path = typer.Option(..., help="pyreft adapter folder (config.json + intkey_*.bin)"),
+    donor: str = typer.Option(..., help="donor model the adapter was trained on"),
+    recipient: str = typer.Option(..., help="recipient model (zoo key, .gguf or HF folder)"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="pack file to write (.gguf)"),
+    prompts: str = typer.Option("general", help="prompt set used to profile both models"),
+    limit: Optional[int] = typer.Option(None, help="use only the first N prompts"),
+    layer_rule: str = typer.Option(DEFAULT_LAYER_RULE, help=f"layer mapping: {' or '.join(LAYER_RULES)} "
+                                   "(nearest = the authors' code, ties to the lower layer; floor = the paper)"),
+    holdout: float = typer.Option(0.1, help="fraction of prompts kept out of the fit for diagnostics"),
+    kind: Optional[str] = typer.Option(None, "--type", help="intervention type when the folder has no config.json"),
+    act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
+    positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
+    strength: float = typer.Option(1.0, help="default strength stored in the pack"),
+    backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
+    dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
+    name: Optional[str] = typer.Option(None, help="pack name"),
+) -> None:
+    """Fold a donor's pyreft adapter into a behavior pack for the recipient."""
+    from commandv.profiles.profiler import profile_model
+
+    from .adapters import load_adapter
+    from .export import diagnostics_table, export_pack
+
+    ad = load_adapter(adapter, kind=kind, act=act, positions=positions)
+    dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
+    rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    res = export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength,
+                      name=name or out_path.stem, donor_name=dprof.meta.model_name)
+    res.pack.save(out_path, dtype=dtype)
+    out.print(diagnostics_table(res.diagnostics))
+    out.print(f"{res.pack.summary()}\nfolded in {res.seconds * 1000:.0f} ms; wrote {out_path} "
+              f"({out_path.stat().st_size / 1e3:.1f} kB)")
+
+
+@app.command("inspect")
+@user_errors
+def inspect_cmd(pack: Path = typer.Argument(..., help="behavior pack file")) -> None:
+    """Validate a pack and print what it holds."""
+    from commandv.runtime.pack import BehaviorPack
+
+    from .export import diagnostics_table
+
+    p = BehaviorPack.load(pack)
+    out.print(p.summary())
+    for k, v in sorted(p.meta.items()):
+        out.print(f"  {k}: {v}", highlight=False)
+    for i, e in enumerate(p.entries):
+        extra = f", P/Q rank {e.P.shape[1]}" if e.P is not None else ""
+        out.print(f"  entry {i}: donor layer {e.donor_layer} → layer {e.layer}, rank {e.rank}{extra}, act {e.act}, "
+                  f"positions {e.positions}, strength {e.strength:g}")
+    if p.diagnostics:
+        out.print(diagnostics_table(p.diagnostics))
+
+
+def _register_optional() -> None:
+    """Sub-commands living in modules added by later issues (run/chat/demo)."""
+    import importlib
+
+    for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:
+                continue
+            raise
+        m.register(app, user_errors)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app(prog_name="cmdv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Adapter + two profiles → behavior pack (with held-out fit diagnostics).
+
+Steps: check the profiles share prompts; split rows into fit / held-out; map
+donor layers to recipient layers; factor each profile layer once (cached);
+fold every donor edit; measure held-out R², cycle error and delta energy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from commandv.profiles.store import Profile
+from commandv.runtime import __version__
+from commandv.runtime.pack import BehaviorPack
+
+from .adapters import Adapter
+from .fold import fold_edit
+from .layermap import DEFAULT_LAYER_RULE, build_layer_map
+from .translators import GramFactor, factorize, fit_diagnostics
+
+
+class ExportError(ValueError):
+    """Inputs to an export do not fit together."""
+
+
+_FACTORS: "OrderedDict[tuple, GramFactor]" = OrderedDict()
+_MAX_FACTORS = 256
+
+
+def cached_factor(key: tuple, X: np.ndarray) -> GramFactor:
+    """Factor ``X`` once per ``key`` (profile fingerprint, prompts, backend, layer, rows) per process."""
+    f = _FACTORS.get(key)
+    if f is None:
+        f = factorize(X)
+        _FACTORS[key] = f
+        while len(_FACTORS) > _MAX_FACTORS:
+            _FACTORS.popitem(last=False)
+    else:
+        _FACTORS.move_to_end(key)
+    return f
+
+
+def clear_factor_cache() -> None:
+    _FACTORS.clear()
+
+
+def holdout_rows(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of ``range(n)`` into (fit, held-out) row indices."""
+    if not (0.0 <= fraction < 0.9):
+        raise ExportError(f"holdout fraction {fraction} outside [0, 0.9)")
+    m = int(round(n * fraction))
+    if fraction > 0 and m == 0:
+        m = 1
+    perm = np.random.default_rng(seed).permutation(n)
+    held = np.sort(perm[:m])
+    fit = np.sort(perm[m:])
+    if len(fit) < 2:
+        raise ExportError(f"only {len(fit)} prompts left to fit translators")
+    return fit, held
+
+
+@dataclass
+class ExportResult:
+    pack: BehaviorPack
+    diagnostics: list[dict]
+    seconds: float
+
+
+def _profile_key(p: Profile) -> tuple:
+    return (p.meta.model_fingerprint, p.meta.prompt_sha256, p.meta.backend)
+
+
+def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_rule: str = DEFAULT_LAYER_RULE,
+                holdout: float = 0.1, strength: float = 1.0, name: str = "pack", donor_name: str | None = None,
+                positions: str | None = None) -> ExportResult:
+    """Fold ``adapter`` (trained on the donor) into a pack for the recipient."""
+    t0 = time.perf_counter()
+    dm, rm = donor.meta, recipient.meta
+    if dm.prompt_sha256 != rm.prompt_sha256 or dm.n_prompts != rm.n_prompts:
+        raise ExportError(f"profiles were made on different prompt sets ({dm.prompt_set} {dm.prompt_sha256[:12]} vs "
+                          f"{rm.prompt_set} {rm.prompt_sha256[:12]}); profile both models on the same prompts")
+    if adapter.d_model != dm.d_model:
+        raise ExportError(f"adapter hidden size {adapter.d_model} does not match the donor profile's d={dm.d_model} "
+                          f"({dm.model_name}): wrong donor model?")
+    bad = [l for l in adapter.layers if not (0 <= l < dm.n_layer)]
+    if bad:
+        raise ExportError(f"adapter layers {bad} out of range for the donor's {dm.n_layer} layers")
+    lmap = build_layer_map(adapter.layers, dm.n_layer, rm.n_layer, layer_rule)
+    fit, held = holdout_rows(dm.n_prompts, holdout)
+    entries, diags = [], []
+    rows_key = (len(fit), int(fit.sum()))
+    for edit, (l_d, l_r) in zip(adapter.edits, lmap.pairs):
+        XD, XR = donor.layer(l_d), recipient.layer(l_r)
+        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit])
+        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit])
+        entry = fold_edit(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength)
+        entries.append(entry)
+        d = {"donor_layer": l_d, "recipient_layer": l_r, "rank_fit_R": fR.rank, "rank_fit_D": fD.rank}
+        if len(held):
+            d.update(fit_diagnostics(fR, fD, XR[held], XD[held]))
+            hr = XR[held].astype(np.float32)
+            d["delta_energy"] = float(np.linalg.norm(entry.delta(hr), axis=1).mean()
+                                      / max(np.linalg.norm(hr, axis=1).mean(), 1e-30))
+            hd = XD[held].astype(np.float64)
+            d["donor_delta_energy"] = float(np.linalg.norm(edit.delta(hd), axis=1).mean()
+                                            / max(np.linalg.norm(hd, axis=1).mean(), 1e-30))
+        diags.append(d)
+    pack = BehaviorPack(
+        entries=entries,
+        name=name,
+        recipient={"fingerprint": rm.model_fingerprint, "arch": rm.arch, "n_layer": rm.n_layer,
+                   "d_model": rm.d_model, "name": rm.model_name},
+        meta={
+            "created_by": f"commandv {__version__}",
+            "donor": donor_name or dm.model_name,
+            "donor_fingerprint": dm.model_fingerprint,
+            "donor_arch": dm.arch, "donor_n_layer": dm.n_layer, "donor_d_model": dm.d_model,
+            "adapter_sha256": adapter.sha256, "adapter_kind": adapter.kind, "adapter_source": adapter.source,
+            "recipient_network_fingerprint": rm.network_fingerprint,
+            "prompt_set": rm.prompt_set, "prompt_sha256": rm.prompt_sha256,
+            "profile_backends": [dm.backend, rm.backend],
+            "layer_rule": layer_rule, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
+        },
+        diagnostics=diags,
+    )
+    pack.validate()
+    return ExportResult(pack=pack, diagnostics=diags, seconds=time.perf_counter() - t0)
+
+
+def diagnostics_table(diags: list[dict]):
+    """A rich table of per-layer-pair diagnostics."""
+    from rich.table import Table
+
+    t = Table(title="translator fit (held-out prompts)")
+    for col in ("donor→recipient", "R² R→D", "R² D→R", "cycle err", "Δ energy (R)", "Δ energy (D)"):
+        t.add_column(col, justify="right")
+    fmt = lambda d, k: f"{d[k]:.3f}" if k in d else "–"  # noqa: E731
+    for d in diags:
+        t.add_row(f"{d['donor_layer']}→{d['recipient_layer']}", fmt(d, "r2_r2d"), fmt(d, "r2_d2r"),
+                  fmt(d, "cycle_err"), fmt(d, "delta_energy"), fmt(d, "donor_delta_energy"))
+    return t

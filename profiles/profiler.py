@@ -1,0 +1,107 @@
+"""Profile a model on a prompt set, through the store (computed once, then reused).
+
+``profile_model("smollm2-135m-instruct", "general", backend="gguf")`` resolves the
+model (zoo key, .gguf file, HF folder or hub id), looks the profile up by
+(model fingerprint, prompt-set hash, backend) and computes it only if missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from commandv.runtime import __version__
+from commandv.runtime.fingerprint import file_fingerprint, model_info_from_gguf
+from commandv.runtime.model_ref import ModelError, ModelRef, resolve_model
+
+from .prompts import PromptSet, load_prompt_set
+from .store import Profile, ProfileMeta, find_profile, profile_path
+
+BACKENDS = ("gguf", "hf")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a profile records about its model."""
+
+    fingerprint: str
+    network_fingerprint: str
+    name: str
+    arch: str
+    n_layer: int
+    d_model: int
+
+
+def model_identity(ref: ModelRef) -> ModelIdentity:
+    """Fingerprints and shape of a resolved model (GGUF header, or HF ``config.json`` + weight hashes)."""
+    if ref.kind == "gguf":
+        info = model_info_from_gguf(ref.path)
+        return ModelIdentity(info.fingerprint, info.network_fingerprint, info.name, info.arch, info.n_layer, info.d_model)
+    folder = ref.folder
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}/config.json unreadable: {exc}") from None
+    cfg = cfg.get("text_config", cfg)
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for w in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        h.update(w.name.encode() + bytes.fromhex(file_fingerprint(w)))
+    net = hashlib.sha256(json.dumps({k: cfg.get(k) for k in (
+        "model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size",
+        "num_attention_heads", "num_key_value_heads")}, sort_keys=True).encode()).hexdigest()
+    return ModelIdentity(h.hexdigest(), net, folder.name, str(cfg.get("model_type")),
+                         int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]))
+
+
+def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, backend: str,
+                    batch: int = 8, progress: bool = True, template: bool = True) -> Profile:
+    """Run the capture backend and wrap the result as a :class:`Profile`."""
+    if backend == "gguf":
+        if ref.kind != "gguf":
+            raise ModelError(f"backend 'gguf' needs a .gguf model, got {ref.kind} ({ref.spec}); use --backend hf")
+        from .capture_gguf import capture_gguf
+
+        res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=batch, progress=progress)
+        seconds = getattr(res, "seconds", 0.0)
+    elif backend == "hf":
+        from .capture_hf import capture_hf
+        from .hf_models import load_hf_model
+
+        model, tok, _ = load_hf_model(ref.spec if ref.zoo_key else str(ref.path), progress=progress)
+        res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=batch, progress=progress)
+        seconds = res.seconds
+    else:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if res.n_layer != ident.n_layer or res.d_model != ident.d_model:
+        raise ModelError(f"captured {res.n_layer}×{res.d_model} but the model header says "
+                         f"{ident.n_layer}×{ident.d_model}")
+    meta = ProfileMeta(
+        model_fingerprint=ident.fingerprint, network_fingerprint=ident.network_fingerprint,
+        model_name=ident.name, arch=ident.arch, n_layer=ident.n_layer, d_model=ident.d_model,
+        n_prompts=len(prompts.prompts), prompt_set=prompts.name, prompt_sha256=prompts.sha256,
+        backend=backend, template=res.template, rendered_example=res.rendered_example,
+        tool_version=__version__, seconds=float(seconds), token_counts=list(res.token_counts))
+    return Profile(layers=res.layers, meta=meta)
+
+
+def profile_model(model: str, prompts: str | PromptSet = "general", backend: str = "gguf", *,
+                  limit: int | None = None, batch: int = 8, match: str = "file", force: bool = False,
+                  progress: bool = True, root: Path | None = None) -> tuple[Profile, Path, bool]:
+    """Get (or compute and store) a profile. Returns ``(profile, path, was_cached)``."""
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    ps = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts, limit=limit)
+    ref = resolve_model(model)
+    if backend == "gguf" and ref.kind != "gguf":
+        backend = "hf"
+    ident = model_identity(ref)
+    path = profile_path(ident.fingerprint, ps.sha256, backend, root)
+    if not force:
+        hit = find_profile(ident.fingerprint, ps.sha256, backend, ident.network_fingerprint, match, root)
+        if hit is not None:
+            return hit, path, True
+    prof = compute_profile(ref, ident, ps, backend, batch=batch, progress=progress)
+    prof.save(path)
+    return prof, path, False

@@ -1,0 +1,219 @@
+"""Reference engine: behavior packs on a transformers model with forward hooks.
+
+This is the ground truth the llama.cpp and ONNX engines are tested against,
+and the workstation engine for HF models. Semantics (shared by every engine):
+
+* the prompt is one user turn rendered with the model's chat template
+  (generation header included), tokenized without extra special tokens;
+* during the single prompt forward pass, after decoder block ``entry.layer``,
+  the rows of the targeted prompt positions get ``h += s · delta(h)``, entries
+  applied in order (packs in list order, entries in file order);
+* generated tokens are never edited: they see the edit through the KV cache.
+
+torch/transformers are imported lazily (this module lives in the device
+package but is only used on workstations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .chat_template import render_chat, user_turn
+from .pack import BehaviorPack, PackEntry, PackError
+from .positions import Positions
+
+_TORCH_ACTS = {
+    "linear": lambda t: t,
+    "relu": lambda t: t.clamp_min(0),
+    "gelu": lambda t: __import__("torch").nn.functional.gelu(t),
+    "gelu_new": lambda t: __import__("torch").nn.functional.gelu(t, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda t: __import__("torch").nn.functional.gelu(t, approximate="tanh"),
+    "silu": lambda t: __import__("torch").nn.functional.silu(t),
+    "swish": lambda t: __import__("torch").nn.functional.silu(t),
+    "tanh": lambda t: t.tanh(),
+    "sigmoid": lambda t: t.sigmoid(),
+}
+
+
+@dataclass
+class Edit:
+    """One edit bound to a layer: ``fn(h [n, d]) -> delta [n, d]`` (torch), strength, positions."""
+
+    layer: int
+    fn: Callable
+    strength: float
+    positions: Positions
+
+
+def entry_edit(entry: PackEntry, strength: float = 1.0) -> Edit:
+    """A torch :class:`Edit` computing exactly ``entry.delta`` (float32)."""
+    import torch
+
+    t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    A, b, C, P, Q, e = (t(entry.A), t(entry.b), t(entry.C), t(entry.P), t(entry.Q), t(entry.e))
+    act = _TORCH_ACTS[entry.act]
+
+    def fn(h):
+        out = act(h @ A + b) @ C
+        if P is not None:
+            out = out - (h @ P) @ Q
+        if e is not None:
+            out = out + e
+        return out
+
+    return Edit(entry.layer, fn, float(entry.strength) * strength, Positions.parse(entry.positions))
+
+
+def pack_edits(packs: Sequence[BehaviorPack], strengths: Sequence[float] | None = None) -> list[Edit]:
+    """Edits of several packs, composed in list order."""
+    strengths = list(strengths) if strengths is not None else [1.0] * len(packs)
+    if len(strengths) != len(packs):
+        raise PackError(f"{len(packs)} packs but {len(strengths)} strengths")
+    return [entry_edit(e, s) for p, s in zip(packs, strengths) for e in p.entries]
+
+
+class TorchRecipient:
+    """A transformers causal LM that accepts behavior packs.
+
+    ``TorchRecipient.from_spec("smollm2-135m-instruct")`` or ``TorchRecipient(model, tokenizer)``.
+    """
+
+    def __init__(self, model, tokenizer, fingerprint: str | None = None, arch: str | None = None):
+        from commandv.profiles.capture_hf import decoder_layers  # workstation-only import
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.layers = decoder_layers(model)
+        self.n_layer = len(self.layers)
+        self.d_model = int(model.config.hidden_size)
+        self.fingerprint = fingerprint
+        self.arch = arch or str(model.config.model_type)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "TorchRecipient":
+        from commandv.profiles.hf_models import load_hf_model
+        from commandv.profiles.profiler import model_identity
+
+        model, tok, ref = load_hf_model(spec)
+        ident = model_identity(ref)
+        return cls(model, tok, ident.fingerprint, ident.arch)
+
+    # ----------------------------------------------------------------- prompts
+    def render(self, prompt: str, template: bool = True) -> str:
+        tok = self.tokenizer
+        if not template:
+            return prompt
+        return render_chat(getattr(tok, "chat_template", None), user_turn(prompt), True,
+                           tok.bos_token or "", tok.eos_token or "")
+
+    def encode(self, prompt: str, template: bool = True) -> list[int]:
+        text = self.render(prompt, template)
+        ids = self.tokenizer(text, add_special_tokens=not template)["input_ids"]
+        if not ids:
+            raise ValueError("prompt is empty")
+        return list(ids)
+
+    # ----------------------------------------------------------------- forward
+    def _hooks(self, edits: list[Edit], n_prompt: int, state: dict, record: dict | None):
+        import torch
+
+        by_layer: dict[int, list[Edit]] = {}
+        for e in edits:
+            if not (0 <= e.layer < self.n_layer):
+                raise PackError(f"edit at layer {e.layer} but the model has {self.n_layer} layers")
+            by_layer.setdefault(e.layer, []).append(e)
+        idx_cache = {id(e): torch.tensor(e.positions.indices(n_prompt)) for e in edits}
+
+        def make(i):
+            def fn(_mod, _inp, output):
+                h = output[0] if isinstance(output, (tuple, list)) else output
+                if state["prompt"]:
+                    for e in by_layer.get(i, ()):
+                        idx = idx_cache[id(e)]
+                        rows = h[0, idx, :]
+                        h[0, idx, :] = rows + e.strength * e.fn(rows.float()).to(h.dtype)
+                if record is not None:
+                    record.setdefault(i, []).append(h[0].detach().float().clone())
+                return output
+
+            return fn
+
+        return [layer.register_forward_hook(make(i)) for i, layer in enumerate(self.layers)]
+
+    def check_pack(self, pack: BehaviorPack, force: bool = False) -> None:
+        pack.check_model(self.fingerprint, self.arch, self.n_layer, self.d_model, force=force)
+
+    def prompt_forward(self, ids: list[int], edits: list[Edit], record_hidden: bool = False):
+        """One prompt pass with ``edits``; returns ``(logits [T, V] np, hidden {layer: [T, d]} np)``."""
+        import torch
+
+        record: dict | None = {} if record_hidden else None
+        handles = self._hooks(edits, len(ids), {"prompt": True}, record)
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([ids]), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        hidden = {i: v[0].numpy() for i, v in (record or {}).items()}
+        return out.logits[0].float().numpy(), hidden
+
+    def generate_ids(self, ids: list[int], edits: list[Edit], max_new_tokens: int = 32,
+                     stop_ids: Sequence[int] = ()) -> list[int]:
+        """Greedy decoding with the KV cache; edits only during the prompt pass."""
+        import torch
+
+        state = {"prompt": True}
+        handles = self._hooks(edits, len(ids), state, None)
+        out_ids: list[int] = []
+        stop = set(stop_ids) | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set())
+        try:
+            with torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
+                state["prompt"] = False
+                past = out.past_key_values
+                for _ in range(max_new_tokens):
+                    nxt = int(out.logits[0, -1].argmax())
+                    if nxt in stop:
+                        break
+                    out_ids.append(nxt)
+                    out = self.model(input_ids=torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+                    past = out.past_key_values
+        finally:
+            for h in handles:
+                h.remove()
+        return out_ids
+
+    def generate(self, prompt: str, packs: Sequence[BehaviorPack] = (), strengths: Sequence[float] | None = None,
+                 max_new_tokens: int = 64, force: bool = False) -> str:
+        """Greedy continuation of one user prompt with ``packs`` applied (text)."""
+        for p in packs:
+            self.check_pack(p, force)
+        ids = self.encode(prompt)
+        new = self.generate_ids(ids, pack_edits(packs, strengths), max_new_tokens)
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def unfolded_edits(donor_edits, layer_pairs, C_rd: dict, C_dr: dict, positions: str = "l1",
+                   strength: float = 1.0) -> list[Edit]:
+    """Reference edits from explicit translators: ``delta_D(h @ C_R→D[l]) @ C_D→R[l]`` (checking only).
+
+    ``layer_pairs[i] = (donor_layer, recipient_layer)`` for ``donor_edits[i]``; ``C_rd``/``C_dr`` map
+    donor layer → ``[d_R, d_D]`` / ``[d_D, d_R]`` numpy matrices.
+    """
+    import torch
+
+    out = []
+    for edit, (l_d, l_r) in zip(donor_edits, layer_pairs):
+        crd = torch.from_numpy(np.asarray(C_rd[l_d], np.float64))
+        cdr = torch.from_numpy(np.asarray(C_dr[l_d], np.float64))
+
+        def fn(h, edit=edit, crd=crd, cdr=cdr):
+            x = (h.double() @ crd).numpy()
+            return (torch.from_numpy(edit.delta(x)) @ cdr).float()
+
+        out.append(Edit(l_r, fn, strength, Positions.parse(positions)))
+    return out
