@@ -31,8 +31,21 @@ _FACTORS: "OrderedDict[tuple, GramFactor]" = OrderedDict()
 _MAX_FACTORS = 256
 
 
+def _sample_digest(X: np.ndarray) -> str:
+    """Cheap digest of a strided ~64×64 sample of ``X`` plus its shape (guards the cache key)."""
+    import hashlib
+
+    n, d = X.shape
+    sample = np.ascontiguousarray(X[:: max(1, n // 64), :: max(1, d // 64)])
+    return hashlib.blake2b(sample.tobytes() + str(X.shape).encode(), digest_size=16).hexdigest()
+
+
 def cached_factor(key: tuple, X: np.ndarray) -> GramFactor:
-    """Factor ``X`` once per ``key`` (profile fingerprint, prompts, backend, layer, rows) per process."""
+    """Factor ``X`` once per ``key`` (profile fingerprint, prompts, backend, layer, rows) per process.
+
+    A digest of a sample of ``X`` joins the key, so two different matrices under one key never collide.
+    """
+    key = key + (_sample_digest(X),)
     f = _FACTORS.get(key)
     if f is None:
         f = factorize(X)

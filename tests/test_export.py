@@ -1,0 +1,80 @@
+"""export_pack: adapter + two profiles → pack equal to the explicit-pinv reference; diagnostics; errors."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from commandv.exporter.adapters import Adapter  # noqa: E402
+from commandv.exporter.export import ExportError, clear_factor_cache, export_pack, holdout_rows  # noqa: E402
+from commandv.exporter.interventions import DonorEdit  # noqa: E402
+from commandv.exporter.layermap import map_layer  # noqa: E402
+from commandv.runtime.pack import BehaviorPack  # noqa: E402
+from tests.helpers import rel_err  # noqa: E402
+from tests.test_store import make_profile  # noqa: E402
+
+
+def setup(n=50, dR=24, dD=32, LR=6, LD=8, seed=0):
+    rng = np.random.default_rng(seed)
+    donor = make_profile(n=n, d=dD, L=LD, fp="d" * 64, net="x" * 64)
+    recip = make_profile(n=n, d=dR, L=LR, fp="r" * 64, net="y" * 64)
+    donor.layers = [rng.standard_normal((n, dD)).astype(np.float32) for _ in range(LD)]
+    recip.layers = [rng.standard_normal((n, dR)).astype(np.float32) for _ in range(LR)]
+    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((dD, 4)) / 6, rng.standard_normal(4),
+                       rng.standard_normal((4, dD)) / 6, "linear") for l in (1, 3, 7)]
+    ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="a" * 64, source="t")
+    return ad, donor, recip
+
+
+def test_export_matches_reference_and_roundtrips(tmp_path):
+    clear_factor_cache()
+    ad, donor, recip = setup()
+    res = export_pack(ad, donor, recip, holdout=0.2, name="t")
+    fit, held = holdout_rows(50, 0.2)
+    assert len(held) == 10 and len(set(fit) & set(held)) == 0
+    for edit, entry in zip(ad.edits, res.pack.entries):
+        l_r = map_layer(edit.layer, 8, 6, "nearest")
+        assert entry.layer == l_r and entry.donor_layer == edit.layer
+        XR = torch.from_numpy(recip.layers[l_r][fit]).double()
+        XD = torch.from_numpy(donor.layers[edit.layer][fit]).double()
+        C_rd = (torch.linalg.pinv(XR) @ XD).numpy()
+        C_dr = (torch.linalg.pinv(XD) @ XR).numpy()
+        assert rel_err(entry.A, C_rd @ edit.A) < 1e-4
+        assert rel_err(entry.C, edit.C @ C_dr) < 1e-4
+    d = res.diagnostics[0]
+    assert {"r2_r2d", "r2_d2r", "cycle_err", "delta_energy", "donor_delta_energy"} <= set(d)
+    assert res.pack.meta["layer_rule"] == "nearest" and res.pack.meta["adapter_sha256"] == "a" * 64
+    q = BehaviorPack.load(res.pack.save(tmp_path / "p.gguf"))
+    assert q.diagnostics == res.diagnostics and q.recipient["fingerprint"] == "r" * 64
+
+
+def test_floor_rule_and_shared_recipient_layer():
+    ad, donor, recip = setup(LR=2)
+    res = export_pack(ad, donor, recip, layer_rule="floor", holdout=0.1)
+    assert [e.layer for e in res.pack.entries] == [0, 0, 1]
+    assert [e.donor_layer for e in res.pack.entries] == [1, 3, 7]
+
+
+def test_linear_relation_gives_high_r2():
+    ad, donor, recip = setup()
+    rng = np.random.default_rng(3)
+    T = rng.standard_normal((24, 32))
+    for l in range(8):
+        donor.layers[l] = (recip.layers[min(l, 5)] @ T).astype(np.float32)
+    res = export_pack(ad, donor, recip, holdout=0.2)
+    # donor layer 7 -> recipient 5, exact linear map: R² ~ 1 on held-out rows
+    assert res.diagnostics[-1]["r2_r2d"] > 0.999
+
+
+def test_errors():
+    ad, donor, recip = setup()
+    recip.meta.prompt_sha256 = "z" * 64
+    with pytest.raises(ExportError, match="different prompt sets"):
+        export_pack(ad, donor, recip)
+    ad, donor, recip = setup(dD=16)
+    ad2, _, _ = setup()
+    with pytest.raises(ExportError, match="hidden size"):
+        export_pack(ad2, donor, recip)
+    ad, donor, recip = setup(LD=4)
+    with pytest.raises(ExportError, match="out of range"):
+        export_pack(ad, donor, recip)
