@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,11 +64,12 @@ def _load_state(path: Path) -> dict:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # legacy pickles are refused below anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise AdapterError(
-            f"{path.name}: refusing to unpickle (only plain tensor state dicts are read): "
-            f"{str(exc).splitlines()[0][:160]}"
+            f"{path.name}: refusing to unpickle (only plain tensor state dicts are read): {_unpickle_reason(exc)}"
         ) from None
     except Exception as exc:
         raise AdapterError(f"{path.name}: not a readable torch state dict ({type(exc).__name__}: "
@@ -79,6 +81,14 @@ def _load_state(path: Path) -> dict:
     if not all(v.is_floating_point() for k, v in state.items() if k not in ("embed_dim", "interchange_dim")):
         raise AdapterError(f"{path.name}: state dict holds non-float weights")
     return state
+
+
+def _unpickle_reason(exc: Exception) -> str:
+    """The informative line of torch's weights-only refusal (its first line is boilerplate)."""
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boiler)]
+    return (useful or lines or [type(exc).__name__])[0][:160]
 
 
 def _read_json(path: Path) -> dict:
@@ -93,11 +103,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def adapter_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of ``config.json`` and every ``intkey_*.bin``."""
+def adapter_hash(folder: Path, names: list[str] | None = None) -> str:
+    """sha256 over the names and bytes of ``config.json`` and the ``intkey_*.bin`` files.
+
+    ``names``: the file names to cover (default: config.json and every intkey file).
+    """
     h = hashlib.sha256()
     for p in sorted(folder.iterdir()):
-        if p.name == "config.json" or (p.name.startswith("intkey_") and p.suffix == ".bin"):
+        if names is not None:
+            if p.name in names:
+                h.update(p.name.encode())
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+        elif p.name == "config.json" or (p.name.startswith("intkey_") and p.suffix == ".bin"):
             h.update(p.name.encode())
             h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
@@ -114,6 +131,8 @@ def load_adapter(
     ``kind`` overrides/supplies the intervention type, ``act`` the activation
     (pyreft never saves ``act_fn``; default ``linear`` as in pyreft), ``positions``
     the targeted positions (default: training_metadata.json, else ``l1``).
+    With a config.json only its ``sorted_keys`` are read (as pyvene does); the
+    hash covers config.json and those files.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -134,13 +153,17 @@ def load_adapter(
         for k, t in zip(keys, types):
             if k not in files:
                 raise AdapterError(f"config.json names intervention {k!r} but intkey_{k}.bin is missing")
-            types_by_key[k] = normalize_type(t)
+            types_by_key[k] = str(t)  # normalized when used: an explicit ``kind`` overrides it
+        # pyvene loads exactly the config's interventions: stray intkey files are not part of the adapter
+        files = {k: files[k] for k in keys}
+        if not files:
+            raise AdapterError("config.json lists no interventions")
     meta_path = folder / "training_metadata.json"
     meta = _read_json(meta_path) if meta_path.exists() else {}
     if positions is None:
         positions = str(meta.get("positions") or "l1")
     if act is None:
-        act = meta.get("act_fn") or "linear"
+        act = str(meta.get("act_fn") or "linear")
 
     edits = []
     components = set()
@@ -150,6 +173,7 @@ def load_adapter(
         if component not in SUPPORTED_COMPONENTS:
             raise AdapterError(f"{file.name}: component {component!r} not supported (only {SUPPORTED_COMPONENTS})")
         k = normalize_type(kind) if kind else types_by_key.get(key)
+        k = normalize_type(k) if k else None
         try:
             edits.append(from_state_dict(_load_state(file), k, layer, act))
         except AdapterError as exc:
@@ -166,7 +190,7 @@ def load_adapter(
         kind="+".join(kinds),
         positions=positions,
         component=components.pop(),
-        sha256=adapter_hash(folder),
+        sha256=adapter_hash(folder, ["config.json", *(p.name for p in files.values())]),
         source=str(folder),
         meta={k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
     )

@@ -89,29 +89,32 @@ def orthogonal_weight(state: dict, prefix: str = "rotate_layer") -> np.ndarray:
     pyreft 0.1.0 saves ``{prefix}.parametrizations.weight.original`` and
     ``{prefix}.parametrizations.weight.0.base``; the weight is what torch's
     parametrization computes from both, so we rebuild that module and read it.
+    The rebuild runs in float64 whatever the saved dtype (CPU torch has no
+    bf16 Householder) and leaves torch's global RNG untouched.
     """
     import torch
 
     orig_key = f"{prefix}.parametrizations.weight.original"
     base_key = f"{prefix}.parametrizations.weight.0.base"
-    if orig_key not in state:
-        raise AdapterError(f"state dict lacks {orig_key!r}")
+    _need(state, orig_key, base_key)  # without base the rotation would be a fresh random one
     original = state[orig_key]
+    if original.ndim != 2:
+        raise AdapterError(f"{orig_key} must be 2-D, got shape {list(original.shape)}")
     d, r = original.shape
 
     class _Rotate(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.weight = torch.nn.Parameter(torch.empty(d, r, dtype=original.dtype))
+            self.weight = torch.nn.Parameter(torch.zeros(d, r, dtype=torch.float64))
 
-    mod = torch.nn.utils.parametrizations.orthogonal(_Rotate())
     sub = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-    if base_key not in state:
-        sub = {k: v for k, v in sub.items() if not k.endswith(".base")}
+    with torch.random.fork_rng(devices=[]):  # registering the parametrization draws torch.randn
+        mod = torch.nn.utils.parametrizations.orthogonal(_Rotate())
     try:
-        mod.load_state_dict(sub, strict=base_key in state)
+        mod.load_state_dict(sub, strict=True)
     except RuntimeError as exc:
-        raise AdapterError(f"cannot rebuild the orthogonal rotation: {str(exc).splitlines()[0]}") from None
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise AdapterError(f"cannot rebuild the orthogonal rotation: {detail[:240]}") from None
     with torch.no_grad():
         return _np(mod.weight)
 
@@ -155,7 +158,12 @@ def from_state_dict(state: dict, kind: str | None, layer: int, act: str | None =
         if kind == "NoReFT":
             edit.P, edit.Q = Pw.T, Pw
             if "proj_layer.bias" in state:
-                edit.e = -_np(state["proj_layer.bias"]) @ Pw
+                p = _np(state["proj_layer.bias"])
+                if p.shape != Pw.shape[:1] or Pw.ndim != 2:
+                    raise AdapterError(
+                        f"layer {layer}: proj_layer.bias{list(p.shape)} does not fit proj_layer.weight{list(Pw.shape)}"
+                    )
+                edit.e = -p @ Pw
     elif kind == "DiReFT":
         _need(state, "learned_source.weight", "learned_source.bias")
         R = orthogonal_weight(state)
@@ -174,6 +182,10 @@ def from_state_dict(state: dict, kind: str | None, layer: int, act: str | None =
 
 
 def _check_shapes(edit: DonorEdit) -> None:
+    for name, ndim in (("A", 2), ("b", 1), ("C", 2), ("P", 2), ("Q", 2), ("e", 1)):
+        t = getattr(edit, name)
+        if t is not None and t.ndim != ndim:
+            raise AdapterError(f"layer {edit.layer}: {name} must be {ndim}-D, got shape {list(t.shape)}")
     d, r = edit.A.shape
     if r < 1:
         raise AdapterError(f"layer {edit.layer}: rank is 0")
