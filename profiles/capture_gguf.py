@@ -1,0 +1,209 @@
+"""Capture residual-stream profiles from a GGUF model with llama.cpp.
+
+For each prompt (chat template applied once, generation header included) we
+take the LAST prompt token's output of every transformer block -- llama.cpp's
+graph tensors ``l_out-0`` ... ``l_out-{n_layer-1}`` (before the final norm).
+
+Several prompts go into one ``llama_decode`` batch with distinct sequence ids.
+The context is built with a unified KV cache and ``n_ubatch`` >= the batch's
+total tokens, so the batch is one micro-batch in batch order and the eval
+callback fires once per layer. ``l_out`` of the last layer only holds the rows
+that produce logits (one per sequence, in order): rows are picked by count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from commandv.runtime import ggml_bindings as gb
+from commandv.runtime.llama_lowlevel import ContextOverflowError, LlamaContext, LlamaError, LlamaModel
+
+MAX_BATCH_TOKENS = 2048
+
+
+class CaptureError(LlamaError):
+    """A capture could not be done as asked (bad input, unexpected graph)."""
+
+
+@dataclass
+class CaptureResult:
+    """Per-layer last-token activations. ``layers[i]``: float32 ``[N, d_model]``, N = number of prompts."""
+
+    layers: list[np.ndarray]
+    n_layer: int
+    d_model: int
+    rendered_example: str
+    template: str | None
+    token_counts: list[int] = field(default_factory=list)
+
+
+def prepare_prompts(model: LlamaModel, prompts: Sequence[str], template: bool = True) -> tuple[list[str], list[list[int]]]:
+    """Render (user turn + generation header) and tokenize each prompt.
+
+    With ``template`` the rendered text is tokenized without adding BOS/EOS
+    (the template writes what it needs, as transformers does); raw prompts get
+    the model's default special tokens. Returns ``(rendered, token_ids)``.
+    """
+    if template:
+        rendered = [model.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
+        tokens = [model.tokenize(r, add_special=False, parse_special=True) for r in rendered]
+    else:
+        rendered = list(prompts)
+        tokens = [model.tokenize(r, add_special=True, parse_special=True) for r in rendered]
+    return rendered, tokens
+
+
+def plan_batches(token_counts: Sequence[int], batch_prompts: int, max_batch_tokens: int) -> list[list[int]]:
+    """Group consecutive prompt indices: at most ``batch_prompts`` prompts and ``max_batch_tokens`` tokens per group
+    (a single longer prompt gets a group of its own)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    cur_tok = 0
+    for i, n in enumerate(token_counts):
+        if cur and (len(cur) >= batch_prompts or cur_tok + n > max_batch_tokens):
+            groups.append(cur)
+            cur, cur_tok = [], 0
+        cur.append(i)
+        cur_tok += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+class _LayerGrabber:
+    """Eval callback collecting each sequence's last-token row of every ``l_out-N``."""
+
+    def __init__(self, n_layer: int):
+        self.targets = {f"l_out-{i}": i for i in range(n_layer)}
+        self.last_rows: list[int] = []
+        self.got: dict[int, np.ndarray] = {}
+
+    def start(self, last_rows: Sequence[int], n_tokens: int) -> None:
+        self.last_rows = list(last_rows)
+        self.n_tokens = int(n_tokens)
+        self.got = {}
+
+    def __call__(self, t: int, ask: bool) -> bool:
+        name = gb.tensor_name(t)
+        if ask:
+            return name in self.targets
+        il = self.targets.get(name)
+        if il is None:
+            return True
+        if il in self.got:
+            raise CaptureError(f"{name} computed twice in one batch: the batch was split into micro-batches")
+        n_rows = gb.tensor_shape(t)[1]
+        n_seq = len(self.last_rows)
+        if n_rows == self.n_tokens:
+            rows = self.last_rows
+        elif n_rows == n_seq:  # last layer: only output rows, one per sequence, in batch order
+            rows = list(range(n_seq))
+        else:
+            raise CaptureError(f"{name} has {n_rows} rows; expected {self.n_tokens} tokens or {n_seq} outputs")
+        self.got[il] = gb.read_rows(t, rows)
+        return True
+
+
+def _progress(enabled: bool, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]capture gguf"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} prompts/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def capture_gguf(
+    model_path: str | os.PathLike | LlamaModel,
+    prompts: Sequence[str],
+    *,
+    template: bool = True,
+    batch_prompts: int = 8,
+    n_threads: int | None = None,
+    progress: bool = True,
+    n_ctx: int | None = None,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    exact: bool = True,
+    align: int = 32,
+) -> CaptureResult:
+    """Last-prompt-token output of every block for each prompt, with llama.cpp.
+
+    ``template``: apply the GGUF chat template (user turn + generation header);
+    False feeds raw prompts. ``n_ctx``: the longest allowed prompt (default: the
+    model's training context). ``exact``: f32 KV cache and no flash attention
+    (matches an f32 reference to ~1e-6; llama.cpp's defaults -- f16 KV, flash
+    attention -- differ by ~1e-3). ``align``: start every sequence of a batch
+    at a KV cell multiple of ``align`` (pad tokens in between) so batching is
+    bit-identical to one prompt at a time; 0 saves the pads but then quantized
+    models differ by ~1% between batch compositions. Raises :class:`ContextOverflowError` before any
+    decoding if a prompt is longer than that, :class:`CaptureError` for no
+    prompts, ``ModelLoadError`` for a missing/corrupt file.
+    """
+    if isinstance(prompts, str) or not len(prompts):
+        raise CaptureError("prompts must be a non-empty list of strings")
+    if batch_prompts < 1:
+        raise CaptureError(f"batch_prompts must be >= 1, got {batch_prompts}")
+    own = not isinstance(model_path, LlamaModel)
+    model = LlamaModel(Path(model_path)) if own else model_path
+    try:
+        rendered, tokens = prepare_prompts(model, prompts, template)
+        counts = [len(t) for t in tokens]
+        limit = int(n_ctx or model.n_ctx_train or 4096)
+        for i, n in enumerate(counts):
+            if n == 0:
+                raise CaptureError(f"prompt {i} tokenizes to nothing")
+            if n > limit:
+                raise ContextOverflowError(f"prompt {i} has {n} tokens, longer than the context of {limit} tokens")
+        groups = plan_batches(counts, batch_prompts, max(max_batch_tokens, max(counts)))
+        need = max(sum(counts[i] for i in g) + align * len(g) for g in groups)
+        size = int(-(-need // 256) * 256)
+        grab = _LayerGrabber(model.n_layer)
+        out = [np.empty((len(prompts), model.n_embd), dtype=np.float32) for _ in range(model.n_layer)]
+        ctx = LlamaContext(
+            model, n_ctx=size, n_batch=size, n_ubatch=size, n_seq_max=max(len(g) for g in groups) + 1,
+            n_threads=n_threads, eval_callback=grab,
+            kv_type="f32" if exact else "f16", flash_attn=False if exact else None,
+        )
+        try:
+            t0 = time.perf_counter()
+            done = 0
+            with _progress(progress, len(prompts)) as bar:
+                task = bar.add_task("capture", total=len(prompts), rate="-")
+                for g in groups:
+                    ctx.clear()
+                    lay = ctx.layout([counts[i] for i in g], align)
+                    grab.start(lay.last, lay.n_tokens)
+                    ctx.decode([tokens[i] for i in g], logits_for="last", align=align)
+                    if len(grab.got) != model.n_layer:
+                        missing = sorted(set(range(model.n_layer)) - set(grab.got))
+                        raise CaptureError(f"eval callback missed layers {missing[:8]} (graph names differ for arch {model.arch}?)")
+                    for il, rows in grab.got.items():
+                        out[il][g] = rows
+                    done += len(g)
+                    rate = done / max(time.perf_counter() - t0, 1e-9)
+                    bar.update(task, advance=len(g), rate=f"{rate:.1f}")
+        finally:
+            ctx.free()
+        return CaptureResult(
+            layers=out,
+            n_layer=model.n_layer,
+            d_model=model.n_embd,
+            rendered_example=rendered[0],
+            template=model.chat_template if template else None,
+            token_counts=counts,
+        )
+    finally:
+        if own:
+            model.free()
