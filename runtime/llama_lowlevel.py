@@ -226,26 +226,13 @@ class LlamaModel:
 
 
 def _render_jinja(tmpl: str, messages, add_generation_prompt: bool, bos: str, eos: str) -> str:
-    """Render a chat template the way transformers does (sandboxed jinja, trim/lstrip blocks)."""
-    import json
-    from datetime import datetime
+    """Render with the project's one Jinja renderer (the same text every backend sees)."""
+    from .chat_template import ChatTemplateError, render_chat
 
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:
-        return env.from_string(tmpl).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
-        )
-    except TemplateError as e:
-        raise LlamaError(f"chat template failed to render: {e}") from e
+        return render_chat(tmpl, list(messages), add_generation_prompt, bos, eos)
+    except ChatTemplateError as e:
+        raise LlamaError(str(e)) from e
 
 
 def _render_llama(tmpl: str, messages, add_generation_prompt: bool) -> str:
