@@ -1,0 +1,158 @@
+"""One command per pair: profile both models, export the pack, evaluate every configuration, report.
+
+``run_pair_eval(donor, recipient, behavior, adapter_dir, ...)`` writes
+``<out>/<pair>-<behavior>.json``, ``.md`` and ``.png`` (behavior rate per
+configuration, strength sweep, per-layer translator fit).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from commandv.profiles.profiler import profile_model
+from commandv.runtime.atomic import atomic_path, write_text_atomic
+from commandv.runtime.fingerprint import model_info_from_gguf
+from commandv.runtime.model_ref import resolve_model
+from commandv.runtime.progress import progress_bar
+
+from .adapters import load_adapter
+from .behaviors import get_behavior
+from .evaluate import PairReport, adapter_pack, run_config, utility_questions
+from .export import export_pack
+
+SHORT = {"qwen2.5-coder-1.5b-instruct": "qwen1.5b", "qwen2.5-coder-0.5b-instruct": "qwen0.5b",
+         "smollm2-135m-instruct": "smollm2", "gemma-3-270m": "gemma270m"}
+
+
+def pair_key(donor: str, recipient: str) -> str:
+    short = lambda s: SHORT.get(s, Path(s).stem.lower())  # noqa: E731
+    return f"{short(donor)}-to-{short(recipient)}"
+
+
+@dataclass
+class PairEvalSettings:
+    strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0)
+    n_expected: int | None = None
+    n_unexpected: int | None = None
+    max_tokens: int = 32
+    profile_prompts: int = 256
+    layer_rule: str = "nearest"
+    include_donor: bool = True
+
+
+def report_prompts(behavior: str):
+    """Prompts for the reported numbers (never used in training or tuning).
+
+    refusal: HarmBench-standard *test* (expected) + the second half of harmless_probes (over-refusal);
+    other behaviors: their own held-out prompts.
+    """
+    from .behaviors import EvalPrompt, _read_jsonl
+
+    if behavior != "refusal":
+        return get_behavior(behavior).eval_prompts()
+    probes = _read_jsonl("harmless_probes.jsonl")
+    out = [EvalPrompt(r["prompt"], "harmful", True, f"harmbench_test:{r.get('id', i)}")
+           for i, r in enumerate(_read_jsonl("harmbench_standard_test.jsonl"))]
+    out += [EvalPrompt(r["prompt"], "harmless", False, f"harmless_probes:{r.get('id', i)}")
+            for i, r in enumerate(probes[len(probes) // 2:])]
+    return out
+
+
+def _select(prompts, n_exp, n_unexp):
+    exp = [p for p in prompts if p.expect][: n_exp]
+    unexp = [p for p in prompts if not p.expect][: n_unexp]
+    return exp + unexp
+
+
+def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | Path, out_dir: str | Path,
+                  direct_dir: str | Path | None = None, settings: PairEvalSettings | None = None,
+                  progress: bool = True) -> PairReport:
+    """Evaluate one transfer; see module docstring."""
+    from commandv.runtime.llama_engine import Recipient
+
+    s = settings or PairEvalSettings()
+    beh = get_behavior(behavior)
+    adapter = load_adapter(adapter_dir)
+    dprof, _, _ = profile_model(donor, "general", "gguf", limit=s.profile_prompts, progress=progress)
+    rprof, _, _ = profile_model(recipient, "general", "gguf", limit=s.profile_prompts, progress=progress)
+    key = pair_key(donor, recipient)
+    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, name=f"{behavior}-{key}",
+                      donor_name=dprof.meta.model_name)
+    out_dir = Path(out_dir)
+    res.pack.save(out_dir / f"{key}-{behavior}.pack.gguf")
+    prompts = _select(report_prompts(behavior), s.n_expected, s.n_unexpected)
+    util = utility_questions()
+    per_config = len(prompts) + len(util)
+    configs = []
+    plan_r = [("recipient", None, 1.0)] + [(f"recipient+transfer@{x:g}", res.pack, x) for x in s.strengths]
+    if direct_dir:
+        info = model_info_from_gguf(resolve_model(recipient).path)
+        plan_r.append(("recipient+direct", adapter_pack(load_adapter(direct_dir), info.fingerprint, info.arch,
+                                                        info.n_layer, "direct"), 1.0))
+    plan_d = []
+    if s.include_donor:
+        dinfo = model_info_from_gguf(resolve_model(donor).path)
+        plan_d = [("donor", None, 1.0),
+                  ("donor+adapter", adapter_pack(adapter, dinfo.fingerprint, dinfo.arch, dinfo.n_layer, "self"), 1.0)]
+    total = per_config * (len(plan_r) + len(plan_d))
+    with progress_bar(f"evaluating {key} {behavior}", total, enabled=progress, unit="generations") as adv:
+        for model, plan in ((recipient, plan_r), (donor, plan_d)):
+            if not plan:
+                continue
+            eng = Recipient(model, n_ctx=2048)
+            try:
+                for label, pack, strength in plan:
+                    configs.append(run_config(eng, label, beh, prompts, util, pack, strength, s.max_tokens, adv))
+            finally:
+                eng.close()
+    report = PairReport(pair=key, behavior=behavior, donor=donor, recipient=recipient, max_tokens=s.max_tokens,
+                        configs=configs, diagnostics=res.diagnostics)
+    stem = out_dir / f"{key}-{behavior}"
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(report.to_json(), indent=1))
+    write_text_atomic(stem.with_suffix(".md"), report.markdown())
+    plot_report(report, stem.with_suffix(".png"))
+    return report
+
+
+def plot_report(report: PairReport, path: Path) -> Path:
+    """Three panels: behavior rate per configuration, strength sweep, per-layer held-out R²."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    labels = [c.label for c in report.configs]
+    ax[0].barh(labels, [100 * c.expected_rate for c in report.configs], color="tab:blue", label="expected")
+    if any(c.n_unexpected for c in report.configs):
+        ax[0].barh(labels, [100 * c.unexpected_rate for c in report.configs], color="tab:red", alpha=0.6,
+                   label="not expected (over-trigger)")
+    ax[0].set_xlabel(f"{report.behavior} rate (%)")
+    ax[0].set_xlim(0, 100)
+    ax[0].legend(loc="lower right", fontsize=8)
+    ax[0].invert_yaxis()
+    sweep = [c for c in report.configs if c.label.startswith("recipient+transfer@")]
+    xs = [c.strength for c in sweep]
+    ax[1].plot(xs, [100 * c.expected_rate for c in sweep], "o-", label=f"{report.behavior} (expected)")
+    if any(c.n_unexpected for c in sweep):
+        ax[1].plot(xs, [100 * c.unexpected_rate for c in sweep], "s--", label="where not expected")
+    ax[1].plot(xs, [100 * c.utility for c in sweep], "^:", label="utility")
+    ax[1].set_xlabel("pack strength")
+    ax[1].set_ylabel("%")
+    ax[1].set_ylim(-2, 102)
+    ax[1].legend(fontsize=8)
+    d = report.diagnostics
+    ax[2].plot([x["recipient_layer"] for x in d], [x.get("r2_r2d", float("nan")) for x in d], "o-", label="R² R→D")
+    ax[2].plot([x["recipient_layer"] for x in d], [x.get("r2_d2r", float("nan")) for x in d], "s-", label="R² D→R")
+    ax[2].set_xlabel("recipient layer")
+    ax[2].set_ylabel("held-out R²")
+    ax[2].legend(fontsize=8)
+    fig.suptitle(f"{report.pair}: {report.behavior}")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
