@@ -23,12 +23,12 @@ from .translators import GramFactor
 
 def _r2d(fR: GramFactor, fD: GramFactor, M: np.ndarray) -> np.ndarray:
     """``C_R→D @ M`` for ``M [d_D, k]`` → ``[d_R, k]``."""
-    return fR.pinv_times(fD.X.astype(np.float64, copy=False) @ M)
+    return fR.pinv_times(fD.x_times(M))
 
 
 def _d2r(fR: GramFactor, fD: GramFactor, M: np.ndarray) -> np.ndarray:
     """``M @ C_D→R`` for ``M [k, d_D]`` → ``[k, d_R]``."""
-    return fD.times_pinv(M) @ fR.X.astype(np.float64, copy=False)
+    return fR.times_x(fD.times_pinv(M))
 
 
 def fold_edit(edit: DonorEdit, fR: GramFactor, fD: GramFactor, recipient_layer: int,

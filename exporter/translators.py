@@ -45,15 +45,24 @@ class GramFactor:
     def d(self) -> int:
         return int(self.X.shape[1])
 
+    def x_times(self, M: np.ndarray) -> np.ndarray:
+        """``X @ M`` for ``M [d, m]`` → ``[N, m]`` float64 (BLAS in X's dtype; no float64 copy of X)."""
+        return (self.X @ np.asarray(M, dtype=self.X.dtype)).astype(np.float64, copy=False)
+
+    def times_x(self, M: np.ndarray) -> np.ndarray:
+        """``M @ X`` for ``M [m, N]`` → ``[m, d]`` float64."""
+        return (np.asarray(M, dtype=self.X.dtype) @ self.X).astype(np.float64, copy=False)
+
     def pinv_times(self, Y: np.ndarray) -> np.ndarray:
-        """``pinv(X) @ Y`` for ``Y [N, m]`` → ``[d, m]`` (float64)."""
+        """``pinv(X) @ Y`` for ``Y [N, m]`` → ``[d, m]`` (float64; the N×N part in float64)."""
         Z = self.U.T @ np.asarray(Y, dtype=np.float64)
         Z *= self.inv_lam[:, None]
-        return self.X.T.astype(np.float64, copy=False) @ (self.U @ Z)
+        W = self.U @ Z
+        return (self.X.T @ W.astype(self.X.dtype)).astype(np.float64, copy=False)
 
     def times_pinv(self, M: np.ndarray) -> np.ndarray:
         """``M @ pinv(X)`` for ``M [m, d]`` → ``[m, N]`` (float64)."""
-        Z = np.asarray(M, dtype=np.float64) @ self.X.T.astype(np.float64, copy=False)
+        Z = (np.asarray(M, dtype=self.X.dtype) @ self.X.T).astype(np.float64, copy=False)
         Z = Z @ self.U
         Z *= self.inv_lam[None, :]
         return Z @ self.U.T
@@ -125,10 +134,10 @@ def fit_diagnostics(
     XD = np.asarray(XD_held, dtype=np.float64)
     # X_R_held @ C_R→D = (X_R_held @ pinv(X_R)) @ X_D, and X_R_held @ pinv(X_R) = fR.times_pinv(X_R_held)
     coef_r = fR.times_pinv(XR)  # [M, N]
-    pred_d = coef_r @ fD.X.astype(np.float64)
+    pred_d = fD.times_x(coef_r)
     coef_d = fD.times_pinv(XD)
-    pred_r = coef_d @ fR.X.astype(np.float64)
-    cyc = fD.times_pinv(pred_d) @ fR.X.astype(np.float64)
+    pred_r = fR.times_x(coef_d)
+    cyc = fR.times_x(fD.times_pinv(pred_d))
 
     def r2(pred: np.ndarray, true: np.ndarray) -> float:
         ss_res = float(np.sum((true - pred) ** 2))
