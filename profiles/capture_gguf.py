@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,16 +30,7 @@ class CaptureError(LlamaError):
     """A capture could not be done as asked (bad input, unexpected graph)."""
 
 
-@dataclass
-class CaptureResult:
-    """Per-layer last-token activations. ``layers[i]``: float32 ``[N, d_model]``, N = number of prompts."""
-
-    layers: list[np.ndarray]
-    n_layer: int
-    d_model: int
-    rendered_example: str
-    template: str | None
-    token_counts: list[int] = field(default_factory=list)
+from .capture_result import CaptureResult  # noqa: E402  (re-exported)
 
 
 def prepare_prompts(model: LlamaModel, prompts: Sequence[str], template: bool = True) -> tuple[list[str], list[list[int]]]:
@@ -203,6 +193,7 @@ def capture_gguf(
             rendered_example=rendered[0],
             template=model.chat_template if template else None,
             token_counts=counts,
+            seconds=time.perf_counter() - t0,
         )
     finally:
         if own:

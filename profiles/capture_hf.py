@@ -9,29 +9,20 @@ prompt's last token; position ids are passed explicitly from the attention mask.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from commandv.runtime.chat_template import render_chat, user_turn
 
+from .capture_result import CaptureResult
+
 
 class HFCaptureError(ValueError):
     """Prompts or model unsuitable for capture."""
 
 
-@dataclass
-class HFCaptureResult:
-    """``layers[i]`` is ``[N, d]`` float32: block ``i``'s output at each prompt's last token."""
-
-    layers: list[np.ndarray]
-    n_layer: int
-    d_model: int
-    rendered_example: str
-    template: str | None
-    token_counts: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+HFCaptureResult = CaptureResult  # the HF backend returns the shared result type
 
 
 def decoder_layers(model):
@@ -119,7 +110,7 @@ def capture_hf(model, tokenizer, prompts: Sequence[str], *, template: bool = Tru
         for idx, rows in out[li]:
             arr[idx] = rows
         result.append(arr)
-    return HFCaptureResult(
+    return CaptureResult(
         layers=result, n_layer=n_layer, d_model=d or result[0].shape[1], rendered_example=rendered[0],
         template=getattr(tokenizer, "chat_template", None) if template else None,
         token_counts=[len(t) for t in ids], seconds=time.perf_counter() - t0)

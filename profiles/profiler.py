@@ -58,22 +58,24 @@ def model_identity(ref: ModelRef) -> ModelIdentity:
 def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, backend: str,
                     batch: int = 8, progress: bool = True, template: bool = True) -> Profile:
     """Run the capture backend and wrap the result as a :class:`Profile`."""
+    import time
+
+    t0 = time.perf_counter()
     if backend == "gguf":
         if ref.kind != "gguf":
             raise ModelError(f"backend 'gguf' needs a .gguf model, got {ref.kind} ({ref.spec}); use --backend hf")
         from .capture_gguf import capture_gguf
 
         res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=batch, progress=progress)
-        seconds = getattr(res, "seconds", 0.0)
     elif backend == "hf":
         from .capture_hf import capture_hf
         from .hf_models import load_hf_model
 
         model, tok, _ = load_hf_model(ref.spec if ref.zoo_key else str(ref.path), progress=progress)
         res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=batch, progress=progress)
-        seconds = res.seconds
     else:
         raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    seconds = res.seconds or (time.perf_counter() - t0)
     if res.n_layer != ident.n_layer or res.d_model != ident.d_model:
         raise ModelError(f"captured {res.n_layer}×{res.d_model} but the model header says "
                          f"{ident.n_layer}×{ident.d_model}")
