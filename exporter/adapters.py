@@ -23,6 +23,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from commandv.runtime.pack_gguf import json_problem
+
 from .interventions import AdapterError, DonorEdit, from_state_dict, normalize_type
 
 _KEY = re.compile(r"^layer_(\d+)_comp_([a-z_]+?)_unit_([a-z_.]+)_nunit_(\d+)#(\d+)$")
@@ -84,11 +86,17 @@ def _load_state(path: Path) -> dict:
 
 
 def _unpickle_reason(exc: Exception) -> str:
-    """The informative line of torch's weights-only refusal (its first line is boilerplate)."""
-    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(boiler)]
-    return (useful or lines or [type(exc).__name__])[0][:160]
+    """The informative part of torch's weights-only refusal, e.g. ``Unsupported global: GLOBAL exec was not an
+    allowed global by default`` (the rest is boilerplate, including advice to load unsafely, which we never relay)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().splitlines()[0]
+        return reason.split(". Please use", 1)[0].strip()[:160]
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(boiler) and "weights_only" not in ln]
+    return (useful or [type(exc).__name__])[0][:160]
 
 
 def _read_json(path: Path) -> dict:
@@ -96,8 +104,8 @@ def _read_json(path: Path) -> dict:
         raise AdapterError(f"{path.name} is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{path.name}: invalid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # syntax, encoding, nesting depth, ints over the digit limit
+        raise AdapterError(f"{path.name}: invalid JSON ({json_problem(exc)})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{path.name}: expected a JSON object")
     return data
@@ -177,7 +185,8 @@ def load_adapter(
         try:
             edits.append(from_state_dict(_load_state(file), k, layer, act))
         except AdapterError as exc:
-            raise AdapterError(f"{file.name}: {exc}") from None
+            msg = str(exc)
+            raise AdapterError(msg if msg.startswith(file.name) else f"{file.name}: {msg}") from None
     edits.sort(key=lambda e: e.layer)
     dups = {e.layer for e in edits if sum(x.layer == e.layer for x in edits) > 1}
     if dups:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from commandv.runtime.cli_models import app as models_app
 
@@ -36,7 +37,7 @@ def user_errors(fn: Callable) -> Callable:
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             if not type(exc).__module__.startswith("commandv") and not isinstance(exc, FileNotFoundError):
                 raise
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -111,9 +112,9 @@ def inspect_cmd(pack: Path = typer.Argument(..., help="behavior pack file")) -> 
     from .export import diagnostics_table
 
     p = BehaviorPack.load(pack)
-    out.print(p.summary())
+    out.print(p.summary(), markup=False)
     for k, v in sorted(p.meta.items()):
-        out.print(f"  {k}: {v}", highlight=False)
+        out.print(f"  {k}: {v}", highlight=False, markup=False)
     for i, e in enumerate(p.entries):
         extra = f", P/Q rank {e.P.shape[1]}" if e.P is not None else ""
         out.print(f"  entry {i}: donor layer {e.donor_layer} → layer {e.layer}, rank {e.rank}{extra}, act {e.act}, "
@@ -126,7 +127,8 @@ def _register_optional() -> None:
     """Sub-commands living in modules added by later issues (run/chat/demo)."""
     import importlib
 
-    for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo"):
+    for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo", "commandv.exporter.cli_train",
+                "commandv.runtime.cli_keys"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

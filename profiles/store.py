@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from commandv.runtime.atomic import atomic_path
+from commandv.runtime.pack_gguf import json_problem
 from commandv.runtime.paths import profiles_dir
 
 PROFILE_VERSION = 1
@@ -98,7 +99,7 @@ class Profile:
                 raw = (fh.metadata() or {}).get(_META_KEY)
                 if raw is None:
                     raise ProfileError(f"{path}: not a commandv profile (no {_META_KEY!r} metadata)")
-                meta = ProfileMeta(**json.loads(raw))
+                meta = _parse_meta(raw, path)
                 keys = set(fh.keys())
                 want = {f"layer.{i}" for i in range(meta.n_layer)}
                 if keys != want:
@@ -108,11 +109,39 @@ class Profile:
             raise
         except (SafetensorError, OSError, ValueError, TypeError) as exc:
             raise ProfileError(f"{path}: corrupt profile ({type(exc).__name__}: {str(exc)[:160]})") from None
-        if meta.version != PROFILE_VERSION:
-            raise ProfileError(f"{path}: profile version {meta.version} not supported")
+        for i, x in enumerate(layers):
+            if x.dtype != np.float32:
+                raise ProfileError(f"{path}: layer {i} has dtype {x.dtype}, expected float32")
         prof = cls(layers=layers, meta=meta)
         prof.validate()
         return prof
+
+
+_MAX_LAYERS = 4096
+_MAX_DIM = 1 << 17
+
+
+def _parse_meta(raw: str, path: Path) -> ProfileMeta:
+    """The metadata JSON as a :class:`ProfileMeta`, with its sizes checked before anything is sized by them."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # syntax, nesting depth, ints over the digit limit
+        raise ProfileError(f"{path}: profile metadata is not valid JSON ({json_problem(exc)})") from None
+    if not isinstance(doc, dict):
+        raise ProfileError(f"{path}: profile metadata is not a JSON object")
+    try:
+        meta = ProfileMeta(**doc)
+    except TypeError as exc:
+        raise ProfileError(f"{path}: profile metadata fields do not match ({str(exc).split(': ', 1)[-1][:120]})") from None
+    if meta.version != PROFILE_VERSION:
+        raise ProfileError(f"{path}: profile version {meta.version} not supported")
+    for name, hi in (("n_layer", _MAX_LAYERS), ("d_model", _MAX_DIM), ("n_prompts", 1 << 31)):
+        v = getattr(meta, name)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ProfileError(f"{path}: profile metadata {name} {v!r} is not an integer")
+        if not 1 <= v <= hi:
+            raise ProfileError(f"{path}: profile metadata {name} {v} outside 1..{hi}")
+    return meta
 
 
 def profile_path(model_fingerprint: str, prompt_sha256: str, backend: str, root: Path | None = None) -> Path:

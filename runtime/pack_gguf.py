@@ -11,16 +11,23 @@ Layout (architecture ``commandv-pack``, format version 1):
 * tensors ``entry.{i}.A`` ``[d, r]``, ``entry.{i}.b`` ``[r]``, ``entry.{i}.C`` ``[r, d]``, and
   optionally ``entry.{i}.P`` ``[d, q]``, ``entry.{i}.Q`` ``[q, d]``, ``entry.{i}.e`` ``[d]``
   (numpy shapes; GGUF stores dims reversed), f32 or f16.
+
+Reading goes through :mod:`.gguf_strict` on bytes read once (not ``gguf.GGUFReader``,
+which trusts header counts): every count, length and offset is capped and
+bounds-checked before use, so a hostile header fails fast in bounded memory, and
+a signature can be checked on exactly the bytes that are parsed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .gguf_strict import T_STRING, TYPE_NAMES, GGUFFormatError, Limits, parse_gguf
 from .pack import (
     FORMAT_VERSION,
     MAX_ENTRIES,
@@ -72,80 +79,102 @@ def write_pack(pack: BehaviorPack, path: Path, dtype: str = "f32") -> None:
     w.close()
 
 
-class _Fields:
-    """Typed, bounded access to a GGUFReader's key/value fields."""
+MAX_PACK_BYTES = 1 << 31  # 2 GiB: far above any real pack (a 4096-entry rank-64 pack for d=8192 is ~1 GiB f16)
+_LIMITS = Limits(max_kv=64 + 8 * MAX_ENTRIES, max_tensors=len(_TENSORS) * MAX_ENTRIES, max_string=MAX_STRING)
+_KINDS = {"UINT32": 4, "INT32": 5, "FLOAT32": 6}
 
-    def __init__(self, reader, path: Path):
-        self.r = reader
+
+class _Fields:
+    """Typed access to the parsed key/value fields (sizes were capped by the parser)."""
+
+    def __init__(self, fields: dict, path: Path | str):
+        self.fields = fields
         self.path = path
 
-    def _get(self, key: str):
-        f = self.r.fields.get(key)
-        if f is None:
-            raise PackError(f"{self.path}: metadata key {key!r} missing")
-        return f
-
     def string(self, key: str, default: str | None = None) -> str:
-        import gguf
-
-        f = self.r.fields.get(key)
+        f = self.fields.get(key)
         if f is None:
             if default is not None:
                 return default
             raise PackError(f"{self.path}: metadata key {key!r} missing")
-        if not f.types or f.types[0] != gguf.GGUFValueType.STRING:
+        if f[0] != T_STRING:
             raise PackError(f"{self.path}: metadata key {key!r} is not a string")
-        raw = f.parts[f.data[0]]
-        if raw.nbytes > MAX_STRING:
-            raise PackError(f"{self.path}: metadata key {key!r} is {raw.nbytes} bytes (limit {MAX_STRING})")
-        try:
-            return bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise PackError(f"{self.path}: metadata key {key!r} is not valid UTF-8") from None
+        return f[1]
 
     def number(self, key: str, kinds: tuple, default=None):
-        import gguf
-
-        f = self.r.fields.get(key)
+        f = self.fields.get(key)
         if f is None:
             if default is not None:
                 return default
             raise PackError(f"{self.path}: metadata key {key!r} missing")
-        allowed = {getattr(gguf.GGUFValueType, k) for k in kinds}
-        if len(f.types) != 1 or f.types[0] not in allowed:
-            raise PackError(f"{self.path}: metadata key {key!r} has type {f.types}, expected {kinds}")
-        return f.parts[f.data[0]][0].item()
+        if f[0] not in {_KINDS[k] for k in kinds}:
+            raise PackError(f"{self.path}: metadata key {key!r} has type {TYPE_NAMES.get(f[0], f[0])}, "
+                            f"expected {' or '.join(kinds)}")
+        return f[1]
 
     def json(self, key: str, default):
         text = self.string(key, default=json.dumps(default))
         try:
             return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PackError(f"{self.path}: metadata key {key!r} is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # also deep nesting and ints over Python's digit limit
+            raise PackError(f"{self.path}: metadata key {key!r} is not valid JSON ({json_problem(exc)})") from None
 
 
-def _open_reader(path: Path):
-    import gguf
+def json_problem(exc: BaseException) -> str:
+    """A short reason for a failed ``json.loads`` (syntax, nesting depth, or an integer too long to convert)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(":")[0][:100]
 
+
+_DIAG_NUMBERS = ("r2_r2d", "r2_d2r", "cycle_err", "delta_energy", "donor_delta_energy")
+
+
+def _check_diagnostics(diags: list, path) -> None:
+    """Diagnostics are shown by ``cmdv inspect``: objects of scalars, integer layers, numeric fit figures."""
+    if len(diags) > MAX_ENTRIES:
+        raise PackError(f"{path}: commandv.diagnostics has {len(diags)} items, more than {MAX_ENTRIES}")
+    for i, d in enumerate(diags):
+        if not isinstance(d, dict) or not all(isinstance(v, (int, float, str, type(None))) for v in d.values()):
+            raise PackError(f"{path}: commandv.diagnostics item {i} is not an object of scalar values")
+        if not all(type(d.get(k)) is int for k in ("donor_layer", "recipient_layer")):
+            raise PackError(f"{path}: commandv.diagnostics item {i} lacks integer donor_layer/recipient_layer")
+        bad = [k for k in _DIAG_NUMBERS if k in d and type(d[k]) not in (int, float)]
+        if bad:
+            raise PackError(f"{path}: commandv.diagnostics item {i}: {bad[0]} is not a number")
+
+
+def read_pack_bytes(path: Path) -> bytes:
+    """The whole pack file, read once (size capped at ``MAX_PACK_BYTES``)."""
+    path = Path(path)
     if not path.is_file():
         raise PackError(f"pack file not found: {path}")
     with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise PackError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
-    try:
-        return gguf.GGUFReader(str(path), "r")
-    except PackError:
-        raise
-    except Exception as exc:  # the gguf reader raises many kinds on corrupt input
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PackError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {msg[:200]})") from None
+        if os.fstat(fh.fileno()).st_size > MAX_PACK_BYTES:
+            raise PackError(f"{path}: larger than {MAX_PACK_BYTES} bytes; not a behavior pack")
+        data = fh.read()  # sized by the file, not by the cap (read(n) would allocate n bytes up front)
+    if len(data) > MAX_PACK_BYTES:  # the file grew while being read
+        raise PackError(f"{path}: larger than {MAX_PACK_BYTES} bytes; not a behavior pack")
+    return data
 
 
 def read_pack(path: Path) -> BehaviorPack:
-    """Parse a pack file; shape/value checks are done by ``BehaviorPack.validate``."""
-    reader = _open_reader(path)
-    f = _Fields(reader, path)
+    """Read and parse a pack file; shape/value checks are done by ``BehaviorPack.validate``."""
+    return parse_pack(read_pack_bytes(path), path)
+
+
+def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
+    """Parse pack bytes (``path`` only names the source in messages); data only, bounded.
+
+    Raises :class:`PackError`. Shape/value checks are done by ``BehaviorPack.validate``.
+    """
+    try:
+        g = parse_gguf(data, str(path), _LIMITS)
+    except GGUFFormatError as exc:
+        raise PackError(str(exc)) from None
+    f = _Fields(g.fields, path)
     arch = f.string("general.architecture")
     if arch != PACK_ARCH:
         raise PackError(f"{path}: GGUF architecture is {arch!r}, not a behavior pack ({PACK_ARCH!r})")
@@ -163,16 +192,18 @@ def read_pack(path: Path) -> BehaviorPack:
     diagnostics = f.json("commandv.diagnostics", [])
     if not isinstance(meta, dict) or not isinstance(diagnostics, list):
         raise PackError(f"{path}: commandv.meta must be a JSON object and commandv.diagnostics a list")
+    _check_diagnostics(diagnostics, path)
     meta.setdefault("created_by", f.string("commandv.created_by", default=""))
     n = int(f.number("commandv.entry_count", ("UINT32",)))
     if n < 1 or n > MAX_ENTRIES:
         raise PackError(f"{path}: entry_count {n} outside 1..{MAX_ENTRIES}")
 
     tensors: dict[str, np.ndarray] = {}
-    for t in reader.tensors:
-        if t.tensor_type.name not in ("F32", "F16"):
-            raise PackError(f"{path}: tensor {t.name!r} has type {t.tensor_type.name}; packs use F32 or F16")
-        tensors[t.name] = np.array(t.data, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
+    for t in g.tensors:
+        dt = "<f4" if t.ggml_type == 0 else "<f2"
+        count = t.n_bytes // np.dtype(dt).itemsize
+        arr = np.frombuffer(data, dtype=dt, count=count, offset=t.start).astype(np.float32)
+        tensors[t.name] = arr.reshape(t.shape)
     expected = set()
     entries = []
     for i in range(n):
@@ -198,11 +229,10 @@ def read_pack(path: Path) -> BehaviorPack:
     extra = sorted(set(tensors) - expected)
     if extra:
         raise PackError(f"{path}: unexpected tensors {extra[:5]} (not referenced by any entry)")
-    del reader
     return BehaviorPack(
         entries=entries,
         recipient=recipient,
         meta=meta,
         diagnostics=diagnostics,
-        name=f.string("general.name", default=path.stem),
+        name=f.string("general.name", default=Path(str(path)).stem),
     )

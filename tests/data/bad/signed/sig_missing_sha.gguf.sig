@@ -1,0 +1,1 @@
+{"format": "commandv-pack-signature", "version": 1, "algorithm": "ed25519", "key_id": "330da1fffec5ced9", "size": 2016, "signature": "jgGaucRQdCgARwgrH04GkJVBngGAAgOgDWD+TgqTRhi0CzskZYDqDO7bqWm3G7h8RPoZTJIAuw6cUNWDEHkZDA=="}
