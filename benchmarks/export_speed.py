@@ -34,7 +34,23 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--real", action="store_true", help="also measure the Qwen1.5B→Qwen0.5B pack size")
     ap.add_argument("--real-prompts", type=int, default=128)
+    ap.add_argument("--real-only", action="store_true",
+                    help="only (re)measure the real-pair sizes and merge them into the existing results file")
     args = ap.parse_args()
+    if args.real_only:
+        import json
+
+        from _common import RESULTS
+
+        doc = json.loads((RESULTS / "export_speed.json").read_text())
+        figures = {k: (v["value"], v["unit"]) for k, v in doc["figures"].items()}
+        figures.update(real_pack_sizes(args.real_prompts))
+        details = dict(doc.get("details") or {})
+        details.setdefault("timing_command", doc["command"])
+        details.setdefault("timing_date", doc["date"])
+        details["real_prompts"] = args.real_prompts
+        write_results("export_speed", figures, details)
+        return
 
     import torch
 
