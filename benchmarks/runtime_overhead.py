@@ -1,25 +1,29 @@
 """Runtime overhead of a behavior pack in the llama.cpp engine.
 
 Same GGUF (SmolLM2-135M Q4_1 by default), same prompts, ALTERNATING runs
-without and with a pack (a random rank-8 pack on every 2nd layer, edit norm
-≈ ``--rel-norm`` × the residual norm; order flipped every repetition):
-prompt tokens/s and decode tokens/s (fixed ``--tokens`` decoded per run, EOG
-ignored), their medians and ratio. Overhead = median plain tokens/s ÷ median
-pack tokens/s − 1 (also the median of the adjacent pairs' ratios, which
-cancels slow drifts of a shared machine), from wall time and from process CPU
-time (``*_cpu_*``: tokens per CPU second, far less sensitive to other load on
-the machine; with ``--threads 1`` it is the compute cost). Peak RSS without / with the pack
-comes from two separate subprocesses. A third variant runs the same code on a
-context with no eval callback at all (stock llama.cpp, ``*_vs_vanilla``). The Python fallback callback is measured
-too (``--python-reps``) to show why the callback is in C.
+(order rotated and reversed from prompt to prompt) of these variants:
 
-    python benchmarks/runtime_overhead.py [--model smollm2-135m-instruct] [--prompts 12] [--reps 3]
+* ``vanilla``: the same code on a context with no eval callback (stock llama.cpp);
+* ``plain`` / ``pack``: the engine's C callback without / with a pack (a random
+  rank-8 pack on every 2nd layer, edit norm ≈ ``--rel-norm`` × the residual norm);
+* ``py_plain`` / ``py_pack``: the same with the Python fallback callback.
+
+Per run: prompt tokens/s and decode tokens/s (``--tokens`` decoded, EOG
+ignored), from wall time and from process CPU time (``*_cpu_*``: tokens per
+CPU second, much less sensitive to other load on a shared machine; with
+``--threads 1`` it is the compute cost). Overhead = median base tokens/s ÷
+median pack tokens/s − 1, plus the median of the adjacent pairs' ratios
+(``*_paired``). Peak RSS (and RSS at the end) without / with the pack comes
+from two separate subprocesses.
+
+    python benchmarks/runtime_overhead.py [--model smollm2-135m-instruct] [--prompts 10] [--reps 4] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -84,17 +88,18 @@ class Vanilla:
             self.rec.ctx, self.rec.editor = saved
 
 
-def measure(rec, prompts_ids, pack, reps, tokens, label, vanilla=None):
-    """Alternate the variants (order rotated per run) → medians of prompt / decode tokens/s and overheads."""
+KINDS = ("prompt", "decode", "prompt_cpu", "decode_cpu")  # tokens/s of wall time; tokens per CPU second
+
+
+def measure(variants: dict, prompts_ids, reps: int) -> dict:
+    """Run every variant on every prompt, alternating (order rotated and reversed per prompt);
+    return per-variant medians ``{kind}_tps_{variant}`` and the raw arrays."""
     from rich.progress import Progress
 
-    variants = {"plain": lambda ids: _run(rec, ids, [], tokens), "pack": lambda ids: _run(rec, ids, [pack], tokens)}
-    if vanilla is not None:
-        variants["vanilla"] = lambda ids: vanilla.run(ids, tokens)
     names = list(variants)
-    res = {n: ([], [], [], []) for n in names}
+    res = {n: [[] for _ in KINDS] for n in names}
     with Progress(transient=True) as prog:
-        task = prog.add_task(label, total=reps * len(prompts_ids))
+        task = prog.add_task("alternating runs", total=reps * len(prompts_ids))
         for rep in range(reps):
             for i, ids in enumerate(prompts_ids):
                 k = (rep * len(prompts_ids) + i) % len(names)
@@ -105,17 +110,18 @@ def measure(rec, prompts_ids, pack, reps, tokens, label, vanilla=None):
                     for j, v in enumerate(variants[n](ids)):
                         res[n][j].append(v)
                 prog.advance(task)
-    a = {n: [np.asarray(v) for v in vals] for n, vals in res.items()}
-    kinds = ("prompt", "decode", "prompt_cpu", "decode_cpu")  # tokens/s of wall time; tokens per CPU second
-    out = {"runs_per_variant": int(a["plain"][0].size)}
-    for n in names:
-        for j, kind in enumerate(kinds):
-            out[f"{kind}_tps_{n}"] = float(np.median(a[n][j]))
-    for base in [b for b in ("plain", "vanilla") if b in a]:
-        suf = "" if base == "plain" else "_vs_vanilla"
-        for j, kind in enumerate(kinds):
-            out[f"{kind}_overhead_pct{suf}"] = 100 * (out[f"{kind}_tps_{base}"] / out[f"{kind}_tps_pack"] - 1)
-            out[f"{kind}_overhead_pct{suf}_paired"] = float(100 * (np.median(a[base][j] / a["pack"][j]) - 1))
+    raw = {n: [np.asarray(v) for v in vals] for n, vals in res.items()}
+    med = {f"{kind}_tps_{n}": float(np.median(raw[n][j])) for n in names for j, kind in enumerate(KINDS)}
+    return {"medians": med, "raw": raw, "runs_per_variant": reps * len(prompts_ids)}
+
+
+def overheads(m: dict, base: str, test: str, suffix: str) -> dict:
+    """Overhead of ``test`` over ``base`` in % (median tokens/s ratio, and median of the paired ratios)."""
+    out = {}
+    for j, kind in enumerate(KINDS):
+        b, t = m["medians"][f"{kind}_tps_{base}"], m["medians"][f"{kind}_tps_{test}"]
+        out[f"{kind}_overhead_pct{suffix}"] = 100 * (b / t - 1)
+        out[f"{kind}_overhead_pct{suffix}_paired"] = float(100 * (np.median(m["raw"][base][j] / m["raw"][test][j]) - 1))
     return out
 
 
@@ -127,7 +133,10 @@ def rss_child(model: str, pack_file: str | None, prompts: list[str], tokens: int
     packs = rec.load_packs([pack_file]) if pack_file else []
     for p in prompts:
         rec.generate_ids(rec.encode(p), packs, max_tokens=tokens, stop_at_eog=False)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "native": rec.native}))
+    end = next((int(ln.split()[1]) / 1024 for ln in Path("/proc/self/status").read_text().splitlines()
+                if ln.startswith("VmRSS:")), float("nan"))
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "end_rss_mb": end,
+                      "native": rec.native}))
 
 
 def _rss(args, pack_file: str | None, prompts: list[str]) -> dict:
@@ -145,7 +154,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens decoded per run")
     ap.add_argument("--rel-norm", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--python-reps", type=int, default=1, help="repetitions for the Python-callback variant (0: skip)")
+    ap.add_argument("--no-python", dest="python", action="store_false",
+                    help="skip the Python-callback variants")
     ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child is not None:
@@ -160,56 +170,60 @@ def main() -> None:
     rec = Recipient(args.model, n_ctx=2048, n_threads=args.threads)
     pack = calibrated_pack(rec, rel_norm=args.rel_norm)
     ids = [rec.encode(p) for p in prompts]
-    for i in ids[:2]:  # warm-up
-        _run(rec, i, [pack], 4)
     vanilla = Vanilla(rec, args.threads)
-    native = measure(rec, ids, pack, args.reps, args.tokens, "C callback", vanilla)
-    vanilla.ctx.free()
-    print("C callback:", {k: round(v, 2) for k, v in native.items()}, flush=True)
+    variants = {"vanilla": lambda i: vanilla.run(i, args.tokens),
+                "plain": lambda i: _run(rec, i, [], args.tokens),
+                "pack": lambda i: _run(rec, i, [pack], args.tokens)}
+    py = None
+    if args.python:
+        py = Recipient(args.model, n_ctx=2048, n_threads=args.threads, native=False)
+        variants["py_plain"] = lambda i: _run(py, i, [], args.tokens)
+        variants["py_pack"] = lambda i: _run(py, i, [pack], args.tokens)
+    for i in ids[:2]:  # warm-up
+        for fn in variants.values():
+            fn(i[:8])
+    m = measure(variants, ids, args.reps)
+    res = {**m["medians"], **overheads(m, "plain", "pack", ""), **overheads(m, "vanilla", "pack", "_vs_vanilla")}
+    if py is not None:
+        res.update(overheads(m, "vanilla", "py_plain", "_py_callback_idle_vs_vanilla"))
+        res.update(overheads(m, "vanilla", "py_pack", "_py_callback_pack_vs_vanilla"))
+    print({k: round(v, 2) for k, v in res.items()}, flush=True)
     details = {"model": args.model, "file": str(rec.path), "n_layer": rec.n_layer, "d_model": rec.d_model,
                "pack": {"entries": len(pack.entries), "layers": pack.layers, "rank": 8, "pq_rank": 8,
                         "rel_norm": args.rel_norm},
                "prompts": len(prompts), "mean_prompt_tokens": float(np.mean([len(i) for i in ids])),
-               "decode_tokens_per_run": args.tokens, "reps": args.reps, "threads": args.threads,
-               "native_callback": rec.native, "c_callback": native}
+               "decode_tokens_per_run": args.tokens, "reps": args.reps, "runs_per_variant": m["runs_per_variant"],
+               "threads": args.threads or os.cpu_count(), "native_callback": rec.native,
+               "variants": {"vanilla": "no eval callback (stock llama.cpp)", "plain": "C callback, no pack",
+                            "pack": "C callback, pack applied", "py_plain": "Python callback, no pack",
+                            "py_pack": "Python callback, pack applied"},
+               "results": res}
+    vanilla.ctx.free()
     rec.close()
-    if args.python_reps > 0:
-        py = Recipient(args.model, n_ctx=2048, n_threads=args.threads, native=False)
-        pyres = measure(py, ids, pack, args.python_reps, args.tokens, "Python callback")
-        print("Python callback:", {k: round(v, 2) for k, v in pyres.items()}, flush=True)
-        details["python_callback"] = pyres
+    if py is not None:
         py.close()
     with tempfile.TemporaryDirectory() as tmp:
         pf = str(pack.save(Path(tmp) / "bench.pack.gguf"))
         rss_plain = _rss(args, None, prompts[:4])
         rss_pack = _rss(args, pf, prompts[:4])
     details["rss"] = {"plain": rss_plain, "pack": rss_pack}
-    figures = {
-        "decode_overhead_pct": (native["decode_overhead_pct"], "%"),
-        "prompt_overhead_pct": (native["prompt_overhead_pct"], "%"),
-        "decode_overhead_pct_paired": (native["decode_overhead_pct_paired"], "%"),
-        "prompt_overhead_pct_paired": (native["prompt_overhead_pct_paired"], "%"),
-        "decode_tps_plain": (native["decode_tps_plain"], "tokens/s"),
-        "decode_tps_pack": (native["decode_tps_pack"], "tokens/s"),
-        "decode_tps_vanilla": (native["decode_tps_vanilla"], "tokens/s"),
-        "decode_overhead_pct_vs_vanilla": (native["decode_overhead_pct_vs_vanilla"], "%"),
-        "prompt_overhead_pct_vs_vanilla": (native["prompt_overhead_pct_vs_vanilla"], "%"),
-        "prompt_tps_vanilla": (native["prompt_tps_vanilla"], "tokens/s"),
-        "prompt_tps_plain": (native["prompt_tps_plain"], "tokens/s"),
-        "prompt_tps_pack": (native["prompt_tps_pack"], "tokens/s"),
-        "decode_cpu_overhead_pct": (native["decode_cpu_overhead_pct"], "%"),
-        "prompt_cpu_overhead_pct": (native["prompt_cpu_overhead_pct"], "%"),
-        "decode_cpu_overhead_pct_vs_vanilla": (native["decode_cpu_overhead_pct_vs_vanilla"], "%"),
-        "prompt_cpu_overhead_pct_vs_vanilla": (native["prompt_cpu_overhead_pct_vs_vanilla"], "%"),
-        "rss_plain_mb": (rss_plain["peak_rss_mb"], "MiB"),
-        "rss_pack_mb": (rss_pack["peak_rss_mb"], "MiB"),
-        "rss_overhead_mb": (rss_pack["peak_rss_mb"] - rss_plain["peak_rss_mb"], "MiB"),
-    }
-    if "python_callback" in details:
-        figures["python_callback_decode_overhead_pct"] = (details["python_callback"]["decode_overhead_pct"], "%")
-        figures["python_callback_decode_tps_plain"] = (details["python_callback"]["decode_tps_plain"], "tokens/s")
-        figures["python_vs_c_plain_decode_cpu_pct"] = (
-            100 * (native["decode_cpu_tps_plain"] / details["python_callback"]["decode_cpu_tps_plain"] - 1), "%")
+    keys = ["decode_overhead_pct", "prompt_overhead_pct", "decode_overhead_pct_paired", "prompt_overhead_pct_paired",
+            "decode_cpu_overhead_pct", "prompt_cpu_overhead_pct",
+            "decode_overhead_pct_vs_vanilla", "prompt_overhead_pct_vs_vanilla",
+            "decode_cpu_overhead_pct_vs_vanilla", "prompt_cpu_overhead_pct_vs_vanilla"]
+    figures = {k: (res[k], "%") for k in keys}
+    for n in ("vanilla", "plain", "pack"):
+        for kind in ("prompt", "decode"):
+            figures[f"{kind}_tps_{n}"] = (res[f"{kind}_tps_{n}"], "tokens/s")
+    if py is not None:
+        for k in ("decode_overhead_pct_py_callback_idle_vs_vanilla",
+                  "decode_cpu_overhead_pct_py_callback_idle_vs_vanilla",
+                  "prompt_overhead_pct_py_callback_pack_vs_vanilla"):
+            figures[k] = (res[k], "%")
+    figures["rss_plain_mb"] = (rss_plain["peak_rss_mb"], "MiB")
+    figures["rss_pack_mb"] = (rss_pack["peak_rss_mb"], "MiB")
+    figures["rss_overhead_mb"] = (rss_pack["peak_rss_mb"] - rss_plain["peak_rss_mb"], "MiB")
+    figures["rss_end_overhead_mb"] = (rss_pack["end_rss_mb"] - rss_plain["end_rss_mb"], "MiB")
     path = write_results("runtime_overhead", figures, details)
     print({k: round(v[0], 2) for k, v in figures.items()})
     print(f"wrote {path}")

@@ -1,0 +1,145 @@
+"""``cmdv run`` and ``cmdv chat``: a GGUF recipient in llama.cpp with behavior packs applied.
+
+Wired by the main CLI with ``register(app, user_errors)``. Generated text goes
+to stdout (streamed); model / pack information goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+_err = Console(stderr=True, highlight=False)
+
+
+def _strengths(packs: list, strengths: list[float]) -> list[float] | None:
+    """No strengths → None (1.0 each); one strength → every pack; else one per pack (checked by the engine)."""
+    if not strengths:
+        return None
+    if len(strengths) == 1 and len(packs) > 1:
+        return strengths * len(packs)
+    return list(strengths)
+
+
+def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: list[Path]):
+    from .llama_engine import Recipient
+
+    rec = Recipient(model, n_ctx=n_ctx, n_threads=threads, force=force)
+    loaded = rec.load_packs(packs)
+    path = "C" if rec.native else "Python"
+    _err.print(f"[dim]{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); edit callback: {path}[/dim]")
+    for p in loaded:
+        _err.print(f"[dim]pack {p.summary()}[/dim]")
+    return rec, loaded
+
+
+def _stream(pieces) -> str:
+    text = []
+    for piece in pieces:
+        text.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return "".join(text)
+
+
+def register(app: typer.Typer, user_errors: Callable) -> None:
+    """Add ``run`` and ``chat`` to ``app``; ``user_errors`` turns project errors into one red line."""
+
+    @app.command("run")
+    @user_errors
+    def run_cmd(
+        model: str = typer.Argument(..., help="zoo key or .gguf file"),
+        prompt: str = typer.Argument(..., help="the user prompt (rendered with the model's chat template)"),
+        pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+        strength: Optional[List[float]] = typer.Option(None, "--strength", "-s",
+                                                       help="strength per pack, in --pack order (one = all)"),
+        max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="most tokens to generate"),
+        temperature: float = typer.Option(0.0, help="0 = greedy"),
+        top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
+        seed: Optional[int] = typer.Option(None, help="sampling seed (reproducible output)"),
+        stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
+        force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
+        compare: bool = typer.Option(False, "--compare", help="print the output without and with the packs"),
+        raw: bool = typer.Option(False, "--raw", help="feed the prompt without the chat template"),
+        n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+    ) -> None:
+        """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
+        packs_in = list(pack or [])
+        rec, packs = _open(model, n_ctx, threads, force, packs_in)
+        kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or []),
+                  template=not raw)
+        s = _strengths(packs, list(strength or []))
+        try:
+            if not compare:
+                _stream(rec.generate(prompt, packs=packs, strengths=s, stream=True, **kw))
+                return
+            from rich import box
+            from rich.table import Table
+
+            with_packs = rec.generate(prompt, packs=packs, strengths=s, **kw)
+            without = rec.generate(prompt, packs=(), **kw)
+            names = ", ".join(f"{p.name}×{v:g}" for p, v in zip(packs, s or [1.0] * len(packs))) or "none"
+            table = Table(box=box.SIMPLE_HEAD, expand=True, show_lines=False)
+            table.add_column("without packs", ratio=1, overflow="fold")
+            table.add_column(f"with packs ({names})", ratio=1, overflow="fold")
+            table.add_row(without, with_packs)
+            Console(soft_wrap=False, highlight=False).print(table)
+        finally:
+            rec.close()
+
+    @app.command("chat")
+    @user_errors
+    def chat_cmd(
+        model: str = typer.Argument(..., help="zoo key or .gguf file"),
+        pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+        strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="strength per pack"),
+        system: Optional[str] = typer.Option(None, help="system message"),
+        max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="most tokens per reply"),
+        temperature: float = typer.Option(0.0, help="0 = greedy"),
+        top_p: float = typer.Option(1.0, "--top-p"),
+        seed: Optional[int] = typer.Option(None),
+        force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
+        n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
+        threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+    ) -> None:
+        """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
+        from .llama_edit import EngineError
+
+        rec, packs = _open(model, n_ctx, threads, force, list(pack or []))
+        s = _strengths(packs, list(strength or []))
+        history: list[dict] = [{"role": "system", "content": system}] if system else []
+        start = len(history)
+        _err.print("[dim]type a message; /quit to exit, /reset to start over[/dim]")
+        try:
+            while True:
+                _err.print("[bold]you>[/bold] ", end="")
+                line = sys.stdin.readline()
+                if not line:
+                    break
+                msg = line.strip()
+                if msg in ("/quit", "/exit"):
+                    break
+                if msg == "/reset":
+                    del history[start:]
+                    continue
+                if not msg:
+                    continue
+                history.append({"role": "user", "content": msg})
+                _err.print("[bold]assistant>[/bold] ", end="")
+                try:
+                    reply = _stream(rec.chat(history, packs=packs, strengths=s, max_tokens=max_tokens,
+                                             temperature=temperature, top_p=top_p, seed=seed, stream=True))
+                except EngineError as exc:  # e.g. the conversation outgrew the context: say so, keep going
+                    history.pop()
+                    _err.print(f"[red]error:[/red] {exc}")
+                    continue
+                history.append({"role": "assistant", "content": reply})
+        finally:
+            rec.close()

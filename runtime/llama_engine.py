@@ -1,0 +1,353 @@
+"""Behavior packs on a (quantized) GGUF recipient with llama.cpp — the device-side engine.
+
+    r = Recipient("smollm2-135m-instruct")            # zoo key or .gguf path
+    r.generate("Write a haiku.", packs=["style.pack.gguf"], strengths=[1.5])
+    r.chat([{"role": "user", "content": "Hi"}], packs=[pack], stream=True)
+
+Semantics are those of :mod:`commandv.runtime.torch_engine` (the reference):
+the prompt is rendered with the model's chat template (generation header
+included) by :func:`~commandv.runtime.chat_template.render_chat`; during the
+prompt pass, after block ``entry.layer``, the targeted prompt rows get
+``h += s · delta(h)`` (packs in list order, entries in file order,
+``s = entry.strength × pack strength``); generated tokens are never edited
+and see the edit through the KV cache. The prompt is decoded in chunks of at
+most ``n_ubatch`` tokens, so every edited row is known per ``llama_decode``.
+Packs change per request; the model and context are built once and the KV
+memory is cleared between requests. Not thread-safe: one request at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .chat_template import render_chat, user_turn
+from .fingerprint import model_info_from_gguf
+from .llama_edit import (EngineError, PositionsError, StrengthError, check_packs, compile_entries,  # noqa: F401
+                         make_context, make_editor, normalize_strengths)
+from .llama_lowlevel import LlamaModel, _ll
+from .llama_sampling import Sampler, TextStream, check_stops
+from .model_ref import ModelError, resolve_model
+from .pack import BehaviorPack, PackError
+
+PackLike = BehaviorPack | str | os.PathLike
+
+
+class EmptyPromptError(EngineError):
+    """The prompt (or message list / token list) is empty."""
+
+
+class PromptTooLongError(EngineError):
+    """The prompt has more tokens than the context holds."""
+
+
+class StaleStreamError(EngineError):
+    """A streamed generation was continued after a newer request reused the context."""
+
+
+@dataclass
+class GenerationStats:
+    """Timing of the last request: prompt tokens and seconds, generated tokens and decode seconds."""
+
+    n_prompt: int
+    prompt_s: float
+    n_generated: int = 0
+    n_decoded: int = 0  # tokens that went through llama_decode after the prompt
+    decode_s: float = 0.0
+    finish: str = ""  # 'eog' | 'stop' | 'length' | 'context'
+    native: bool = False
+    prompt_cpu_s: float = 0.0  # process CPU time (all threads) of the prompt pass
+    decode_cpu_s: float = 0.0  # process CPU time of sampling + decoding
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.n_prompt / self.prompt_s if self.prompt_s > 0 else float("nan")
+
+    @property
+    def decode_tps(self) -> float:
+        return self.n_decoded / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+class Recipient:
+    """A GGUF model in llama.cpp that applies behavior packs per request."""
+
+    def __init__(self, model: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_ubatch: int = 512, kv_type: str = "f16", force: bool = False,
+                 flash_attn: bool | None = None, native: bool | None = None):
+        """``model``: zoo key or GGUF path. ``kv_type``: ``'f16'`` or ``'f32'`` (exact).
+        ``native``: None = C callback when it builds, else Python; True/False force one."""
+        if int(n_ctx) < 1 or int(n_ubatch) < 1:
+            raise EngineError(f"n_ctx and n_ubatch must be >= 1, got {n_ctx} and {n_ubatch}")
+        ref = resolve_model(model)
+        if ref.kind != "gguf":
+            raise ModelError(f"the llama.cpp engine needs a GGUF file; {model} is an HF folder")
+        self.path: Path = ref.path
+        self.info = model_info_from_gguf(ref.path)
+        self.model = LlamaModel(ref.path)
+        self.n_layer, self.d_model = self.model.n_layer, self.model.n_embd
+        self.force = bool(force)
+        self.n_ubatch = int(min(n_ubatch, n_ctx))
+        self.editor = make_editor(self.d_model, self.n_layer, native)
+        self.ctx = make_context(self.model, self.editor, n_ctx=int(n_ctx), n_batch=self.n_ubatch,
+                                n_ubatch=self.n_ubatch, n_threads=n_threads, kv_type=kv_type, flash_attn=flash_attn)
+        self.n_ctx = self.ctx.n_ctx
+        self.n_ubatch = min(self.ctx.n_ubatch, self.ctx.n_batch)  # what llama.cpp actually uses
+        self.last_stats: GenerationStats | None = None
+        self._request = 0
+        self._pieces: dict[int, bytes] = {}
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def native(self) -> bool:
+        """True when the edit runs in the C callback."""
+        return bool(self.editor.native)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def arch(self) -> str:
+        return self.info.arch
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.model.chat_template
+
+    # ------------------------------------------------------------------ prompts
+    def _special_text(self, tok: int) -> str:
+        return self.model.token_text(tok) if 0 <= tok < self.model.n_vocab else ""
+
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The conversation as text, with the GGUF's chat template."""
+        return render_chat(self.model.chat_template, list(messages), add_generation_prompt,
+                           self._special_text(self.model.bos), self._special_text(self.model.eos))
+
+    def encode(self, prompt: str, template: bool = True) -> list[int]:
+        """Token ids of one user prompt (templated: no extra special tokens; raw: the model's BOS rules)."""
+        if not isinstance(prompt, str):
+            raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise EmptyPromptError("prompt is empty")
+        if template:
+            return self.model.tokenize(self.render(user_turn(prompt)), add_special=False, parse_special=True)
+        return self.model.tokenize(prompt, add_special=True, parse_special=True)
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of a conversation rendered with the chat template (generation header included)."""
+        if isinstance(messages, (str, bytes)) or not messages:
+            raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
+        return self.model.tokenize(self.render(messages), add_special=False, parse_special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of generated ids (control tokens dropped)."""
+        return b"".join(self._piece(t) for t in ids).decode("utf-8", "replace")
+
+    def _piece(self, tok: int) -> bytes:
+        hit = self._pieces.get(tok)
+        if hit is None:
+            L = _ll()
+            buf = ctypes.create_string_buffer(64)
+            n = L.llama_token_to_piece(self.model.vocab, int(tok), buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = L.llama_token_to_piece(self.model.vocab, int(tok), buf, -n, 0, False)
+            hit = self._pieces[tok] = buf.raw[: max(n, 0)]
+        return hit
+
+    def is_eog(self, tok: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ``<|im_end|>`` …)."""
+        return bool(_ll().llama_vocab_is_eog(self.model.vocab, int(tok)))
+
+    def eog_tokens(self) -> list[int]:
+        """All end-of-generation token ids (scans the vocab)."""
+        return [t for t in range(self.model.n_vocab) if self.is_eog(t)]
+
+    # ------------------------------------------------------------------ packs
+    def load_packs(self, packs: PackLike | Sequence[PackLike] | None, force: bool | None = None) -> list[BehaviorPack]:
+        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit."""
+        if packs is None:
+            return []
+        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
+            packs = [packs]
+        out = [p if isinstance(p, BehaviorPack) else BehaviorPack.load(p) for p in packs]
+        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
+                    self.force if force is None else bool(force))
+        return out
+
+    def _prepare(self, ids: Sequence[int], packs, strengths, force, rows=None):
+        if isinstance(ids, (str, bytes)):
+            raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
+        try:
+            ids = [int(t) for t in ids]
+        except (TypeError, ValueError):
+            raise EngineError("token_ids must be a sequence of integers") from None
+        loaded = self.load_packs(packs, force)
+        s = normalize_strengths(len(loaded), strengths)
+        if not ids:
+            raise EmptyPromptError("prompt has no tokens")
+        if len(ids) > self.n_ctx:
+            raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {self.n_ctx} tokens")
+        bad = [t for t in ids if not 0 <= t < self.model.n_vocab]
+        if bad:
+            raise EngineError(f"token ids outside the vocabulary [0, {self.model.n_vocab}): {bad[:5]}")
+        return ids, compile_entries(loaded, s, len(ids), rows)
+
+    # ------------------------------------------------------------------ prompt pass
+    def _prefill(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:
+        """Clear memory, load the edits, decode the prompt in chunks of <= n_ubatch; logits [T or 1, V]."""
+        self._request += 1
+        self.ctx.clear()
+        self.editor.load(entries)
+        self.editor.set_record(record)
+        T, U = len(ids), self.n_ubatch
+        every = all_logits or record is not None
+        out = []
+        try:
+            for pos0 in range(0, T, U):
+                chunk = ids[pos0:pos0 + U]
+                n, last = len(chunk), pos0 + U >= T
+                mode = "all" if every else ("last" if last else "none")
+                out_pos = range(pos0, pos0 + n) if every else ([T - 1] if last else [])
+                self.editor.begin(pos0, n, list(out_pos))
+                try:
+                    idx = self.ctx.decode([chunk], logits_for=mode)[0]
+                finally:
+                    self.editor.end()
+                self.editor.check_error()
+                if every:
+                    out.extend(self.ctx.logits(i) for i in range(n))
+                elif last:
+                    out.append(self.ctx.logits(idx))
+        finally:
+            self.editor.set_record(None)
+        return np.stack(out)
+
+    def prompt_pass(self, ids: Sequence[int], packs=(), strengths=None, record_layers: bool = False,
+                    all_logits: bool = False, rows: Sequence[int] | None = None, force: bool | None = None):
+        """One edited prompt pass → ``(logits, hidden)``.
+
+        ``logits``: ``[V]`` of the last prompt token, or ``[T, V]`` with ``all_logits``. ``hidden``:
+        ``{layer: [T, d]}`` float32, every block's output after the edits (``record_layers``), else ``{}``.
+        ``rows`` replaces every entry's positions with these absolute rows (tests).
+        """
+        ids, entries = self._prepare(ids, packs, strengths, force, rows)
+        rec = np.zeros((self.n_layer, len(ids), self.d_model), np.float32) if record_layers else None
+        logits = self._prefill(ids, entries, rec, all_logits)
+        hidden = {i: rec[i] for i in range(self.n_layer)} if rec is not None else {}
+        return (logits if all_logits else logits[-1]), hidden
+
+    # ------------------------------------------------------------------ generation
+    def _tokens(self, ids: list[int], entries, sampler: Sampler, max_tokens: int,
+                stop_at_eog: bool = True) -> Iterator[int]:
+        """Prefill now; return a generator of new token ids (EOG excluded)."""
+        if int(max_tokens) < 0:
+            raise EngineError(f"max_tokens must be >= 0, got {max_tokens}")
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = self._prefill(ids, entries, None, False)[-1]
+        stats = GenerationStats(len(ids), time.perf_counter() - t0, native=self.native,
+                                prompt_cpu_s=time.process_time() - c0)
+        self.last_stats = stats
+        req = self._request
+
+        def gen() -> Iterator[int]:
+            nonlocal logits
+            n_past = len(ids)
+            stats.finish = "length"
+            for k in range(int(max_tokens)):
+                t, c = time.perf_counter(), time.process_time()
+                tok = sampler(logits)
+                stats.decode_s += time.perf_counter() - t
+                stats.decode_cpu_s += time.process_time() - c
+                if stop_at_eog and self.is_eog(tok):
+                    stats.finish = "eog"
+                    return
+                stats.n_generated += 1
+                yield tok
+                if k == max_tokens - 1:
+                    return
+                if n_past >= self.n_ctx:
+                    stats.finish = "context"
+                    return
+                if req != self._request:
+                    raise StaleStreamError("a newer request reused the context; this stream cannot continue")
+                t, c = time.perf_counter(), time.process_time()
+                logits = self.ctx.logits(self.ctx.decode([[tok]], logits_for="last")[0])
+                stats.decode_s += time.perf_counter() - t
+                stats.decode_cpu_s += time.process_time() - c
+                n_past += 1
+                stats.n_decoded += 1
+
+        return gen()
+
+    def generate_ids(self, token_ids: Sequence[int], packs=(), strengths=None, max_tokens: int = 128,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                     force: bool | None = None, stop_at_eog: bool = True) -> list[int]:
+        """New token ids after ``token_ids`` (stops at an end-of-generation token, not included, unless
+        ``stop_at_eog`` is False: then exactly ``max_tokens`` unless the context fills up — benchmarks)."""
+        sampler = Sampler(temperature, top_p, seed)
+        ids, entries = self._prepare(token_ids, packs, strengths, force)
+        return list(self._tokens(ids, entries, sampler, max_tokens, stop_at_eog))
+
+    def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
+        sampler = Sampler(temperature, top_p, seed)
+        stops = check_stops(stop)
+        ids, entries = self._prepare(ids, packs, strengths, force)
+        toks = self._tokens(ids, entries, sampler, max_tokens)
+
+        def pieces() -> Iterator[str]:
+            ts = TextStream(stops)
+            for tok in toks:
+                s = ts.push(self._piece(tok))
+                if s:
+                    yield s
+                if ts.stopped:
+                    toks.close()
+                    if self.last_stats is not None:
+                        self.last_stats.finish = "stop"
+                    break
+            tail = ts.finish()
+            if tail:
+                yield tail
+
+        return pieces() if stream else "".join(pieces())
+
+    def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
+                 stream: bool = False, template: bool = True, force: bool | None = None):
+        """Continue one user prompt with ``packs`` applied → text (or an iterator of pieces if ``stream``).
+
+        Greedy when ``temperature == 0``; else temperature / top-p sampling (``seed`` → reproducible).
+        Generation ends at ``max_tokens``, an end-of-generation token, or a ``stop`` string (cut off).
+        """
+        ids = self.encode(prompt, template)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    def chat(self, messages: Sequence[dict], packs=(), strengths=None, max_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: str | Sequence[str] = (), stream: bool = False, force: bool | None = None):
+        """The assistant's reply to ``messages`` (``[{'role', 'content'}]``), packs applied to the last rows."""
+        ids = self.encode_chat(messages)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        for obj in ("ctx", "editor", "model"):
+            o = getattr(self, obj, None)
+            if o is not None and hasattr(o, "free"):
+                o.free()
+
+    def __enter__(self) -> "Recipient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,58 @@
+"""Evaluation pieces: judges, utility check, self-packs, config runner (fake engine), report figures, plot."""
+
+import numpy as np
+
+from commandv.exporter.adapters import Adapter
+from commandv.exporter.behaviors import EvalPrompt, get_behavior
+from commandv.exporter.eval_pair import pair_key, plot_report
+from commandv.exporter.evaluate import PairReport, adapter_pack, run_config, utility_ok, utility_questions
+from commandv.exporter.interventions import DonorEdit
+
+
+def test_utility_questions_and_judge():
+    qs = utility_questions()
+    assert len(qs) >= 20 and all(q["answer"] for q in qs)
+    assert utility_ok("The answer is 56.", "56")
+    assert not utility_ok("The answer is 560.", "56")
+    assert utility_ok("Paris is the capital.", "paris")
+    assert not utility_ok("Comparison", "paris")
+
+
+def test_adapter_pack_is_the_adapter():
+    rng = np.random.default_rng(0)
+    e = DonorEdit(2, "NodiReFT", rng.standard_normal((16, 4)), rng.standard_normal(4), rng.standard_normal((4, 16)))
+    ad = Adapter(edits=[e], kind="NodiReFT", positions="l1", component="block_output", sha256="s" * 64, source="x")
+    p = adapter_pack(ad, "f" * 64, "llama", 4, "self")
+    p.validate()
+    h = rng.standard_normal((3, 16))
+    assert np.allclose(p.entries[0].delta(h.astype(np.float32)), e.delta(h), rtol=1e-4, atol=1e-4)
+    assert p.entries[0].layer == 2
+
+
+class FakeEngine:
+    path = type("P", (), {"name": "fake.gguf"})()
+
+    def generate(self, prompt, packs=(), strengths=None, max_tokens=32):
+        if packs:
+            return "Arr matey! " + ("56" if "7 times 8" in prompt else "sure")
+        return "56" if "7 times 8" in prompt else "Hello"
+
+
+def test_run_config_and_report(tmp_path):
+    beh = get_behavior("pirate")
+    prompts = [EvalPrompt("a", "style", True), EvalPrompt("b", "style", True)]
+    util = [{"prompt": "What is 7 times 8?", "answer": "56"}, {"prompt": "Capital of Japan?", "answer": "tokyo"}]
+    off = run_config(FakeEngine(), "recipient", beh, prompts, util, None, 1.0, 8)
+    on = run_config(FakeEngine(), "recipient+transfer@1", beh, prompts, util, object(), 1.0, 8)
+    direct = run_config(FakeEngine(), "recipient+direct", beh, prompts, util, object(), 1.0, 8)
+    assert off.expected_rate == 0.0 and on.expected_rate == 1.0 and on.utility == 0.5
+    rep = PairReport("a-to-b", "pirate", "a", "b", 8, [off, on, direct], [{"recipient_layer": 1, "r2_r2d": 0.5,
+                                                                            "r2_d2r": 0.4}])
+    f = rep.figures()
+    assert f["a-to-b.transferred_pirate"][0] == 1.0 and f["a-to-b.recovered_gain"][0] == 1.0
+    assert "| recipient | 0% |" in rep.markdown()
+    assert plot_report(rep, tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_pair_key():
+    assert pair_key("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct") == "qwen1.5b-to-qwen0.5b"
