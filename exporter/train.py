@@ -214,6 +214,32 @@ class _LossProgress:
         return False
 
 
+def load_reft_model(model, folder: str | Path):
+    """Rebuild a live pyreft model from a folder written by :func:`save_adapter` (fp32, eval mode).
+
+    pyreft's ``ReftModel.load`` cannot (NodiReFT ``KeyError: 'add_bias'``, bf16 dtype,
+    ``map_location='cuda:0'``); this rebuilds the modules from ``training_metadata.json``
+    and loads each ``intkey_*.bin`` with ``torch.load(weights_only=True)``.
+    """
+    import torch
+
+    folder = Path(folder)
+    meta_path = folder / "training_metadata.json"
+    if not meta_path.is_file():
+        raise TrainError(f"{folder}: no training_metadata.json (not written by save_adapter)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    settings = TrainSettings(intervention=meta["intervention_type"], rank=int(meta["rank"]),
+                             layers=[int(x) for x in meta["layers"]], add_bias=bool(meta.get("add_bias", True)))
+    reft_model = build_reft_model(model, settings.layers, settings)
+    for key, iv in reft_model.interventions.items():
+        path = folder / f"intkey_{key}.bin"
+        if not path.is_file():
+            raise TrainError(f"{folder}: missing {path.name}")
+        iv.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        iv.eval()
+    return reft_model
+
+
 def live_deltas(reft_model, h: np.ndarray) -> dict[int, np.ndarray]:
     """``intervention(h) - h`` of every live intervention, keyed by layer; ``h [n, d]`` → float64 ``[n, d]``."""
     import torch

@@ -207,8 +207,8 @@ def render_readme(meta: dict) -> str:
         f"act `{meta['act_fn']}`; AdamW lr {meta['lr']} ({meta['lr_schedule']}), weight decay 0, "
         f"batch {meta['batch_size']}, {meta['steps']} steps ({meta['epochs']} epochs) on {meta['examples']} "
         f"examples {meta['example_groups']}, seed {meta['seed']}, fp32.", "",
-        f"Training took {meta['seconds']} s ({meta['seconds_per_step']} s/step, {meta['torch_threads']} torch "
-        f"threads, {meta.get('cpu_count')} CPUs, 1-min load average before/after "
+        f"Training took {meta['seconds']} s ({meta['seconds_per_step']} s/step; torch threads "
+        f"{meta['torch_threads']}, {meta.get('cpu_count')} CPUs, 1-min load average before/after "
         f"{meta.get('load_average_1min_before_after_training')}: other processes share the CPUs, so "
         f"expect faster steps on an idle machine); loss {meta['loss']['first']:.3f} → {meta['final_loss']:.3f}.", "",
         "Held-out prompts (greedy, "
@@ -218,8 +218,17 @@ def render_readme(meta: dict) -> str:
     for e in meta["eval"]:
         lines.append(f"| {e['label']} | {'yes' if e['expect'] else 'no'} | {e['n']} | {e['with_adapter']} | "
                      f"{e['without_adapter']} |")
+    ext = meta.get("eval_extended")
+    if ext:
+        lines += ["", f"All held-out prompts of each group ({ext.get('how', '')}):", "",
+                  "| group | expected | n | with adapter | off-shelf |", "|---|---|---|---|---|"]
+        lines += [f"| {e['label']} | {'yes' if e['expect'] else 'no'} | {e['n']} | {e['with_adapter']} | "
+                  f"{e['without_adapter']} |" for e in ext["groups"]]
+        if ext.get("note"):
+            lines += ["", ext["note"]]
     lines += ["", "Files: `config.json` + `intkey_*.bin` are pyreft's `ReftModel.save` output (read them with "
-              "`commandv.exporter.adapters.load_adapter`; pyreft's own `ReftModel.load` cannot reload NodiReFT). "
+              "`commandv.exporter.adapters.load_adapter`, or rebuild live pyreft modules with "
+              "`commandv.exporter.train.load_reft_model`; pyreft's own `ReftModel.load` cannot reload NodiReFT). "
               f"`training_metadata.json` has every setting and the loss curve; `{ANSWERS_FILE}` caches the "
               "donor's own greedy answers used as targets (keyed by a hash, no prompt text).", ""]
     return "\n".join(lines)

@@ -124,7 +124,9 @@ def test_train_three_steps_save_and_reload(tiny_hf, tmp_path):
     import torch
 
     from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.train import TrainSettings, live_deltas, reft_loss, save_adapter, train_reft
+    from commandv.exporter.train import (
+        TrainSettings, live_deltas, load_reft_model, reft_loss, save_adapter, train_reft,
+    )
     from commandv.exporter.train_data import make_collator, reft_features
 
     model, tok = tiny_hf
@@ -144,7 +146,9 @@ def test_train_three_steps_save_and_reload(tiny_hf, tmp_path):
         untrained = float(reft_loss(fresh, batch))
     assert trained < untrained
 
-    out = save_adapter(reft_model, tmp_path / "ad", {"positions": "l1", "act_fn": "linear", "rank": 4}, "# x\n")
+    meta = {"positions": "l1", "act_fn": "linear", "rank": 4, "intervention_type": "NodiReFT", "layers": [0, 2],
+            "add_bias": True}
+    out = save_adapter(reft_model, tmp_path / "ad", meta, "# x\n")
     assert (out / "config.json").is_file() and len(list(out.glob("intkey_*.bin"))) == 2
     ad = load_adapter(out)
     assert ad.kind == "NodiReFT" and ad.layers == [0, 2] and ad.positions == "l1"
@@ -153,6 +157,9 @@ def test_train_three_steps_save_and_reload(tiny_hf, tmp_path):
     for e in ad.edits:
         np.testing.assert_allclose(e.delta(h.astype(np.float64)), live[e.layer], rtol=1e-4, atol=1e-5)
         assert np.abs(live[e.layer]).max() > 1e-3  # the intervention is not trivially zero
+    reloaded = live_deltas(load_reft_model(model, out), h)  # pyreft's own ReftModel.load cannot do this
+    for layer, delta in live.items():
+        np.testing.assert_array_equal(reloaded[layer], delta)
 
 
 def test_settings_are_validated():
