@@ -275,7 +275,7 @@ class NativeContext(LlamaContext):
     """A :class:`LlamaContext` whose ``cb_eval`` is a C function pointer with C ``user_data``.
 
     Mirrors ``LlamaContext.__init__`` (llama_lowlevel offers only Python callbacks); decode/logits/clear
-    are inherited.
+    are inherited. ``tests/test_llama_engine.py`` checks that both set the same instance attributes.
     """
 
     def __init__(self, model: LlamaModel, c_callback: int, user_data: int, n_ctx: int = 2048,
@@ -310,6 +310,7 @@ class NativeContext(LlamaContext):
         self.n_ubatch = int(L.llama_n_ubatch(ptr))
         self.n_seq_max = 1
         self._n_past = {}
+        self._cells = 0
 
 
 def make_editor(d: int, n_layer: int, native: bool | None = None):

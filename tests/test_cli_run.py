@@ -39,7 +39,7 @@ def app():
 
 @pytest.fixture(scope="module")
 def setup(tiny_gguf, tmp_path_factory):
-    with Recipient(tiny_gguf, n_ctx=512) as r:
+    with Recipient(tiny_gguf, n_ctx=512, n_threads=1) as r:
         pack = random_pack(layers=(1, 2), seed=3, scale=2.0, act="silu", fingerprint=r.fingerprint, name="p1")
         path = pack.save(tmp_path_factory.mktemp("packs") / "p1.gguf")
         want = r.generate(PROMPT, packs=[pack], strengths=[1.5], max_tokens=8)
@@ -52,7 +52,7 @@ def test_run_streams_the_edited_output(app, setup):
     model, pack, want, plain, _ = setup
     assert want != plain
     res = CliRunner().invoke(app, ["run", str(model), PROMPT, "--pack", str(pack), "--strength", "1.5",
-                                   "--max-tokens", "8", "--ctx", "512"])
+                                   "--max-tokens", "8", "--ctx", "512", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert res.stdout == want + "\n"
     assert "edit callback" in res.stderr and "p1" in res.stderr
@@ -61,7 +61,7 @@ def test_run_streams_the_edited_output(app, setup):
 def test_run_compare_shows_both(app, setup):
     model, pack, want, plain, _ = setup
     res = CliRunner().invoke(app, ["run", str(model), PROMPT, "-p", str(pack), "-s", "1.5", "-n", "8",
-                                   "--ctx", "512", "--compare"])
+                                   "--ctx", "512", "--compare", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "without packs" in res.stdout and "with packs (p1×1.5)" in res.stdout
     squash = "".join(res.stdout.split())
@@ -80,8 +80,8 @@ def test_run_errors_are_one_line(app, setup, tmp_path):
 
 def test_chat_loop(app, setup):
     model, pack, _, _, reply = setup
-    res = CliRunner().invoke(app, ["chat", str(model), "--pack", str(pack), "-n", "6", "--ctx", "512"],
-                             input="Hello\n/reset\n\n/quit\nnever read\n")
+    args = ["chat", str(model), "--pack", str(pack), "-n", "6", "--ctx", "512", "--threads", "1"]
+    res = CliRunner().invoke(app, args, input="Hello\n/reset\n\n/quit\nnever read\n")
     assert res.exit_code == 0, res.output
     assert res.stdout == reply + "\n"
     assert res.stderr.count("you>") == 4

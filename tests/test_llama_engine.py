@@ -26,7 +26,7 @@ from tests.tiny_models import read_gguf_weights  # noqa: E402
 
 pytestmark = pytest.mark.llama
 PROMPT = "Tell me something nice about rivers and the sea."
-KW = dict(kv_type="f32", flash_attn=False, n_threads=2)
+KW = dict(kv_type="f32", flash_attn=False, n_threads=1)  # 1 thread: robust on a busy small machine
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +115,18 @@ def test_c_and_python_callbacks_agree(tiny_gguf, rec):
         assert rec.generate_ids(ids, packs, [0.5, 2.0], **kw) == py.generate_ids(ids, packs, [0.5, 2.0], **kw)
     finally:
         py.close()
+
+
+def test_native_context_mirrors_llama_context(rec):
+    """NativeContext re-implements LlamaContext.__init__: both must set the same attributes."""
+    from commandv.runtime.llama_edit import NativeContext
+    from commandv.runtime.llama_lowlevel import LlamaContext
+
+    if not isinstance(rec.ctx, NativeContext):
+        pytest.skip("native core unavailable")
+    with LlamaContext(rec.model, n_ctx=64, n_threads=1, eval_callback=lambda t, ask: not ask) as plain:
+        assert set(vars(plain)) == set(vars(rec.ctx))
+    assert rec.ctx._c_eval is not None  # the C function pointer object stays referenced
 
 
 @pytest.mark.parametrize("act", ["linear", "relu", "gelu", "gelu_new", "silu", "tanh", "sigmoid"])

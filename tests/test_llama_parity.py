@@ -40,7 +40,7 @@ def random_pack(d=64, n_layer=4, layers=(1,), r=3, seed=0, positions="l1", scale
 
 @pytest.fixture(scope="module")
 def rec(tiny_gguf):
-    r = Recipient(tiny_gguf, n_ctx=256, kv_type="f32", flash_attn=False, n_threads=2)
+    r = Recipient(tiny_gguf, n_ctx=256, kv_type="f32", flash_attn=False, n_threads=1)
     yield r
     r.close()
 
