@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from . import ggml_bindings as gb
-from .llama_lowlevel import LlamaContext, LlamaError, LlamaModel, _KV_TYPES, _ll
+from .llama_lowlevel import LlamaContext, LlamaError, LlamaModel
 from .lowrank import lowrank_delta
 from .pack import BehaviorPack, PackError
 from .positions import Positions
@@ -272,45 +271,13 @@ class NativeEditor:
 
 
 class NativeContext(LlamaContext):
-    """A :class:`LlamaContext` whose ``cb_eval`` is a C function pointer with C ``user_data``.
-
-    Mirrors ``LlamaContext.__init__`` (llama_lowlevel offers only Python callbacks); decode/logits/clear
-    are inherited. ``tests/test_llama_engine.py`` checks that both set the same instance attributes.
-    """
+    """A :class:`LlamaContext` whose ``cb_eval`` is a C function pointer with C ``user_data``."""
 
     def __init__(self, model: LlamaModel, c_callback: int, user_data: int, n_ctx: int = 2048,
                  n_batch: int | None = None, n_ubatch: int | None = None, n_threads: int | None = None,
                  kv_type: str = "f16", flash_attn: bool | None = None):
-        L = _ll()
-        if kv_type not in _KV_TYPES:
-            raise LlamaError(f"kv_type {kv_type!r} not in {sorted(_KV_TYPES)}")
-        self.model = model
-        p = L.llama_context_default_params()
-        p.n_ctx = int(n_ctx)
-        p.n_batch = int(n_batch or n_ctx)
-        p.n_ubatch = int(min(n_ubatch or p.n_batch, p.n_batch))
-        p.n_seq_max = 1
-        threads = int(n_threads or os.cpu_count() or 1)
-        p.n_threads = p.n_threads_batch = threads
-        p.kv_unified = True
-        p.type_k = p.type_v = _KV_TYPES[kv_type]
-        if flash_attn is not None:
-            p.flash_attn_type = 1 if flash_attn else 0
-        self._callback_error = None
-        self._user_cb = None
-        self._c_eval = L.ggml_backend_sched_eval_callback(int(c_callback))  # kept for the context's life
-        p.cb_eval = self._c_eval
-        p.cb_eval_user_data = ctypes.c_void_p(int(user_data))
-        ptr = L.llama_init_from_model(model.ptr, p)
-        if not ptr:
-            raise LlamaError(f"llama.cpp could not create a context (n_ctx={n_ctx}, n_batch={p.n_batch})")
-        self._ptr = ptr
-        self.n_ctx = int(L.llama_n_ctx(ptr))
-        self.n_batch = int(L.llama_n_batch(ptr))
-        self.n_ubatch = int(L.llama_n_ubatch(ptr))
-        self.n_seq_max = 1
-        self._n_past = {}
-        self._cells = 0
+        super().__init__(model, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=1, n_threads=n_threads,
+                         kv_type=kv_type, flash_attn=flash_attn, c_callback=(int(c_callback), int(user_data)))
 
 
 def make_editor(d: int, n_layer: int, native: bool | None = None):

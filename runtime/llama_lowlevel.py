@@ -280,8 +280,13 @@ class LlamaContext:
         eval_callback: EvalCallback | None = None,
         kv_type: str = "f16",
         flash_attn: bool | None = None,
+        c_callback: tuple[int, int] | None = None,
     ):
+        """``eval_callback``: a Python ``fn(tensor_ptr, ask) -> bool``; ``c_callback``: instead, a C
+        ``ggml_backend_sched_eval_callback`` as ``(function address, user_data address)``."""
         L = _ll()
+        if eval_callback is not None and c_callback is not None:
+            raise LlamaError("pass either eval_callback or c_callback, not both")
         if kv_type not in _KV_TYPES:
             raise LlamaError(f"kv_type {kv_type!r} not in {sorted(_KV_TYPES)}")
         self.model = model  # keep the model alive while the context exists
@@ -303,6 +308,10 @@ class LlamaContext:
             self._c_eval = L.ggml_backend_sched_eval_callback(self._eval_trampoline)
             p.cb_eval = self._c_eval
             p.cb_eval_user_data = None
+        elif c_callback is not None:
+            self._c_eval = L.ggml_backend_sched_eval_callback(int(c_callback[0]))  # kept for the context's life
+            p.cb_eval = self._c_eval
+            p.cb_eval_user_data = ctypes.c_void_p(int(c_callback[1]))
         _LOG_TAIL.clear()
         ptr = L.llama_init_from_model(model.ptr, p)
         if not ptr:

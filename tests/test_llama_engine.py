@@ -118,7 +118,7 @@ def test_c_and_python_callbacks_agree(tiny_gguf, rec):
 
 
 def test_native_context_mirrors_llama_context(rec):
-    """NativeContext re-implements LlamaContext.__init__: both must set the same attributes."""
+    """NativeContext (a LlamaContext with a C callback) sets the same attributes as a plain LlamaContext."""
     from commandv.runtime.llama_edit import NativeContext
     from commandv.runtime.llama_lowlevel import LlamaContext
 
