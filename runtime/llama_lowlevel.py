@@ -80,8 +80,35 @@ def _ll():
     return L
 
 
-class LlamaModel:
+class _Handle:
+    """Owns one llama.cpp pointer (``_ptr``) released by ``llama_cpp.<_release>``; usable as a context manager."""
+
+    _release = ""
+
+    def free(self) -> None:
+        if getattr(self, "_ptr", None) is not None:
+            getattr(_ll(), self._release)(self._ptr)
+            self._ptr = None
+
+    close = free
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:
+            pass
+
+
+class LlamaModel(_Handle):
     """A GGUF model loaded by llama.cpp. ``n_gpu_layers=0`` keeps everything on CPU."""
+
+    _release = "llama_model_free"
 
     def __init__(self, path: str | os.PathLike, n_gpu_layers: int = 0, vocab_only: bool = False):
         L = _ll()
@@ -205,24 +232,6 @@ class LlamaModel:
             return _render_jinja(tmpl, messages, add_generation_prompt, self.token_text(self.bos), self.token_text(self.eos))
         return _render_llama(tmpl, messages, add_generation_prompt)
 
-    def free(self) -> None:
-        if getattr(self, "_ptr", None) is not None:
-            _ll().llama_model_free(self._ptr)
-            self._ptr = None
-
-    close = free
-
-    def __enter__(self) -> "LlamaModel":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self) -> None:
-        try:
-            self.free()
-        except Exception:
-            pass
 
 
 def _render_jinja(tmpl: str, messages, add_generation_prompt: bool, bos: str, eos: str) -> str:
@@ -261,13 +270,15 @@ class BatchLayout:
     n_tokens: int
 
 
-class LlamaContext:
+class LlamaContext(_Handle):
     """A llama.cpp context: KV memory, batches of several sequences, logits, optional eval callback.
 
     The KV cache is unified across sequences (``kv_unified``), so a batch of
     sequences is split in batch order and ``n_ctx`` bounds their total length.
     ``kv_type`` is the K/V cache type (``'f16'`` llama.cpp's default, ``'f32'`` exact).
     """
+
+    _release = "llama_free"
 
     def __init__(
         self,
@@ -459,24 +470,6 @@ class LlamaContext:
         self._n_past.clear()
         self._cells = 0
 
-    def free(self) -> None:
-        if getattr(self, "_ptr", None) is not None:
-            _ll().llama_free(self._ptr)
-            self._ptr = None
-
-    close = free
-
-    def __enter__(self) -> "LlamaContext":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self) -> None:
-        try:
-            self.free()
-        except Exception:
-            pass
 
 
 def greedy_generate(ctx: LlamaContext, prompt_tokens: Sequence[int], max_new_tokens: int, stop: Sequence[int] = ()) -> list[int]:
