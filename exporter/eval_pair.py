@@ -110,10 +110,10 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                 eng.close()
     report = PairReport(pair=key, behavior=behavior, donor=donor, recipient=recipient, max_tokens=s.max_tokens,
                         configs=configs, diagnostics=res.diagnostics)
-    stem = out_dir / f"{key}-{behavior}"
-    write_text_atomic(stem.with_suffix(".json"), json.dumps(report.to_json(), indent=1))
-    write_text_atomic(stem.with_suffix(".md"), report.markdown())
-    plot_report(report, stem.with_suffix(".png"))
+    stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(report.to_json(), indent=1))
+    write_text_atomic(out_dir / f"{stem}.md", report.markdown())
+    plot_report(report, out_dir / f"{stem}.png")
     return report
 
 

@@ -1,0 +1,42 @@
+"""Collect the pair reports written by ``cmdv eval`` into ``benchmarks/results/transfer_eval.json``.
+
+Each ``benchmarks/results/transfer/<pair>-<behavior>.json`` was produced by one command per pair, e.g.
+
+    cmdv eval --donor qwen2.5-coder-0.5b-instruct --recipient smollm2-135m-instruct --behavior pirate \\
+        --direct adapters/smollm2-135m-instruct/pirate --n 20 --strengths 1,2 --no-donor
+
+This script only aggregates (figure names from issue 5: ``<pair>.offshelf_<b>``, ``.transferred_<b>``,
+``.direct_<b>``, ``.recovered_gain``, ``.over_<b>_delta_pts`` …).
+
+    python benchmarks/transfer_eval.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results  # noqa: E402
+
+
+def main() -> None:
+    from commandv.exporter.evaluate import ConfigResult, PairReport
+
+    figures, sources = {}, []
+    for f in sorted((RESULTS / "transfer").glob("*.json")):
+        doc = json.loads(f.read_text())
+        rep = PairReport(pair=doc["pair"], behavior=doc["behavior"], donor=doc["donor"], recipient=doc["recipient"],
+                         max_tokens=doc["max_tokens"], diagnostics=doc["diagnostics"],
+                         configs=[ConfigResult(**c) for c in doc["configs"]])
+        figures.update(rep.figures())
+        sources.append(str(f.relative_to(RESULTS.parent.parent)))
+    if not figures:
+        raise SystemExit("no pair reports in benchmarks/results/transfer/ (run `cmdv eval` first)")
+    write_results("transfer_eval", figures, {"reports": sources})
+    print(json.dumps({k: round(v[0], 4) for k, v in figures.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
