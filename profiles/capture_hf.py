@@ -15,6 +15,8 @@ import numpy as np
 
 from commandv.runtime.chat_template import render_chat, user_turn
 
+from commandv.runtime.torch_engine import decoder_layers  # noqa: F401  (re-exported)
+
 from .capture_result import CaptureResult
 
 
@@ -23,19 +25,6 @@ class HFCaptureError(ValueError):
 
 
 HFCaptureResult = CaptureResult  # the HF backend returns the shared result type
-
-
-def decoder_layers(model):
-    """The list of decoder blocks of a causal LM (llama/qwen2/gemma3/… layouts)."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            continue
-    raise HFCaptureError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
 def render_prompts(tokenizer, prompts: Sequence[str], template: bool = True) -> tuple[list[str], list[list[int]]]:

@@ -107,3 +107,15 @@ def load_hf_model(spec: str | os.PathLike, dtype: str = "float32", auto_fetch: b
         folder = ref.folder
     model, tok = _load_folder(folder, dtype, str(spec))
     return model, tok, ref
+
+
+def torch_recipient(spec: str | os.PathLike):
+    """The reference engine (:class:`~commandv.runtime.torch_engine.TorchRecipient`) on ``spec``'s HF model,
+    with the model's fingerprint so packs are checked against it."""
+    from commandv.runtime.torch_engine import TorchRecipient
+
+    from .profiler import model_identity
+
+    model, tok, ref = load_hf_model(spec)
+    ident = model_identity(ref)
+    return TorchRecipient(model, tok, ident.fingerprint, ident.arch)

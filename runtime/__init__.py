@@ -1,7 +1,7 @@
 """commandv.runtime — the device side of Command-V.
 
 Pack format (read/write/verify) and engines. Importing this package must not
-import torch or transformers: engines import their own dependencies lazily.
+load torch or transformers: engines import their own dependencies lazily.
 """
 
 __version__ = "0.1.0"

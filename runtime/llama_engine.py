@@ -38,6 +38,9 @@ from .pack import BehaviorPack, PackError
 
 PackLike = BehaviorPack | str | os.PathLike
 
+__all__ = ["Recipient", "GenerationStats", "EngineError", "EmptyPromptError", "PromptTooLongError",
+           "PositionsError", "StrengthError", "StaleStreamError", "PackError"]
+
 
 class EmptyPromptError(EngineError):
     """The prompt (or message list / token list) is empty."""

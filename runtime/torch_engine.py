@@ -38,6 +38,19 @@ _TORCH_ACTS = {
 }
 
 
+def decoder_layers(model):
+    """The list of decoder blocks of a transformers causal LM (llama/qwen2/gemma3/… layouts)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
 @dataclass
 class Edit:
     """One edit bound to a layer: ``fn(h [n, d]) -> delta [n, d]`` (torch), strength, positions."""
@@ -78,12 +91,11 @@ def pack_edits(packs: Sequence[BehaviorPack], strengths: Sequence[float] | None 
 class TorchRecipient:
     """A transformers causal LM that accepts behavior packs.
 
-    ``TorchRecipient.from_spec("smollm2-135m-instruct")`` or ``TorchRecipient(model, tokenizer)``.
+    ``TorchRecipient(model, tokenizer)``; from a zoo key / file / folder use
+    ``commandv.profiles.hf_models.torch_recipient("smollm2-135m-instruct")``.
     """
 
     def __init__(self, model, tokenizer, fingerprint: str | None = None, arch: str | None = None):
-        from commandv.profiles.capture_hf import decoder_layers  # workstation-only import
-
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.layers = decoder_layers(model)
@@ -91,15 +103,6 @@ class TorchRecipient:
         self.d_model = int(model.config.hidden_size)
         self.fingerprint = fingerprint
         self.arch = arch or str(model.config.model_type)
-
-    @classmethod
-    def from_spec(cls, spec: str) -> "TorchRecipient":
-        from commandv.profiles.hf_models import load_hf_model
-        from commandv.profiles.profiler import model_identity
-
-        model, tok, ref = load_hf_model(spec)
-        ident = model_identity(ref)
-        return cls(model, tok, ident.fingerprint, ident.arch)
 
     # ----------------------------------------------------------------- prompts
     def render(self, prompt: str, template: bool = True) -> str:

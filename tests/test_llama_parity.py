@@ -185,11 +185,12 @@ def test_smollm2_q4_vs_dequantized_hf():
     import sys
 
     from commandv.profiles.prompts import load_prompt_set
-    from commandv.runtime.torch_engine import TorchRecipient, pack_edits
+    from commandv.profiles.hf_models import torch_recipient
+    from commandv.runtime.torch_engine import pack_edits
 
     key = "smollm2-135m-instruct"
     rec = Recipient(key, n_ctx=1024, kv_type="f32", flash_attn=False, n_threads=1)
-    eng = TorchRecipient.from_spec(key)
+    eng = torch_recipient(key)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two thread pools spinning on a small machine slow each other down badly
     try:
