@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from commandv.profiles.capture_hf import render_prompts
+from commandv.profiles.capture_hf import left_pad_batch, render_prompts
 from commandv.runtime.atomic import atomic_path
 from commandv.runtime.progress import progress_bar
 
@@ -79,12 +79,8 @@ def greedy_generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_n
     with progress_bar(label, len(order), enabled=progress) as advance, torch.no_grad():
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            L = max(len(prompt_ids[i]) for i in idx)
-            ids = torch.full((len(idx), L), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), L), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, L - len(prompt_ids[i]):] = torch.tensor(list(prompt_ids[i]))
-                mask[row, L - len(prompt_ids[i]):] = 1
+            ids, mask = left_pad_batch([prompt_ids[i] for i in idx], pad)
+            L = ids.shape[1]
             base = {"input_ids": ids, "attention_mask": mask}
             if reft_model is None:
                 seqs = model.generate(**base, generation_config=cfg)

@@ -27,6 +27,19 @@ class HFCaptureError(ValueError):
 HFCaptureResult = CaptureResult  # the HF backend returns the shared result type
 
 
+def left_pad_batch(seqs, pad: int):
+    """Token lists → ``(input_ids [B, L], attention_mask [B, L])`` torch tensors, left-padded with ``pad``."""
+    import torch
+
+    L = max(len(t) for t in seqs)
+    ids = torch.full((len(seqs), L), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for row, t in enumerate(seqs):
+        ids[row, L - len(t):] = torch.tensor(list(t))
+        mask[row, L - len(t):] = 1
+    return ids, mask
+
+
 def render_prompts(tokenizer, prompts: Sequence[str], template: bool = True) -> tuple[list[str], list[list[int]]]:
     """Render each prompt as one user turn + generation header and tokenize without extra specials."""
     if template:
@@ -78,12 +91,7 @@ def capture_hf(model, tokenizer, prompts: Sequence[str], *, template: bool = Tru
         with progress_bar("profiling (hf)", len(ids), enabled=progress) as advance, torch.inference_mode():
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
-                L = max(len(ids[i]) for i in idx)
-                input_ids = torch.full((len(idx), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), L), dtype=torch.long)
-                for row, i in enumerate(idx):
-                    input_ids[row, L - len(ids[i]):] = torch.tensor(ids[i])
-                    mask[row, L - len(ids[i]):] = 1
+                input_ids, mask = left_pad_batch([ids[i] for i in idx], pad)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
                 grabbed.clear()
                 model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=False)
