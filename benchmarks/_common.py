@@ -45,9 +45,3 @@ def write_results(name: str, figures: dict[str, tuple[float, str]], extra: dict 
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, path)
     return path
-
-
-def peak_rss_gb_of_children() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

@@ -24,9 +24,6 @@ class HFCaptureError(ValueError):
     """Prompts or model unsuitable for capture."""
 
 
-HFCaptureResult = CaptureResult  # the HF backend returns the shared result type
-
-
 def left_pad_batch(seqs, pad: int):
     """Token lists → ``(input_ids [B, L], attention_mask [B, L])`` torch tensors, left-padded with ``pad``."""
     import torch
@@ -55,7 +52,7 @@ def render_prompts(tokenizer, prompts: Sequence[str], template: bool = True) -> 
 
 
 def capture_hf(model, tokenizer, prompts: Sequence[str], *, template: bool = True, batch_size: int = 8,
-               max_tokens: int | None = None, progress: bool = True) -> HFCaptureResult:
+               max_tokens: int | None = None, progress: bool = True) -> CaptureResult:
     """Capture ``[N, d]`` per layer for ``prompts`` (see module docstring)."""
     import torch
 

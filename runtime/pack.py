@@ -14,7 +14,6 @@ The file is GGUF (architecture ``commandv-pack``) written and read with the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -214,6 +213,3 @@ class BehaviorPack:
             f"rank {ranks}, d={self.d_model}, for {self.recipient.get('name') or self.recipient['arch']} "
             f"({self.recipient['fingerprint'][:16]}…)"
         )
-
-    def to_json_meta(self) -> str:
-        return json.dumps({"recipient": self.recipient, "meta": self.meta}, sort_keys=True)

@@ -56,11 +56,3 @@ class Positions:
             )
         idx = set(range(self.first)) | set(range(n_tokens - self.last, n_tokens))
         return sorted(idx)
-
-
-def union_indices(specs: list[str], n_tokens: int) -> list[int]:
-    """Union of the indices of several specs in a prompt of ``n_tokens`` tokens."""
-    out: set[int] = set()
-    for s in specs:
-        out.update(Positions.parse(s).indices(n_tokens))
-    return sorted(out)
