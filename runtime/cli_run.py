@@ -1,4 +1,7 @@
-"""``cmdv run`` and ``cmdv chat``: a GGUF recipient in llama.cpp with behavior packs applied.
+"""``cmdv run`` and ``cmdv chat``: a recipient in llama.cpp (GGUF) or ONNX Runtime with behavior packs applied.
+
+``--engine onnx`` runs an export of ``cmdv onnx export`` (MODEL: its folder, the
+``.onnx`` file, or the zoo key / GGUF it was exported from).
 
 Wired by the main CLI with ``register(app, user_errors)``. Generated text goes
 to stdout (streamed); model / pack information goes to stderr.
@@ -25,16 +28,35 @@ def _strengths(packs: list, strengths: list[float]) -> list[float] | None:
     return list(strengths)
 
 
-def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: list[Path]):
+def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: list[Path], policy=None):
+    import warnings
+
     from .llama_engine import Recipient
 
-    rec = Recipient(model, n_ctx=n_ctx, n_threads=threads, force=force)
-    loaded = rec.load_packs(packs)
+    rec = Recipient(model, n_ctx=n_ctx, n_threads=threads, force=force, policy=policy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = rec.load_packs(packs)
+    for w in caught:
+        _err.print(f"[yellow]warning:[/yellow] {w.message}")
     path = "C" if rec.native else "Python"
     _err.print(f"[dim]{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); edit callback: {path}[/dim]")
     for p in loaded:
         _err.print(f"[dim]pack {p.summary()}[/dim]")
     return rec, loaded
+
+
+def _policy(signatures: Optional[str], trusted: Optional[List[Path]], max_delta_norm: Optional[float]):
+    from .pack_policy import PackPolicy
+
+    return PackPolicy.from_env(signatures=signatures, trusted=tuple(trusted or ()) or None,
+                               max_delta_norm=max_delta_norm)
+
+
+_POLICY_HELP = "pack signatures: require (refuse unsigned/tampered), warn, off [env COMMANDV_PACK_POLICY; default warn]"
+_TRUSTED_HELP = "trusted public key file or folder of *.pub (repeatable; default: $COMMANDV_HOME/trusted_keys)"
+_DELTA_HELP = ("refuse packs whose edit norm exceeds this multiple of the model's hidden-state norm "
+               "on reference prompts [env COMMANDV_MAX_DELTA_NORM; default no limit]")
 
 
 def _stream(pieces) -> str:
@@ -54,7 +76,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     @app.command("run")
     @user_errors
     def run_cmd(
-        model: str = typer.Argument(..., help="zoo key or .gguf file"),
+        model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
         prompt: str = typer.Argument(..., help="the user prompt (rendered with the model's chat template)"),
         pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
         strength: Optional[List[float]] = typer.Option(None, "--strength", "-s",
@@ -69,10 +91,13 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         raw: bool = typer.Option(False, "--raw", help="feed the prompt without the chat template"),
         n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+        signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
+        trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
+        max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
     ) -> None:
         """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
         packs_in = list(pack or [])
-        rec, packs = _open(model, n_ctx, threads, force, packs_in)
+        rec, packs = _open(model, n_ctx, threads, force, packs_in, _policy(signatures, trusted, max_delta_norm))
         kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or []),
                   template=not raw)
         s = _strengths(packs, list(strength or []))
@@ -97,7 +122,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     @app.command("chat")
     @user_errors
     def chat_cmd(
-        model: str = typer.Argument(..., help="zoo key or .gguf file"),
+        model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
         pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
         strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="strength per pack"),
         system: Optional[str] = typer.Option(None, help="system message"),
@@ -108,11 +133,14 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
         n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+        signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
+        trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
+        max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
     ) -> None:
         """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
         from .llama_edit import EngineError
 
-        rec, packs = _open(model, n_ctx, threads, force, list(pack or []))
+        rec, packs = _open(model, n_ctx, threads, force, list(pack or []), _policy(signatures, trusted, max_delta_norm))
         s = _strengths(packs, list(strength or []))
         history: list[dict] = [{"role": "system", "content": system}] if system else []
         start = len(history)

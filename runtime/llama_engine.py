@@ -35,6 +35,7 @@ from .llama_lowlevel import LlamaModel, _ll
 from .llama_sampling import Sampler, TextStream, check_stops
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
+from .pack_policy import REFERENCE_PROMPTS, PackPolicy
 
 PackLike = BehaviorPack | str | os.PathLike
 
@@ -82,9 +83,11 @@ class Recipient:
 
     def __init__(self, model: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
                  n_ubatch: int = 512, kv_type: str = "f16", force: bool = False,
-                 flash_attn: bool | None = None, native: bool | None = None):
+                 flash_attn: bool | None = None, native: bool | None = None, policy: PackPolicy | None = None):
         """``model``: zoo key or GGUF path. ``kv_type``: ``'f16'`` or ``'f32'`` (exact).
-        ``native``: None = C callback when it builds, else Python; True/False force one."""
+        ``native``: None = C callback when it builds, else Python; True/False force one.
+        ``policy``: signature policy / trusted keys / edit-size limit for pack files
+        (default :meth:`PackPolicy.from_env`: signatures ``warn``, no size limit)."""
         if int(n_ctx) < 1 or int(n_ubatch) < 1:
             raise EngineError(f"n_ctx and n_ubatch must be >= 1, got {n_ctx} and {n_ubatch}")
         ref = resolve_model(model)
@@ -95,6 +98,8 @@ class Recipient:
         self.model = LlamaModel(ref.path)
         self.n_layer, self.d_model = self.model.n_layer, self.model.n_embd
         self.force = bool(force)
+        self.policy = policy if policy is not None else PackPolicy.from_env()
+        self._reference: dict[int, np.ndarray] | None = None
         self.n_ubatch = int(min(n_ubatch, n_ctx))
         self.editor = make_editor(self.d_model, self.n_layer, native)
         self.ctx = make_context(self.model, self.editor, n_ctx=int(n_ctx), n_batch=self.n_ubatch,
@@ -182,7 +187,7 @@ class Recipient:
             return []
         if isinstance(packs, (BehaviorPack, str, os.PathLike)):
             packs = [packs]
-        out = [p if isinstance(p, BehaviorPack) else BehaviorPack.load(p) for p in packs]
+        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
         check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
                     self.force if force is None else bool(force))
         return out
@@ -196,6 +201,7 @@ class Recipient:
             raise EngineError("token_ids must be a sequence of integers") from None
         loaded = self.load_packs(packs, force)
         s = normalize_strengths(len(loaded), strengths)
+        self.policy.check_size(loaded, s, self.reference_states)
         if not ids:
             raise EmptyPromptError("prompt has no tokens")
         if len(ids) > self.n_ctx:
@@ -204,6 +210,17 @@ class Recipient:
         if bad:
             raise EngineError(f"token ids outside the vocabulary [0, {self.model.n_vocab}): {bad[:5]}")
         return ids, compile_entries(loaded, s, len(ids), rows)
+
+    def reference_states(self) -> dict[int, np.ndarray]:
+        """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the
+        chat-rendered :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
+        if self._reference is None:
+            rows = []
+            for prompt in REFERENCE_PROMPTS:
+                _, hidden = self.prompt_pass(self.encode(prompt), record_layers=True)
+                rows.append([hidden[i][-1] for i in range(self.n_layer)])
+            self._reference = {i: np.stack([r[i] for r in rows]) for i in range(self.n_layer)}
+        return self._reference
 
     # ------------------------------------------------------------------ prompt pass
     def _prefill(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:

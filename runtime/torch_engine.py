@@ -23,6 +23,7 @@ import numpy as np
 
 from .chat_template import render_chat, user_turn
 from .pack import BehaviorPack, PackEntry, PackError
+from .pack_policy import REFERENCE_PROMPTS, PackPolicy
 from .positions import Positions
 
 _TORCH_ACTS = {
@@ -95,8 +96,12 @@ class TorchRecipient:
     ``commandv.profiles.hf_models.torch_recipient("smollm2-135m-instruct")``.
     """
 
-    def __init__(self, model, tokenizer, fingerprint: str | None = None, arch: str | None = None):
+    def __init__(self, model, tokenizer, fingerprint: str | None = None, arch: str | None = None,
+                 policy: PackPolicy | None = None):
+        """``policy``: signature policy / edit-size limit for packs given as files (default: from the env)."""
         self.model = model.eval()
+        self.policy = policy if policy is not None else PackPolicy.from_env()
+        self._reference: dict | None = None
         self.tokenizer = tokenizer
         self.layers = decoder_layers(model)
         self.n_layer = len(self.layers)
@@ -149,6 +154,24 @@ class TorchRecipient:
     def check_pack(self, pack: BehaviorPack, force: bool = False) -> None:
         pack.check_model(self.fingerprint, self.arch, self.n_layer, self.d_model, force=force)
 
+    def load_packs(self, packs: Sequence, strengths: Sequence[float] | None = None,
+                   force: bool = False) -> list[BehaviorPack]:
+        """Packs (objects or files, files read under ``self.policy``), checked against this model and
+        against the policy's edit-size limit."""
+        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
+        for p in out:
+            self.check_pack(p, force)
+        s = [1.0] * len(out) if strengths is None else [float(v) for v in strengths]
+        self.policy.check_size(out, s, self.reference_states)
+        return out
+
+    def reference_states(self) -> dict:
+        """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts."""
+        if self._reference is None:
+            rows = [self.prompt_forward(self.encode(p), [], record_hidden=True)[1] for p in REFERENCE_PROMPTS]
+            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}
+        return self._reference
+
     def prompt_forward(self, ids: list[int], edits: list[Edit], record_hidden: bool = False):
         """One prompt pass with ``edits``; returns ``(logits [T, V] np, hidden {layer: [T, d]} np)``."""
         import torch
@@ -193,8 +216,7 @@ class TorchRecipient:
     def generate(self, prompt: str, packs: Sequence[BehaviorPack] = (), strengths: Sequence[float] | None = None,
                  max_new_tokens: int = 64, force: bool = False) -> str:
         """Greedy continuation of one user prompt with ``packs`` applied (text)."""
-        for p in packs:
-            self.check_pack(p, force)
+        packs = self.load_packs(packs, strengths, force)
         ids = self.encode(prompt)
         new = self.generate_ids(ids, pack_edits(packs, strengths), max_new_tokens)
         return self.tokenizer.decode(new, skip_special_tokens=True)
