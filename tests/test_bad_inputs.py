@@ -6,7 +6,8 @@ Readers: the pack reader (``BehaviorPack.load``), the recipient check
 loader (``Profile.load``). A case passes only with the expected exception class
 *and* message substring; another exception, a crash or an accepted input fails
 it. The last test prints the per-reader count (shown even with ``-q``).
-The C pack reader of android_demo is not part of the tree yet; the corpus is ready for it.
+The C pack reader (runtime/native/cmdv_pack.c, used by android_demo) runs on the same corpus under
+AddressSanitizer in tests/test_native_core.py.
 """
 
 from __future__ import annotations

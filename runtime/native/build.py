@@ -28,6 +28,7 @@ from ..atomic import atomic_path
 from ..paths import cache_home
 
 SOURCE = Path(__file__).with_name("cmdv_core.c")
+HEADER = SOURCE.with_name("cmdv_core.h")  # included by SOURCE (public API, shared with native apps)
 CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall")
 ABI_VERSION = 1
 ACT_IDS = {"linear": 0, "relu": 1, "gelu": 2, "gelu_new": 3, "gelu_pytorch_tanh": 3,
@@ -77,8 +78,8 @@ def library_path() -> Path:
     inc, lib_dir = _llama_dirs()
     cc = compiler() or "none"
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), (inc / "ggml.h").read_bytes(), cc.encode(), " ".join(CFLAGS).encode(),
-                 str(lib_dir.resolve()).encode(), sys.platform.encode()):
+    for part in (SOURCE.read_bytes(), HEADER.read_bytes(), (inc / "ggml.h").read_bytes(), cc.encode(),
+                 " ".join(CFLAGS).encode(), str(lib_dir.resolve()).encode(), sys.platform.encode()):
         h.update(hashlib.sha256(part).digest())
     ext = ".dylib" if sys.platform == "darwin" else ".so"
     return cache_home() / "native" / f"cmdv_core-{h.hexdigest()[:16]}{ext}"
@@ -135,6 +136,7 @@ def _prototypes(L: ctypes.CDLL) -> None:
         "cmdv_state_end": ([p], None),
         "cmdv_state_set_record": ([p, f, i32], None),
         "cmdv_state_n_applied": ([p], i64),
+        "cmdv_state_n_entries": ([p], i32),
         "cmdv_state_error": ([p], ctypes.c_char_p),
         "cmdv_state_reset_error": ([p], None),
         "cmdv_apply_entry": ([p, i32, f, i32, i64], i32),

@@ -2,7 +2,7 @@
  * cmdv_core.c - Command-V behavior-pack edits inside a llama.cpp / ggml eval callback.
  *
  * Plain C11, no Python dependency: the same file serves the Python runtime
- * (loaded with ctypes) and native apps (android_demo).
+ * (loaded with ctypes) and native apps (android_demo). API: cmdv_core.h.
  *
  * A behavior-pack entry edits the residual stream after block `layer`:
  *     h += s * delta(h),   delta(h) = act(h A + b) C - (h P) Q + e
@@ -33,18 +33,7 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
-#define CMDV_ABI_VERSION 1
-
-enum {
-    CMDV_ACT_LINEAR = 0,
-    CMDV_ACT_RELU = 1,
-    CMDV_ACT_GELU = 2,      /* erf form */
-    CMDV_ACT_GELU_TANH = 3, /* tanh approximation (gelu_new, gelu_pytorch_tanh) */
-    CMDV_ACT_SILU = 4,
-    CMDV_ACT_TANH = 5,
-    CMDV_ACT_SIGMOID = 6,
-    CMDV_ACT_COUNT = 7
-};
+#include "cmdv_core.h"
 
 typedef struct cmdv_entry {
     int32_t layer, rank, q, act;
@@ -208,6 +197,8 @@ void cmdv_state_set_record(cmdv_edit_state *st, float *rec, int32_t T) {
 }
 
 int64_t cmdv_state_n_applied(const cmdv_edit_state *st) { return st ? st->n_applied : 0; }
+
+int32_t cmdv_state_n_entries(const cmdv_edit_state *st) { return st ? st->n_entries : 0; }
 
 /* The first error since the last reset, or NULL. */
 const char *cmdv_state_error(const cmdv_edit_state *st) { return (st && st->error) ? st->msg : NULL; }
