@@ -463,6 +463,22 @@ class LlamaContext(_Handle):
             raise LlamaError(f"no logits for batch position {i} (was it marked for output?){_log_tail()}")
         return np.ctypeslib.as_array(p, shape=(self.model.n_vocab,)).copy()
 
+    def keep_prefix(self, n_keep: int) -> None:
+        """Drop sequence 0's cached tokens from position ``n_keep`` on (its first ``n_keep`` stay reusable).
+
+        Only for a context holding sequence 0 alone (cells then stay contiguous from 0).
+        """
+        L = _ll()
+        if set(self._n_past) - {0}:
+            raise LlamaError("keep_prefix needs a context holding sequence 0 only")
+        n_keep = int(n_keep)
+        if not 0 <= n_keep <= self.n_past(0):
+            raise LlamaError(f"cannot keep {n_keep} tokens: sequence 0 holds {self.n_past(0)}")
+        if not L.llama_memory_seq_rm(L.llama_get_memory(self.ptr), 0, n_keep, -1):
+            raise LlamaError("llama.cpp refused to remove the cached tail of sequence 0")
+        self._n_past[0] = n_keep
+        self._cells = n_keep
+
     def clear(self) -> None:
         """Drop all sequences from the KV memory."""
         L = _ll()
