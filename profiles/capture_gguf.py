@@ -23,6 +23,7 @@ batch 8 ≈ 1.8 prompts per CPU-second, one at a time ≈ 2.8).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -126,6 +127,43 @@ class _LayerGrabber:
         return True
 
 
+class _Runner:
+    """One context + layer grabber decoding a share of the prompt groups into ``out``."""
+
+    def __init__(self, model: LlamaModel, ctx_kw: dict, tokens, counts, prefix: int, align: int, out) -> None:
+        self.grab = _LayerGrabber(model.n_layer)
+        self.model, self.tokens, self.counts, self.prefix, self.align, self.out = model, tokens, counts, prefix, align, out
+        self.ctx = LlamaContext(model, eval_callback=self.grab, **ctx_kw)
+
+    def run(self, groups: Sequence[Sequence[int]], advance) -> None:
+        ctx, grab, tokens, prefix = self.ctx, self.grab, self.tokens, self.prefix
+        if prefix:
+            ctx.clear()
+            grab.start([], 0, enabled=False)
+            ctx.decode([tokens[0][:prefix]], logits_for="none")
+        for g in groups:
+            if prefix:  # one prompt: keep the shared prefix's cells, decode the rest
+                ctx.keep_prefix(prefix)
+                tail = tokens[g[0]][prefix:]
+                grab.start([len(tail) - 1], len(tail))
+                ctx.decode([tail], logits_for="last")
+            else:
+                ctx.clear()
+                lay = ctx.layout([self.counts[i] for i in g], self.align)
+                grab.start(lay.last, lay.n_tokens)
+                ctx.decode([tokens[i] for i in g], logits_for="last", align=self.align)
+            if len(grab.got) != self.model.n_layer:
+                missing = sorted(set(range(self.model.n_layer)) - set(grab.got))
+                raise CaptureError(f"eval callback missed layers {missing[:8]} "
+                                   f"(graph names differ for arch {self.model.arch}?)")
+            for il, rows in grab.got.items():
+                self.out[il][g] = rows
+            advance(len(g))
+
+    def free(self) -> None:
+        self.ctx.free()
+
+
 def _progress(enabled: bool, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -154,6 +192,7 @@ def capture_gguf(
     exact: bool = True,
     align: int = 32,
     reuse_prefix: bool = True,
+    workers: int | None = None,
 ) -> CaptureResult:
     """Last-prompt-token output of every block for each prompt, with llama.cpp.
 
@@ -165,7 +204,10 @@ def capture_gguf(
     at a KV cell multiple of ``align`` (pad tokens in between) so batching is
     bit-identical to one prompt at a time; 0 saves the pads but then quantized
     models differ by ~1% between batch compositions. ``reuse_prefix`` (one prompt at a time only):
-    decode the tokens all prompts share once and keep their KV cells. Raises :class:`ContextOverflowError` before any
+    decode the tokens all prompts share once and keep their KV cells. ``workers``: contexts decoding
+    in parallel threads, ``n_threads // workers`` threads each (default: one per thread when
+    ``batch_prompts`` is 1, which scales better on few cores than one context with all threads;
+    results do not depend on it). Raises :class:`ContextOverflowError` before any
     decoding if a prompt is longer than that, :class:`CaptureError` for no
     prompts, ``ModelLoadError`` for a missing/corrupt file.
     """
@@ -191,42 +233,38 @@ def capture_gguf(
             prefix = prefix if prefix >= MIN_SHARED_PREFIX else 0
         need = max(sum(counts[i] for i in g) + align * len(g) for g in groups)
         size = int(-(-need // 256) * 256)
-        grab = _LayerGrabber(model.n_layer)
         out = [np.empty((len(prompts), model.n_embd), dtype=np.float32) for _ in range(model.n_layer)]
-        ctx = LlamaContext(
-            model, n_ctx=size, n_batch=size, n_ubatch=size, n_seq_max=max(len(g) for g in groups) + 1,
-            n_threads=n_threads, eval_callback=grab,
-            kv_type="f32" if exact else "f16", flash_attn=False if exact else None,
-        )
+        threads = int(n_threads or os.cpu_count() or 1)
+        n_workers = max(1, min(int(workers or (threads if batch_prompts == 1 else 1)), len(groups), threads))
+        kw = dict(n_ctx=size, n_batch=size, n_ubatch=size, n_seq_max=max(len(g) for g in groups) + 1,
+                  n_threads=max(1, threads // n_workers), kv_type="f32" if exact else "f16",
+                  flash_attn=False if exact else None)
+        runners = [_Runner(model, kw, tokens, counts, prefix, align, out) for _ in range(n_workers)]
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
-            done = 0
             with _progress(progress, len(prompts)) as bar:
                 task = bar.add_task("capture", total=len(prompts), rate="-")
-                if prefix:
-                    grab.start([], 0, enabled=False)
-                    ctx.decode([tokens[0][:prefix]], logits_for="none")
-                for g in groups:
-                    if prefix:  # one prompt: keep the shared prefix's cells, decode the rest
-                        ctx.keep_prefix(prefix)
-                        tail = tokens[g[0]][prefix:]
-                        grab.start([len(tail) - 1], len(tail))
-                        ctx.decode([tail], logits_for="last")
-                    else:
-                        ctx.clear()
-                        lay = ctx.layout([counts[i] for i in g], align)
-                        grab.start(lay.last, lay.n_tokens)
-                        ctx.decode([tokens[i] for i in g], logits_for="last", align=align)
-                    if len(grab.got) != model.n_layer:
-                        missing = sorted(set(range(model.n_layer)) - set(grab.got))
-                        raise CaptureError(f"eval callback missed layers {missing[:8]} (graph names differ for arch {model.arch}?)")
-                    for il, rows in grab.got.items():
-                        out[il][g] = rows
-                    done += len(g)
-                    rate = done / max(time.perf_counter() - t0, 1e-9)
-                    bar.update(task, advance=len(g), rate=f"{rate:.1f}")
+                lock = threading.Lock()
+                done = [0]
+
+                def advance(k: int) -> None:
+                    with lock:
+                        done[0] += k
+                        rate = done[0] / max(time.perf_counter() - t0, 1e-9)
+                        bar.update(task, advance=k, rate=f"{rate:.1f}")
+
+                if n_workers == 1:
+                    runners[0].run(groups, advance)
+                else:  # data-parallel contexts, one thread each: llama_decode releases the GIL
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    with ThreadPoolExecutor(n_workers) as pool:
+                        futs = [pool.submit(r.run, groups[k::n_workers], advance) for k, r in enumerate(runners)]
+                        for f in futs:
+                            f.result()
         finally:
-            ctx.free()
+            for r in runners:
+                r.free()
         return CaptureResult(
             layers=out,
             n_layer=model.n_layer,

@@ -198,3 +198,11 @@ def test_keep_prefix_checks(tiny_gguf):
                 ctx.keep_prefix(1)
         finally:
             ctx.free()
+
+
+def test_parallel_workers_give_the_same_profile(tiny_gguf):
+    one = capture_gguf(tiny_gguf, PROMPTS * 3, n_threads=1, progress=False)
+    two = capture_gguf(tiny_gguf, PROMPTS * 3, n_threads=2, workers=2, progress=False)
+    for a, b in zip(one.layers, two.layers):
+        assert np.array_equal(a, b)
+    assert np.array_equal(one.layers[-1][: len(PROMPTS)], one.layers[-1][len(PROMPTS): 2 * len(PROMPTS)])
