@@ -1,7 +1,7 @@
 """``cmdv``: the one command-line entry point.
 
 Sub-commands: ``models`` (zoo), ``profile``, ``export``, ``inspect``, ``run``/``chat``
-(llama.cpp engine) and ``demo``. User errors print one red line and exit 2.
+(llama.cpp or ONNX Runtime engine), ``onnx`` (ONNX export) and ``demo``. User errors print one red line and exit 2.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def profile_cmd(
     prompts: str = typer.Option("general", "--prompts", "-p", help="built-in set name or .jsonl/.txt file"),
     backend: str = typer.Option("gguf", help="gguf (llama.cpp) or hf (transformers)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N prompts"),
-    batch: int = typer.Option(8, help="prompts per forward batch"),
+    batch: Optional[int] = typer.Option(None, help="prompts per forward batch (default: HF 8; GGUF 1 with the "
+                                                     "shared template prefix decoded once, one context per thread)"),
     match: str = typer.Option("file", help="reuse a stored profile of the exact file ('file') or of any file "
                                            "of the same network, e.g. another quantization ('network')"),
     force: bool = typer.Option(False, help="recompute even if stored"),
@@ -128,7 +129,7 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo", "commandv.exporter.cli_train",
-                "commandv.runtime.cli_keys"):
+                "commandv.runtime.cli_keys", "commandv.exporter.cli_onnx"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -56,8 +56,12 @@ def model_identity(ref: ModelRef) -> ModelIdentity:
 
 
 def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, backend: str,
-                    batch: int = 8, progress: bool = True, template: bool = True) -> Profile:
-    """Run the capture backend and wrap the result as a :class:`Profile`."""
+                    batch: int | None = None, progress: bool = True, template: bool = True) -> Profile:
+    """Run the capture backend and wrap the result as a :class:`Profile`.
+
+    ``batch``: prompts per forward pass; None = each backend's fastest on a CPU (HF: 8 with left
+    padding; GGUF: one at a time, shared template prefix decoded once, one context per thread).
+    """
     import time
 
     t0 = time.perf_counter()
@@ -66,13 +70,13 @@ def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, bac
             raise ModelError(f"backend 'gguf' needs a .gguf model, got {ref.kind} ({ref.spec}); use --backend hf")
         from .capture_gguf import capture_gguf
 
-        res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=batch, progress=progress)
+        res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=batch or 1, progress=progress)
     elif backend == "hf":
         from .capture_hf import capture_hf
         from .hf_models import load_hf_model
 
         model, tok, _ = load_hf_model(ref.spec if ref.zoo_key else str(ref.path), progress=progress)
-        res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=batch, progress=progress)
+        res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=batch or 8, progress=progress)
     else:
         raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     seconds = res.seconds or (time.perf_counter() - t0)
@@ -89,7 +93,7 @@ def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, bac
 
 
 def profile_model(model: str, prompts: str | PromptSet = "general", backend: str = "gguf", *,
-                  limit: int | None = None, batch: int = 8, match: str = "file", force: bool = False,
+                  limit: int | None = None, batch: int | None = None, match: str = "file", force: bool = False,
                   progress: bool = True, root: Path | None = None) -> tuple[Profile, Path, bool]:
     """Get (or compute and store) a profile. Returns ``(profile, path, was_cached)``."""
     if backend not in BACKENDS:
