@@ -28,19 +28,33 @@ def _strengths(packs: list, strengths: list[float]) -> list[float] | None:
     return list(strengths)
 
 
-def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: list[Path], policy=None):
+ENGINES = ("llama", "onnx")
+
+
+def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: list[Path], policy=None,
+          engine: str = "llama", quant: str = "fp32"):
     import warnings
 
-    from .llama_engine import Recipient
+    if engine not in ENGINES:
+        from .llama_edit import EngineError
 
-    rec = Recipient(model, n_ctx=n_ctx, n_threads=threads, force=force, policy=policy)
+        raise EngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "onnx":
+        from .onnx_engine import OnnxRecipient
+
+        rec = OnnxRecipient(model, n_ctx=n_ctx, n_threads=threads, force=force, policy=policy, quant=quant)
+        how = f"ONNX Runtime, {rec.info.quant}, packs: {rec.info.pack_mode}"
+    else:
+        from .llama_engine import Recipient
+
+        rec = Recipient(model, n_ctx=n_ctx, n_threads=threads, force=force, policy=policy)
+        how = "edit callback: " + ("C" if rec.native else "Python")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loaded = rec.load_packs(packs)
     for w in caught:
         _err.print(f"[yellow]warning:[/yellow] {w.message}")
-    path = "C" if rec.native else "Python"
-    _err.print(f"[dim]{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); edit callback: {path}[/dim]")
+    _err.print(f"[dim]{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); {how}[/dim]")
     for p in loaded:
         _err.print(f"[dim]pack {p.summary()}[/dim]")
     return rec, loaded
@@ -55,6 +69,8 @@ def _policy(signatures: Optional[str], trusted: Optional[List[Path]], max_delta_
 
 _POLICY_HELP = "pack signatures: require (refuse unsigned/tampered), warn, off [env COMMANDV_PACK_POLICY; default warn]"
 _TRUSTED_HELP = "trusted public key file or folder of *.pub (repeatable; default: $COMMANDV_HOME/trusted_keys)"
+_ENGINE_HELP = "llama (llama.cpp, GGUF) or onnx (ONNX Runtime, an export of `cmdv onnx export`)"
+_QUANT_HELP = "with --engine onnx and a zoo key / GGUF: which of its exports to run (fp32, int8, int4)"
 _DELTA_HELP = ("refuse packs whose edit norm exceeds this multiple of the model's hidden-state norm "
                "on reference prompts [env COMMANDV_MAX_DELTA_NORM; default no limit]")
 
@@ -94,10 +110,13 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
         trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
         max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
+        engine: str = typer.Option("llama", help=_ENGINE_HELP),
+        quant: str = typer.Option("fp32", help=_QUANT_HELP),
     ) -> None:
         """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
         packs_in = list(pack or [])
-        rec, packs = _open(model, n_ctx, threads, force, packs_in, _policy(signatures, trusted, max_delta_norm))
+        rec, packs = _open(model, n_ctx, threads, force, packs_in, _policy(signatures, trusted, max_delta_norm),
+                           engine, quant)
         kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or []),
                   template=not raw)
         s = _strengths(packs, list(strength or []))
@@ -136,11 +155,14 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
         trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
         max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
+        engine: str = typer.Option("llama", help=_ENGINE_HELP),
+        quant: str = typer.Option("fp32", help=_QUANT_HELP),
     ) -> None:
         """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
         from .llama_edit import EngineError
 
-        rec, packs = _open(model, n_ctx, threads, force, list(pack or []), _policy(signatures, trusted, max_delta_norm))
+        rec, packs = _open(model, n_ctx, threads, force, list(pack or []), _policy(signatures, trusted, max_delta_norm),
+                           engine, quant)
         s = _strengths(packs, list(strength or []))
         history: list[dict] = [{"role": "system", "content": system}] if system else []
         start = len(history)

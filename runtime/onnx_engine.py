@@ -1,0 +1,317 @@
+"""Behavior packs on an ONNX recipient with ONNX Runtime — numpy + onnxruntime + tokenizers, no torch.
+
+    r = OnnxRecipient("smollm2-135m-instruct")        # cached `cmdv onnx export`, an export folder or .onnx
+    r.generate("Write a haiku.", packs=["style.pack.gguf"], strengths=[1.5])
+
+The API and semantics mirror :class:`commandv.runtime.llama_engine.Recipient`
+(the torch engine is the reference): the prompt is rendered with the model's
+chat template (stored in the export) by
+:func:`~commandv.runtime.chat_template.render_chat` and tokenized with the
+``tokenizer.json`` saved next to the ONNX file; the prompt pass feeds each
+pack site's mask (pack strength on the targeted prompt rows, 0 elsewhere) and,
+for a pack-inputs export, the pack tensors (see
+:mod:`commandv.runtime.onnx_surgery`); decode steps feed neither, so the
+edits are skipped and generated tokens see them only through the KV cache
+(``present.*`` fed back as ``past_key_values.*``, ORT values never copied to numpy).
+Not thread-safe: one request at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .chat_template import render_chat, user_turn
+from .llama_edit import EngineError, check_packs, normalize_strengths
+from .llama_engine import EmptyPromptError, GenerationStats, PromptTooLongError
+from .llama_sampling import Sampler, TextStream, check_stops
+from .onnx_feeds import pack_feeds
+from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
+from .onnx_surgery import OnnxMeta, OnnxModelError
+from .pack import BehaviorPack, PackError
+from .pack_policy import REFERENCE_PROMPTS, PackPolicy
+
+__all__ = ["OnnxRecipient", "OnnxModelError", "onnx_export_dir", "find_onnx_model", "MODEL_FILE", "TOKENIZER_FILE"]
+
+
+class OnnxRecipient:
+    """An ONNX decoder in ONNX Runtime that applies behavior packs per request."""
+
+    def __init__(self, model: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
+                 force: bool = False, quant: str = "fp32", optimization: str = "all",
+                 policy: PackPolicy | None = None, n_ubatch: int = 512):
+        """``model``: ``.onnx`` file, export folder, or a zoo key / GGUF exported before (``quant`` picks the
+        variant). ``n_ubatch``: the prompt runs in chunks of at most this many tokens (bounds the ``[T, vocab]``
+        logits). ``optimization``: ONNX Runtime graph optimization level (none, basic, extended, all).
+        ``policy``: signature policy / edit-size limit for pack files (default :meth:`PackPolicy.from_env`)."""
+        import onnxruntime as ort
+
+        self.path = find_onnx_model(model, quant)
+        self.session = open_session(self.path, n_threads, optimization)
+        self.info: OnnxMeta = OnnxMeta.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.n_layer, self.d_model = int(self.info.n_layer), int(self.info.d_model)
+        self._inputs, self._outputs = check_io(self.session, self.info, self.path)
+        self._kv = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self.n_layer)
+                    for k in ("key", "value")]
+        tok_path = self.path.parent / TOKENIZER_FILE
+        if not tok_path.is_file():
+            raise OnnxModelError(f"no {TOKENIZER_FILE} next to {self.path}")
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.n_ctx = int(min(n_ctx or 4096, self.info.n_ctx_train))
+        if self.n_ctx < 1 or int(n_ubatch) < 1:
+            raise EngineError(f"n_ctx and n_ubatch must be >= 1, got {n_ctx} and {n_ubatch}")
+        self.n_ubatch = int(n_ubatch)
+        self.force = bool(force)
+        self.policy = policy if policy is not None else PackPolicy.from_env()
+        self._reference: dict[int, np.ndarray] | None = None
+        self.eog = set(int(t) for t in self.info.eog_ids)
+        self.last_stats: GenerationStats | None = None
+        self._ort = ort
+
+    # ---------------------------------------------------------------- properties
+    native = False  # API parity with Recipient (no eval callback here)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def arch(self) -> str:
+        return self.info.arch
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.info.chat_template
+
+    # ------------------------------------------------------------------ prompts
+    def render(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        return render_chat(self.info.chat_template, list(messages), add_generation_prompt,
+                           self.info.bos_token, self.info.eos_token)
+
+    def encode(self, prompt: str, template: bool = True) -> list[int]:
+        """Token ids of one user prompt (templated: no extra special tokens; raw: the tokenizer's own rules)."""
+        if not isinstance(prompt, str):
+            raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise EmptyPromptError("prompt is empty")
+        text = self.render(user_turn(prompt)) if template else prompt
+        return list(self.tokenizer.encode(text, add_special_tokens=not template).ids)
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        if isinstance(messages, (str, bytes)) or not messages:
+            raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
+        return list(self.tokenizer.encode(self.render(messages), add_special_tokens=False).ids)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
+
+    def is_eog(self, tok: int) -> bool:
+        return int(tok) in self.eog
+
+    def eog_tokens(self) -> list[int]:
+        return sorted(self.eog)
+
+    # ------------------------------------------------------------------ packs
+    def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
+        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit."""
+        if packs is None:
+            return []
+        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
+            packs = [packs]
+        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
+        for p in out:
+            if isinstance(p, BehaviorPack):
+                p.validate()  # in-memory packs too: shapes and values reach the graph as inputs
+        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
+                    self.force if force is None else bool(force))
+        if out and self.info.pack_mode == "none":
+            raise PackError(f"ONNX file {self.path} has no pack sites; export it with pack inputs (the default of "
+                            "cmdv onnx export) or bake the pack in (cmdv onnx export --pack)")
+        return out
+
+    def pack_feeds(self, packs: Sequence[BehaviorPack], strengths: Sequence[float], n: int,
+                   rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The extra prompt-pass inputs that apply ``packs`` (checked) to a prompt of ``n`` tokens."""
+        return pack_feeds(self.info, packs, strengths, n, rows, str(self.path))
+
+    # ------------------------------------------------------------------ forward
+    def _ov(self, a: np.ndarray):
+        return self._ort.OrtValue.ortvalue_from_numpy(np.array(a, copy=not a.flags.c_contiguous))  # keeps 0-d
+
+    def _forward(self, ids: list[int], past: list, extra: dict, want: list[str]) -> list:
+        n_past = 0 if past is None else past[0].shape()[2]
+        if past is None:
+            empty = np.zeros((1, self.info.n_kv_head, 0, self.info.head_dim), np.float32)
+            past = [self._ov(empty)] * len(self._kv)
+        T = n_past + len(ids)
+        feeds = {"input_ids": self._ov(np.asarray([ids], np.int64)),
+                 "attention_mask": self._ov(np.ones((1, T), np.int64)),
+                 "position_ids": self._ov(np.arange(n_past, T, dtype=np.int64)[None])}
+        feeds.update({a: v for (a, _), v in zip(self._kv, past)})
+        feeds.update({k: self._ov(v) for k, v in extra.items()})
+        return self.session.run_with_ort_values(want, feeds)
+
+    def _prefill(self, ids: list[int], feeds: dict, hid: list[str], all_logits: bool):
+        """The prompt in chunks of ≤ ``n_ubatch`` tokens (masks sliced per chunk) → (logits ``[T or 1, V]``,
+        hidden ``{i: [T, d]}``, present ORT values)."""
+        want = ["logits", *(b for _, b in self._kv), *hid]
+        past, logits, hidden, n_kv = None, [], [[] for _ in hid], len(self._kv)
+        for pos0 in range(0, len(ids), self.n_ubatch):
+            chunk = ids[pos0:pos0 + self.n_ubatch]
+            extra = {k: (v[:, pos0:pos0 + len(chunk)] if k.startswith("cmdv_mask") else v) for k, v in feeds.items()}
+            out = self._forward(chunk, past, extra, want)
+            lg = out[0].numpy()[0]
+            logits.append(lg if all_logits else lg[-1:])
+            past = out[1:1 + n_kv]
+            for i, h in enumerate(out[1 + n_kv:]):
+                hidden[i].append(h.numpy()[0])
+        logits = np.concatenate(logits) if all_logits else logits[-1]
+        return logits, {i: np.concatenate(h) for i, h in enumerate(hidden)}, past
+
+    def _prepare(self, ids, packs, strengths, force):
+        if isinstance(ids, (str, bytes)):
+            raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
+        try:
+            ids = [int(t) for t in ids]
+        except (TypeError, ValueError):
+            raise EngineError("token_ids must be a sequence of integers") from None
+        loaded = self.load_packs(packs, force)
+        s = normalize_strengths(len(loaded), strengths)
+        self.policy.check_size(loaded, s, self.reference_states)
+        if not ids:
+            raise EmptyPromptError("prompt has no tokens")
+        if len(ids) > self.n_ctx:
+            raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {self.n_ctx} tokens")
+        bad = [t for t in ids if not 0 <= t < self.info.n_vocab]
+        if bad:
+            raise EngineError(f"token ids outside the vocabulary [0, {self.info.n_vocab}): {bad[:5]}")
+        return ids, loaded, s
+
+    def reference_states(self) -> dict[int, np.ndarray]:
+        """``{layer: [N, d]}``: unedited block outputs at the last token of the chat-rendered
+        :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
+        if self._reference is None:
+            rows = [self.prompt_pass(self.encode(p), record_layers=True)[1] for p in REFERENCE_PROMPTS]
+            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}
+        return self._reference
+
+    def prompt_pass(self, ids: Sequence[int], packs=(), strengths=None, record_layers: bool = False,
+                    all_logits: bool = False, rows: Sequence[int] | None = None, force: bool | None = None):
+        """One edited prompt pass → ``(logits [V] or [T, V], {layer: [T, d]} after the edits or {})``."""
+        ids, loaded, s = self._prepare(ids, packs, strengths, force)
+        hid = [f"hidden.{i}" for i in range(self.n_layer)] if record_layers else []
+        for name in hid:
+            if name not in self._outputs:
+                raise OnnxModelError(f"ONNX file {self.path} has no output {name!r} (block output)")
+        logits, hidden, _ = self._prefill(ids, self.pack_feeds(loaded, s, len(ids), rows), hid, all_logits)
+        return (logits if all_logits else logits[-1]), hidden
+
+    # ------------------------------------------------------------------ generation
+    def _tokens(self, ids: list[int], feeds: dict, sampler: Sampler, max_tokens: int,
+                stop_at_eog: bool = True) -> Iterator[int]:
+        if int(max_tokens) < 0:
+            raise EngineError(f"max_tokens must be >= 0, got {max_tokens}")
+        want = ["logits", *(b for _, b in self._kv)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits, _, past = self._prefill(ids, feeds, [], False)
+        logits = logits[-1]
+        stats = GenerationStats(len(ids), time.perf_counter() - t0, prompt_cpu_s=time.process_time() - c0)
+        self.last_stats = stats
+
+        def gen() -> Iterator[int]:
+            nonlocal logits, past
+            n_past = len(ids)
+            stats.finish = "length"
+            for k in range(int(max_tokens)):
+                t, c = time.perf_counter(), time.process_time()
+                tok = sampler(logits)
+                stats.decode_s += time.perf_counter() - t
+                stats.decode_cpu_s += time.process_time() - c
+                if stop_at_eog and self.is_eog(tok):
+                    stats.finish = "eog"
+                    return
+                stats.n_generated += 1
+                yield tok
+                if k == max_tokens - 1:
+                    return
+                if n_past >= self.n_ctx:
+                    stats.finish = "context"
+                    return
+                t, c = time.perf_counter(), time.process_time()
+                o = self._forward([tok], past, {}, want)
+                logits, past = o[0].numpy()[0, -1], o[1:]
+                stats.decode_s += time.perf_counter() - t
+                stats.decode_cpu_s += time.process_time() - c
+                n_past += 1
+                stats.n_decoded += 1
+
+        return gen()
+
+    def generate_ids(self, token_ids: Sequence[int], packs=(), strengths=None, max_tokens: int = 128,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                     force: bool | None = None, stop_at_eog: bool = True) -> list[int]:
+        """New token ids after ``token_ids`` (EOG ends it, not included, unless ``stop_at_eog`` is False)."""
+        sampler = Sampler(temperature, top_p, seed)
+        ids, loaded, s = self._prepare(token_ids, packs, strengths, force)
+        return list(self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, stop_at_eog))
+
+    def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
+        sampler = Sampler(temperature, top_p, seed)
+        stops = check_stops(stop)
+        ids, loaded, s = self._prepare(ids, packs, strengths, force)
+        toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens)
+
+        def pieces() -> Iterator[str]:
+            ts, new, shown = TextStream(stops), [], ""
+            for tok in toks:
+                new.append(tok)
+                text = self.detokenize(new)
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
+                    continue
+                piece = ts.push(text[len(shown):].encode("utf-8"))
+                shown = text
+                if piece:
+                    yield piece
+                if ts.stopped:
+                    toks.close()
+                    if self.last_stats is not None:
+                        self.last_stats.finish = "stop"
+                    break
+            if not ts.stopped:
+                ts.push(self.detokenize(new)[len(shown):].encode("utf-8"))
+            tail = ts.finish()
+            if tail:
+                yield tail
+
+        return pieces() if stream else "".join(pieces())
+
+    def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
+                 stream: bool = False, template: bool = True, force: bool | None = None):
+        """Continue one user prompt with ``packs`` applied → text (or an iterator of pieces if ``stream``)."""
+        ids = self.encode(prompt, template)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    def chat(self, messages: Sequence[dict], packs=(), strengths=None, max_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: str | Sequence[str] = (), stream: bool = False, force: bool | None = None):
+        """The assistant's reply to ``messages``, packs applied to the targeted rows of the whole conversation."""
+        ids = self.encode_chat(messages)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> "OnnxRecipient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,114 @@
+"""Behavior packs → the extra ONNX Runtime inputs of one prompt pass (numpy only).
+
+For a **baked** export (:func:`~commandv.runtime.onnx_surgery.bake_packs`) a
+request's pack must be one of the baked packs (same :func:`pack_digest`); its
+masks get the pack strength on the targeted rows (the entry strengths are
+baked as ``s``). For a **pack-inputs** export
+(:func:`~commandv.runtime.onnx_surgery.add_pack_slots`) the entries take the
+slots of their layer in order (packs in list order, entries in file order —
+the order every engine applies them in), zero padded to the slot ranks, with
+``s`` = entry strength × pack strength and mask 1 on the targeted rows. Entries
+whose effective strength is 0 take no slot. Inputs that are not fed keep their
+zero defaults, which means "no edit".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .llama_edit import PositionsError
+from .lowrank import canonical_activation
+from .onnx_surgery import _ACT_ALIAS, SLOT_ACTS, OnnxMeta, pack_digest
+from .pack import BehaviorPack, PackError
+from .positions import Positions
+
+
+def target_rows(positions: str, n: int, rows: Sequence[int] | None, where: str) -> list[int]:
+    """Absolute prompt rows targeted by ``positions`` in a prompt of ``n`` tokens (``rows`` overrides; tests)."""
+    if rows is not None:
+        idx = sorted({int(r) for r in rows})
+        if idx and (idx[0] < 0 or idx[-1] >= n):
+            raise PositionsError(f"rows {idx[:4]}… outside the prompt of {n} tokens")
+        return idx
+    try:
+        return Positions.parse(positions).indices(n)
+    except ValueError as exc:
+        raise PositionsError(f"{where}: {exc}") from None
+
+
+def _baked(meta: OnnxMeta, packs, strengths, n, rows, where, mask) -> None:
+    digests = [b["digest"] for b in meta.baked]
+    for pack, s in zip(packs, strengths):
+        dg = pack_digest(pack)
+        if dg not in digests:
+            names = ", ".join(b["name"] for b in meta.baked)
+            raise PackError(f"pack {pack.name!r} is not baked into {where} (it holds: {names}); use a "
+                            "pack-inputs export (the default of cmdv onnx export) to run any pack")
+        if s == 0.0:
+            continue
+        for site in (x for x in meta.sites if x["pack"] == digests.index(dg)):
+            mask(site["mask"], target_rows(site["positions"], n, rows, f"pack {pack.name!r}"), s)
+
+
+def _slot_tensors(e, d: int, R: int, Q: int) -> dict[str, np.ndarray]:
+    t = {"A": np.zeros((d, R), np.float32), "b": np.zeros(R, np.float32), "C": np.zeros((R, d), np.float32),
+         "e": np.zeros(d, np.float32), "act": np.zeros(len(SLOT_ACTS), np.float32)}
+    r = e.rank
+    t["A"][:, :r], t["b"][:r], t["C"][:r] = e.A, e.b, e.C
+    if e.e is not None:
+        t["e"][:] = e.e
+    act = canonical_activation(e.act)
+    t["act"][SLOT_ACTS.index(_ACT_ALIAS.get(act, act))] = 1.0
+    if Q:
+        t["P"], t["Q"] = np.zeros((d, Q), np.float32), np.zeros((Q, d), np.float32)
+        if e.P is not None:
+            q = e.P.shape[1]
+            t["P"][:, :q], t["Q"][:q] = e.P, e.Q
+    return t
+
+
+def pack_feeds(meta: OnnxMeta, packs: Sequence[BehaviorPack], strengths: Sequence[float], n: int,
+               rows: Sequence[int] | None = None, where: str = "this ONNX file") -> dict[str, np.ndarray]:
+    """Inputs (name → float32 array, masks ``[1, n]``) applying ``packs`` × ``strengths`` to an ``n``-token prompt.
+
+    Raises :class:`PackError` when the file cannot run a pack (not baked in; no free slot at a layer; rank
+    above the slot rank) and :class:`PositionsError` when positions reach beyond the prompt."""
+    feeds: dict[str, np.ndarray] = {}
+
+    def mask(name: str, idx: list[int], value: float) -> None:
+        feeds.setdefault(name, np.zeros((1, n), np.float32))[0, idx] = value
+
+    if not packs:
+        return feeds
+    if meta.pack_mode == "baked":
+        _baked(meta, packs, strengths, n, rows, where, mask)
+        return feeds
+    if meta.pack_mode != "inputs":
+        raise PackError(f"{where} has no pack sites; export it with pack inputs (the default of cmdv onnx export) "
+                        "or bake the pack in (cmdv onnx export --pack)")
+    slots = {(x["layer"], x["slot"]): x for x in meta.sites}
+    per_layer = max(k[1] for k in slots) + 1
+    used: dict[int, int] = {}
+    R, Q = int(meta.max_rank), int(meta.max_pq_rank)
+    for pack, s in zip(packs, strengths):
+        for ei, e in enumerate(pack.entries):
+            at = f"pack {pack.name!r} entry {ei}"
+            eff = float(e.strength) * float(s)
+            idx = target_rows(e.positions, n, rows, at)
+            if eff == 0.0 or not idx:
+                continue
+            j = used[e.layer] = used.get(e.layer, -1) + 1
+            site = slots.get((e.layer, j))
+            if site is None:
+                raise PackError(f"{at}: no free pack slot at layer {e.layer} in {where} (slots at layers "
+                                f"{sorted({k[0] for k in slots})}, {per_layer} per layer)")
+            q = 0 if e.P is None else e.P.shape[1]
+            if e.rank > R or q > Q:
+                raise PackError(f"{at}: rank {e.rank} / P·Q rank {q} exceed this file's slots (rank {R}, P·Q rank "
+                                f"{Q}); re-export with a larger --max-rank / --max-pq-rank")
+            feeds.update({f"{site['prefix']}.{k}": v for k, v in _slot_tensors(e, meta.d_model, R, Q).items()})
+            feeds[f"{site['prefix']}.s"] = np.asarray(eff, np.float32)
+            mask(site["mask"], idx, 1.0)
+    return feeds
