@@ -79,6 +79,9 @@ def export_cmd(
     layer_rule: str = typer.Option(DEFAULT_LAYER_RULE, help=f"layer mapping: {' or '.join(LAYER_RULES)} "
                                    "(nearest = the authors' code, ties to the lower layer; floor = the paper)"),
     holdout: float = typer.Option(0.1, help="fraction of prompts kept out of the fit for diagnostics"),
+    rcond: Optional[float] = typer.Option(None, help="drop translator singular values below rcond×σ_max (default: "
+                                          "plain pinv). With as many profiling prompts as d or more, pinv fits noise "
+                                          "(held-out R² < 0, delta_energy ≫ donor_delta_energy): try 3e-3"),
     kind: Optional[str] = typer.Option(None, "--type", help="intervention type when the folder has no config.json"),
     act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
     positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
@@ -91,12 +94,14 @@ def export_cmd(
     from commandv.profiles.profiler import profile_model
 
     from .adapters import load_adapter
-    from .export import diagnostics_table, export_pack
+    from .export import ExportError, diagnostics_table, export_pack
 
     ad = load_adapter(adapter, kind=kind, act=act, positions=positions)
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
-    res = export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength,
+    if rcond is not None and not 0 < rcond < 1:
+        raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
+    res = export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                       name=name or out_path.stem, donor_name=dprof.meta.model_name)
     res.pack.save(out_path, dtype=dtype)
     out.print(diagnostics_table(res.diagnostics))

@@ -42,13 +42,15 @@ def register(app: typer.Typer, user_errors) -> None:
         no_donor: bool = typer.Option(False, help="skip the donor configurations"),
         profile_prompts: int = typer.Option(256, help="prompts of the general set used to fit the translators"),
         layer_rule: str = typer.Option("nearest", help="donor→recipient layer map: nearest (authors' code) or floor"),
+        rcond: Optional[float] = typer.Option(None, help="truncate translator singular values below rcond×σ_max "
+                                                         "(default: plain pinv; see cmdv export --help)"),
     ) -> None:
         """Transfer a donor adapter and measure the behavior on the quantized recipient (JSON + Markdown + PNG)."""
         from .eval_pair import PairEvalSettings, run_pair_eval
 
         s = PairEvalSettings(strengths=tuple(float(x) for x in strengths.split(",")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
-                             layer_rule=layer_rule)
+                             layer_rule=layer_rule, rcond=rcond)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
         out.print(rep.markdown())

@@ -40,6 +40,7 @@ class PairEvalSettings:
     max_tokens: int = 32
     profile_prompts: int = 256
     layer_rule: str = "nearest"
+    rcond: float | None = None
     include_donor: bool = True
 
 
@@ -79,7 +80,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, "general", "gguf", limit=s.profile_prompts, progress=progress)
     rprof, _, _ = profile_model(recipient, "general", "gguf", limit=s.profile_prompts, progress=progress)
     key = pair_key(donor, recipient)
-    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, name=f"{behavior}-{key}",
+    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
     out_dir = Path(out_dir)
     res.pack.save(out_dir / f"{key}-{behavior}.pack.gguf")

@@ -40,15 +40,15 @@ def _sample_digest(X: np.ndarray) -> str:
     return hashlib.blake2b(sample.tobytes() + str(X.shape).encode(), digest_size=16).hexdigest()
 
 
-def cached_factor(key: tuple, X: np.ndarray) -> GramFactor:
+def cached_factor(key: tuple, X: np.ndarray, rtol: float | None = None) -> GramFactor:
     """Factor ``X`` once per ``key`` (profile fingerprint, prompts, backend, layer, rows) per process.
 
     A digest of a sample of ``X`` joins the key, so two different matrices under one key never collide.
     """
-    key = key + (_sample_digest(X),)
+    key = key + (_sample_digest(X), rtol)
     f = _FACTORS.get(key)
     if f is None:
-        f = factorize(X)
+        f = factorize(X, rtol)
         _FACTORS[key] = f
         while len(_FACTORS) > _MAX_FACTORS:
             _FACTORS.popitem(last=False)
@@ -89,8 +89,14 @@ def _profile_key(p: Profile) -> tuple:
 
 def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_rule: str = DEFAULT_LAYER_RULE,
                 holdout: float = 0.1, strength: float = 1.0, name: str = "pack", donor_name: str | None = None,
-                positions: str | None = None) -> ExportResult:
-    """Fold ``adapter`` (trained on the donor) into a pack for the recipient."""
+                positions: str | None = None, rcond: float | None = None) -> ExportResult:
+    """Fold ``adapter`` (trained on the donor) into a pack for the recipient.
+
+    ``rcond``: drop singular directions of each profile below ``rcond × σ_max`` in the translators
+    (truncated pseudo-inverse). None = machine precision, i.e. ``pinv`` as in the paper; when the
+    number of fit prompts nears or exceeds d, the tiny directions fit noise and blow the folded edit
+    up (watch ``delta_energy`` vs ``donor_delta_energy`` in the diagnostics): try 1e-2.
+    """
     t0 = time.perf_counter()
     dm, rm = donor.meta, recipient.meta
     if dm.prompt_sha256 != rm.prompt_sha256 or dm.n_prompts != rm.n_prompts:
@@ -108,8 +114,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     rows_key = (len(fit), int(fit.sum()))
     for edit, (l_d, l_r) in zip(adapter.edits, lmap.pairs):
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
-        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit])
-        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit])
+        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit], rcond)
+        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit], rcond)
         entry = fold_edit(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength)
         entries.append(entry)
         d = {"donor_layer": l_d, "recipient_layer": l_r, "rank_fit_R": fR.rank, "rank_fit_D": fD.rank}
@@ -136,7 +142,7 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             "recipient_network_fingerprint": rm.network_fingerprint,
             "prompt_set": rm.prompt_set, "prompt_sha256": rm.prompt_sha256,
             "profile_backends": [dm.backend, rm.backend],
-            "layer_rule": layer_rule, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
+            "layer_rule": layer_rule, "rcond": rcond, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
         },
         diagnostics=diags,
     )

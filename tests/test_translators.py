@@ -72,3 +72,18 @@ def test_bad_input():
         factorize(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match=r"\[N, d\]"):
         factorize(np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize("rcond", [3e-3, 3e-2])
+def test_truncated_pinv_matches_numpy_rcond(rcond):
+    """``rtol`` drops singular values below rtol·σ_max, like ``numpy.linalg.pinv(X, rcond)``."""
+    rng = np.random.default_rng(5)
+    # N > d, spread-out spectrum: singular values from 1 down to 1e-4, so the cutoff bites
+    U, _ = np.linalg.qr(rng.standard_normal((120, 40)))
+    V, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    X = (U * np.logspace(0, -4, 40)) @ V.T
+    Y = rng.standard_normal((120, 7))
+    f = factorize(X, rtol=rcond)
+    want = np.linalg.pinv(X, rcond=rcond) @ Y
+    assert f.rank == int((np.logspace(0, -4, 40) > rcond).sum())
+    assert rel(f.pinv_times(Y), want) < 1e-8
