@@ -32,7 +32,7 @@ from .fingerprint import model_info_from_gguf
 from .llama_edit import (EngineError, PositionsError, StrengthError, check_packs, compile_entries,  # noqa: F401
                          make_context, make_editor, normalize_strengths)
 from .llama_lowlevel import LlamaModel, _ll
-from .llama_sampling import Sampler, TextStream, check_stops
+from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
 from .pack_policy import REFERENCE_PROMPTS, PackPolicy
@@ -279,35 +279,15 @@ class Recipient:
         self.last_stats = stats
         req = self._request
 
-        def gen() -> Iterator[int]:
-            nonlocal logits
-            n_past = len(ids)
-            stats.finish = "length"
-            for k in range(int(max_tokens)):
-                t, c = time.perf_counter(), time.process_time()
-                tok = sampler(logits)
-                stats.decode_s += time.perf_counter() - t
-                stats.decode_cpu_s += time.process_time() - c
-                if stop_at_eog and self.is_eog(tok):
-                    stats.finish = "eog"
-                    return
-                stats.n_generated += 1
-                yield tok
-                if k == max_tokens - 1:
-                    return
-                if n_past >= self.n_ctx:
-                    stats.finish = "context"
-                    return
-                if req != self._request:
-                    raise StaleStreamError("a newer request reused the context; this stream cannot continue")
-                t, c = time.perf_counter(), time.process_time()
-                logits = self.ctx.logits(self.ctx.decode([[tok]], logits_for="last")[0])
-                stats.decode_s += time.perf_counter() - t
-                stats.decode_cpu_s += time.process_time() - c
-                n_past += 1
-                stats.n_decoded += 1
+        def check() -> None:
+            if req != self._request:
+                raise StaleStreamError("a newer request reused the context; this stream cannot continue")
 
-        return gen()
+        def step(tok: int) -> np.ndarray:
+            return self.ctx.logits(self.ctx.decode([[tok]], logits_for="last")[0])
+
+        return decode_tokens(logits, sampler, max_tokens, stats, self.is_eog, step, len(ids), self.n_ctx,
+                             stop_at_eog, check)
 
     def generate_ids(self, token_ids: Sequence[int], packs=(), strengths=None, max_tokens: int = 128,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,

@@ -6,6 +6,7 @@
 * :class:`TextStream`: turns token bytes into text pieces that are safe to
   show: complete UTF-8 only, and never a piece that could be the start of a
   stop string; reports when a stop string appeared (text cut before it).
+* :func:`decode_tokens`: the generation loop shared by the llama.cpp and ONNX engines.
 """
 
 from __future__ import annotations
@@ -107,3 +108,40 @@ class TextStream:
         out = self.text[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return out
+
+
+def decode_tokens(logits, sampler: "Sampler", max_tokens: int, stats, is_eog, step, n_prompt: int, n_ctx: int,
+                  stop_at_eog: bool = True, check=None):
+    """The generation loop every engine shares: sample, stop at EOG / ``max_tokens`` / a full context, step.
+
+    ``logits [V]``: after the prompt. ``step(tok) -> logits [V]`` decodes one token (the engine's KV cache).
+    ``stats`` (a ``GenerationStats``) gets decode times, counts and ``finish``. ``check()`` runs before every
+    step (e.g. refusing a stale stream). Yields new token ids (EOG excluded).
+    """
+    import time
+
+    n_past = int(n_prompt)
+    stats.finish = "length"
+    for k in range(int(max_tokens)):
+        t, c = time.perf_counter(), time.process_time()
+        tok = sampler(logits)
+        stats.decode_s += time.perf_counter() - t
+        stats.decode_cpu_s += time.process_time() - c
+        if stop_at_eog and is_eog(tok):
+            stats.finish = "eog"
+            return
+        stats.n_generated += 1
+        yield tok
+        if k == max_tokens - 1:
+            return
+        if n_past >= n_ctx:
+            stats.finish = "context"
+            return
+        if check is not None:
+            check()
+        t, c = time.perf_counter(), time.process_time()
+        logits = step(tok)
+        stats.decode_s += time.perf_counter() - t
+        stats.decode_cpu_s += time.process_time() - c
+        n_past += 1
+        stats.n_decoded += 1

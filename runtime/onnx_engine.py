@@ -27,7 +27,7 @@ import numpy as np
 from .chat_template import render_chat, user_turn
 from .llama_edit import EngineError, check_packs, normalize_strengths
 from .llama_engine import EmptyPromptError, GenerationStats, PromptTooLongError
-from .llama_sampling import Sampler, TextStream, check_stops
+from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
@@ -226,34 +226,15 @@ class OnnxRecipient:
         stats = GenerationStats(len(ids), time.perf_counter() - t0, prompt_cpu_s=time.process_time() - c0)
         self.last_stats = stats
 
-        def gen() -> Iterator[int]:
-            nonlocal logits, past
-            n_past = len(ids)
-            stats.finish = "length"
-            for k in range(int(max_tokens)):
-                t, c = time.perf_counter(), time.process_time()
-                tok = sampler(logits)
-                stats.decode_s += time.perf_counter() - t
-                stats.decode_cpu_s += time.process_time() - c
-                if stop_at_eog and self.is_eog(tok):
-                    stats.finish = "eog"
-                    return
-                stats.n_generated += 1
-                yield tok
-                if k == max_tokens - 1:
-                    return
-                if n_past >= self.n_ctx:
-                    stats.finish = "context"
-                    return
-                t, c = time.perf_counter(), time.process_time()
-                o = self._forward([tok], past, {}, want)
-                logits, past = o[0].numpy()[0, -1], o[1:]
-                stats.decode_s += time.perf_counter() - t
-                stats.decode_cpu_s += time.process_time() - c
-                n_past += 1
-                stats.n_decoded += 1
+        state = {"past": past}
 
-        return gen()
+        def step(tok: int) -> np.ndarray:
+            o = self._forward([tok], state["past"], {}, want)
+            state["past"] = o[1:]
+            return o[0].numpy()[0, -1]
+
+        return decode_tokens(logits, sampler, max_tokens, stats, self.is_eog, step, len(ids), self.n_ctx,
+                             stop_at_eog)
 
     def generate_ids(self, token_ids: Sequence[int], packs=(), strengths=None, max_tokens: int = 128,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
