@@ -32,7 +32,7 @@ static const char *gguf_type_label(uint32_t t) {
     return t < sizeof names / sizeof names[0] ? names[t] : "UNKNOWN";
 }
 
-static int set_err(cmdv_error *e, int code, const char *fmt, ...) {
+int cmdv_error_set(cmdv_error *e, int code, const char *fmt, ...) {
     if (!e) return code;
     e->code = code;
     va_list ap;
@@ -42,7 +42,7 @@ static int set_err(cmdv_error *e, int code, const char *fmt, ...) {
     return code;
 }
 
-static void ok_err(cmdv_error *e) {
+void cmdv_error_clear(cmdv_error *e) {
     if (e) { e->code = CMDV_PACK_OK; e->msg[0] = 0; }
 }
 
@@ -116,7 +116,7 @@ static void capture_log(enum ggml_log_level level, const char *text, void *user_
  * values from now on. Returns 0 (not an error yet). */
 static int ggml_refused(reader *r, const char *why) {
     if (!r->ggml_refusal.code)
-        set_err(&r->ggml_refusal, CMDV_PACK_ERR_GGML, "%s: ggml's GGUF reader %s", r->path, why);
+        cmdv_error_set(&r->ggml_refusal, CMDV_PACK_ERR_GGML, "%s: ggml's GGUF reader %s", r->path, why);
     if (r->gg) gguf_free(r->gg);
     r->gg = NULL;
     return 0;
@@ -187,19 +187,19 @@ static int get_string(reader *r, const char *key, const char *def, cmdv_str *out
     const int64_t id = find_key(r, key);
     char rk[160];
     if (id < 0) {
-        if (def) return str_copy(out, def, strlen(def)) ? set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory") : 0;
+        if (def) return str_copy(out, def, strlen(def)) ? cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory") : 0;
         cmdv_py_repr(rk, sizeof rk, key, strlen(key));
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s missing", r->path, rk);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s missing", r->path, rk);
     }
     const cmdv_gguf_kv *kv = &r->g.kv[id];
     if (kv->type != CMDV_GGUF_STRING) {
         cmdv_py_repr(rk, sizeof rk, key, strlen(key));
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s is not a string", r->path, rk);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s is not a string", r->path, rk);
     }
     if (r->gg && !same_text(gguf_get_val_str(r->gg, id), (const char *)kv->val, kv->val_len))
         ggml_refused(r, "disagrees with the strict reader on a string value");
     /* embedded NULs: ggml's C string stops early; the strict walk holds the whole (identical) bytes */
-    if (str_copy(out, (const char *)kv->val, kv->val_len)) return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    if (str_copy(out, (const char *)kv->val, kv->val_len)) return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
     return 0;
 }
 
@@ -210,12 +210,12 @@ static int get_number(reader *r, const char *key, uint32_t want, bool has_def, d
     if (id < 0) {
         if (has_def) { *out = def; return 0; }
         cmdv_py_repr(rk, sizeof rk, key, strlen(key));
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s missing", r->path, rk);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s missing", r->path, rk);
     }
     const uint32_t t = r->g.kv[id].type;
     if (t != want) {
         cmdv_py_repr(rk, sizeof rk, key, strlen(key));
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s has type %s, expected %s", r->path, rk,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: metadata key %s has type %s, expected %s", r->path, rk,
                        gguf_type_label(t), gguf_type_label(want));
     }
     const unsigned char *v = r->g.kv[id].val; /* little-endian bytes of the strict walk (ggml refused) */
@@ -238,7 +238,7 @@ static int get_json(reader *r, const char *key, const char *def, cmdv_str *out, 
     if (cmdv_json_check(out->s, out->len, kind, why, sizeof why) != 0) {
         char rk[160];
         cmdv_py_repr(rk, sizeof rk, key, strlen(key));
-        return set_err(r->err, CMDV_PACK_ERR_META, "%s: metadata key %s is not valid JSON (%s)", r->path, rk, why);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_META, "%s: metadata key %s is not valid JSON (%s)", r->path, rk, why);
     }
     return 0;
 }
@@ -347,14 +347,14 @@ static int read_header(reader *r, cmdv_pack *p, uint32_t *n_entries) {
         char ra[160];
         cmdv_py_repr(ra, sizeof ra, arch.s, arch.len);
         free(arch.s);
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: GGUF architecture is %s, not a behavior pack ('%s')",
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: GGUF architecture is %s, not a behavior pack ('%s')",
                        r->path, ra, CMDV_PACK_ARCH);
     }
     free(arch.s);
     double v;
     if ((rc = get_number(r, "commandv.format_version", CMDV_GGUF_U32, false, 0, &v))) return rc;
     if (v != CMDV_PACK_FORMAT_VERSION)
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: pack format version %.0f is not supported (known: (%d,))",
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: pack format version %.0f is not supported (known: (%d,))",
                        r->path, v, CMDV_PACK_FORMAT_VERSION);
     if ((rc = get_string(r, "commandv.recipient.fingerprint", NULL, &p->fingerprint))) return rc;
     if ((rc = get_string(r, "commandv.recipient.arch", NULL, &p->arch))) return rc;
@@ -369,17 +369,17 @@ static int read_header(reader *r, cmdv_pack *p, uint32_t *n_entries) {
     if ((rc = get_json(r, "commandv.meta", "{}", &p->meta_json, &mk))) return rc;
     if ((rc = get_json(r, "commandv.diagnostics", "[]", &p->diagnostics_json, &dk))) return rc;
     if (mk != CMDV_JSON_OBJECT || dk != CMDV_JSON_ARRAY)
-        return set_err(r->err, CMDV_PACK_ERR_META,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_META,
                        "%s: commandv.meta must be a JSON object and commandv.diagnostics a list", r->path);
     char why[200];
     const int drc = cmdv_json_check_diagnostics(p->diagnostics_json.s, p->diagnostics_json.len, why, sizeof why);
-    if (drc == -2) return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
-    if (drc) return set_err(r->err, CMDV_PACK_ERR_META, "%s: %s", r->path, why);
+    if (drc == -2) return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    if (drc) return cmdv_error_set(r->err, CMDV_PACK_ERR_META, "%s: %s", r->path, why);
     if ((rc = get_string(r, "commandv.created_by", "", &p->created_by))) return rc;
     double n;
     if ((rc = get_number(r, "commandv.entry_count", CMDV_GGUF_U32, false, 0, &n))) return rc;
     if (n < 1 || n > CMDV_PACK_MAX_ENTRIES)
-        return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: entry_count %.0f outside 1..%d", r->path, n,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: entry_count %.0f outside 1..%d", r->path, n,
                        CMDV_PACK_MAX_ENTRIES);
     *n_entries = (uint32_t)n;
     return 0;
@@ -388,7 +388,7 @@ static int read_header(reader *r, cmdv_pack *p, uint32_t *n_entries) {
 /* Assign tensors to entry slots; the rest are "unexpected". */
 static int assign_tensors(reader *r, uint32_t n) {
     r->slots = malloc((size_t)n * sizeof *r->slots);
-    if (!r->slots) return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    if (!r->slots) return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
     for (uint32_t i = 0; i < n; i++)
         for (int k = 0; k < N_T; k++) r->slots[i][k] = -1;
     for (uint64_t t = 0; t < r->g.n_tensors; t++) {
@@ -411,7 +411,7 @@ static int check_extra_tensors(reader *r, uint32_t n) {
     if (!nt) return 0;
     unsigned char *used = calloc((size_t)nt, 1);
     const cmdv_gguf_tensor **extra = malloc((size_t)nt * sizeof *extra);
-    if (!used || !extra) { free(used); free(extra); return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory"); }
+    if (!used || !extra) { free(used); free(extra); return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory"); }
     for (uint32_t i = 0; i < n; i++)
         for (int k = 0; k < N_T; k++)
             if (r->slots[i][k] >= 0) used[r->slots[i][k]] = 1;
@@ -429,7 +429,7 @@ static int check_extra_tensors(reader *r, uint32_t n) {
             k += (size_t)snprintf(list + k, sizeof list - k, "%s%s", i ? ", " : "", rn);
         }
         if (k < sizeof list) snprintf(list + k, sizeof list - k, "]");
-        rc = set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: unexpected tensors %s (not referenced by any entry)", r->path,
+        rc = cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: unexpected tensors %s (not referenced by any entry)", r->path,
                      list);
     }
     free(used);
@@ -442,7 +442,7 @@ static int read_entry_meta(reader *r, uint32_t i, cmdv_pack_entry *e) {
     char key[96];
     for (int k = 0; k < 3; k++) { /* A, b, C required */
         if (r->slots[i][k] < 0)
-            return set_err(r->err, CMDV_PACK_ERR_FORMAT, "%s: entry %u: tensor 'entry.%u.%c' missing", r->path, i, i,
+            return cmdv_error_set(r->err, CMDV_PACK_ERR_FORMAT, "%s: entry %u: tensor 'entry.%u.%c' missing", r->path, i, i,
                            T_NAMES[k]);
     }
     double v;
@@ -474,9 +474,9 @@ static int check_values(reader *r, uint32_t i, char name, const float *x, size_t
         if (a > mx) mx = a;
     }
     if (!finite)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: tensor %c has NaN or Inf values", i, name);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: tensor %c has NaN or Inf values", i, name);
     if ((double)mx > CMDV_PACK_MAX_ABS_VALUE)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: tensor %c has values beyond \xC2\xB1%g", i, name,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: tensor %c has values beyond \xC2\xB1%g", i, name,
                        CMDV_PACK_MAX_ABS_VALUE);
     return 0;
 }
@@ -489,16 +489,16 @@ static int validate_entry(reader *r, const cmdv_pack *p, uint32_t i, cmdv_pack_e
     snprintf(key, sizeof key, "commandv.entry.%u.layer", i);
     get_number(r, key, CMDV_GGUF_U32, false, 0, &layer); /* present and typed: checked by read_entry_meta */
     if (layer >= p->n_layer)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: layer %.0f out of range 0..%d", i, layer,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: layer %.0f out of range 0..%d", i, layer,
                        (int)p->n_layer - 1);
     e->act = cmdv_act_parse(e->act_name.s, e->act_name.len, msg, sizeof msg);
-    if (e->act < 0) return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: %s", i, msg);
+    if (e->act < 0) return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: %s", i, msg);
     if (cmdv_positions_parse(e->positions.s, e->positions.len, &e->pos_first, &e->pos_last, msg, sizeof msg))
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: %s", i, msg);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: %s", i, msg);
     if (!isfinite(e->strength)) {
         char fs[32];
         cmdv_py_float_repr(fs, sizeof fs, e->strength);
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: strength %s is not finite", i, fs);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: strength %s is not finite", i, fs);
     }
     const cmdv_gguf_tensor *T[N_T];
     for (int k = 0; k < N_T; k++) T[k] = r->slots[i][k] >= 0 ? &r->g.tensors[r->slots[i][k]] : NULL;
@@ -506,36 +506,36 @@ static int validate_entry(reader *r, const cmdv_pack *p, uint32_t i, cmdv_pack_e
     const cmdv_gguf_tensor *A = T[T_A], *b = T[T_B], *C = T[T_C], *P = T[T_P], *Q = T[T_Q], *E = T[T_E];
     shape_str(A, sh, sizeof sh);
     if (A->n_dims != 2 || np_dim(A, 0) != d)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: A has shape %s, expected [d=%" PRIu64 ", r]", i, sh, d);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: A has shape %s, expected [d=%" PRIu64 ", r]", i, sh, d);
     const uint64_t rk = np_dim(A, 1);
     if (rk < 1 || rk > CMDV_PACK_MAX_RANK)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: rank %" PRIu64 " outside 1..%d", i, rk,
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: rank %" PRIu64 " outside 1..%d", i, rk,
                        CMDV_PACK_MAX_RANK);
     shape_str(b, sh, sizeof sh);
     if (b->n_dims != 1 || np_dim(b, 0) != rk)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: b has shape %s, expected [r=%" PRIu64 "]", i, sh, rk);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: b has shape %s, expected [r=%" PRIu64 "]", i, sh, rk);
     shape_str(C, sh, sizeof sh);
     if (C->n_dims != 2 || np_dim(C, 0) != rk || np_dim(C, 1) != d)
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: C has shape %s, expected [r=%" PRIu64 ", d=%" PRIu64 "]",
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: C has shape %s, expected [r=%" PRIu64 ", d=%" PRIu64 "]",
                        i, sh, rk, d);
     if ((P == NULL) != (Q == NULL))
-        return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: P and Q must be given together", i);
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: P and Q must be given together", i);
     uint64_t q = 0;
     if (P) {
         shape_str(P, sh, sizeof sh);
         if (P->n_dims != 2 || np_dim(P, 0) != d)
-            return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: P has shape %s, expected [d=%" PRIu64 ", q]", i,
+            return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: P has shape %s, expected [d=%" PRIu64 ", q]", i,
                            sh, d);
         q = np_dim(P, 1);
         shape_str(Q, sh, sizeof sh);
         if (Q->n_dims != 2 || np_dim(Q, 0) != q || np_dim(Q, 1) != d)
-            return set_err(r->err, CMDV_PACK_ERR_ENTRY,
+            return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY,
                            "entry %u: Q has shape %s, expected [q=%" PRIu64 ", d=%" PRIu64 "]", i, sh, q, d);
     }
     if (E) {
         shape_str(E, sh, sizeof sh);
         if (E->n_dims != 1 || np_dim(E, 0) != d)
-            return set_err(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: e has shape %s, expected [d=%" PRIu64 "]", i, sh, d);
+            return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: e has shape %s, expected [d=%" PRIu64 "]", i, sh, d);
     }
     e->rank = (int32_t)rk;
     e->q = (int32_t)q; /* q <= file size / (4 d): fits */
@@ -543,7 +543,7 @@ static int validate_entry(reader *r, const cmdv_pack *p, uint32_t i, cmdv_pack_e
     for (int k = 0; k < N_T; k++) {
         if (!T[k]) continue;
         *dst[k] = load_tensor(r, T[k]);
-        if (!*dst[k]) return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
+        if (!*dst[k]) return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
         const size_t count = (size_t)(T[k]->n_bytes / (T[k]->type == 0 ? 4 : 2));
         int rc = check_values(r, i, T_NAMES[k], *dst[k], count);
         if (rc) return rc;
@@ -554,12 +554,12 @@ static int validate_entry(reader *r, const cmdv_pack *p, uint32_t i, cmdv_pack_e
 static int parse_pack(reader *r, cmdv_pack **out) {
     int rc;
     cmdv_pack *p = calloc(1, sizeof *p);
-    if (!p) return set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    if (!p) return cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory");
     uint32_t n = 0;
     if ((rc = read_header(r, p, &n))) goto fail;
     if ((rc = assign_tensors(r, n))) goto fail;
     p->entries = calloc(n, sizeof *p->entries);
-    if (!p->entries) { rc = set_err(r->err, CMDV_PACK_ERR_NOMEM, "out of memory"); goto fail; }
+    if (!p->entries) { rc = cmdv_error_set(r->err, CMDV_PACK_ERR_NOMEM, "out of memory"); goto fail; }
     p->n_entries = (int32_t)n;
     for (uint32_t i = 0; i < n; i++)
         if ((rc = read_entry_meta(r, i, &p->entries[i]))) goto fail;
@@ -571,13 +571,13 @@ static int parse_pack(reader *r, cmdv_pack **out) {
     if (p->d_model < 1 || p->d_model > CMDV_PACK_MAX_DIM) {
         double dm;
         get_number(r, "commandv.recipient.d_model", CMDV_GGUF_U32, false, 0, &dm);
-        rc = set_err(r->err, CMDV_PACK_ERR_ENTRY, "recipient d_model %.0f outside 1..%d", dm, CMDV_PACK_MAX_DIM);
+        rc = cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "recipient d_model %.0f outside 1..%d", dm, CMDV_PACK_MAX_DIM);
         goto fail;
     }
     if (p->n_layer < 1 || p->n_layer > CMDV_PACK_MAX_LAYERS) {
         double nl;
         get_number(r, "commandv.recipient.n_layer", CMDV_GGUF_U32, false, 0, &nl);
-        rc = set_err(r->err, CMDV_PACK_ERR_ENTRY, "recipient n_layer %.0f outside 1..%d", nl, CMDV_PACK_MAX_LAYERS);
+        rc = cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "recipient n_layer %.0f outside 1..%d", nl, CMDV_PACK_MAX_LAYERS);
         goto fail;
     }
     for (uint32_t i = 0; i < n; i++)
@@ -592,8 +592,8 @@ fail:
 int cmdv_pack_parse(const void *data, size_t n, const char *source, cmdv_pack **out, cmdv_error *err) {
     cmdv_error local;
     if (!err) err = &local;
-    ok_err(err);
-    if (!out || (!data && n)) return set_err(err, CMDV_PACK_ERR_ARG, "cmdv_pack_parse: NULL argument");
+    cmdv_error_clear(err);
+    if (!out || (!data && n)) return cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_pack_parse: NULL argument");
     *out = NULL;
     reader r;
     memset(&r, 0, sizeof r);
@@ -604,12 +604,12 @@ int cmdv_pack_parse(const void *data, size_t n, const char *source, cmdv_pack **
     char msg[sizeof err->msg];
     const cmdv_gguf_limits lim = cmdv_gguf_pack_limits();
     int rc = cmdv_gguf_check(data, n, r.path, &lim, &r.g, msg, sizeof msg);
-    if (rc == 2) return set_err(err, CMDV_PACK_ERR_NOMEM, "%s", msg);
-    if (rc) return set_err(err, CMDV_PACK_ERR_GGUF, "%s", msg);
+    if (rc == 2) return cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "%s", msg);
+    if (rc) return cmdv_error_set(err, CMDV_PACK_ERR_GGUF, "%s", msg);
     rc = ggml_view(&r);
     if (!rc && r.g.n_kv) {
         r.keys = malloc((size_t)r.g.n_kv * sizeof *r.keys);
-        if (!r.keys) rc = set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory");
+        if (!r.keys) rc = cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
         else {
             for (uint64_t i = 0; i < r.g.n_kv; i++) r.keys[i] = (key_ref){r.g.kv[i].key, r.g.kv[i].key_len, (size_t)i};
             qsort(r.keys, (size_t)r.g.n_kv, sizeof *r.keys, cmp_key);
@@ -626,50 +626,50 @@ int cmdv_pack_parse(const void *data, size_t n, const char *source, cmdv_pack **
     free(r.slots);
     if (r.gg) gguf_free(r.gg);
     cmdv_gguf_file_free(&r.g);
-    if (!rc) ok_err(err);
+    if (!rc) cmdv_error_clear(err);
     return rc;
 }
 
 int cmdv_pack_load(const char *path, cmdv_pack **out, cmdv_error *err) {
     cmdv_error local;
     if (!err) err = &local;
-    ok_err(err);
-    if (!path || !out) return set_err(err, CMDV_PACK_ERR_ARG, "cmdv_pack_load: NULL argument");
+    cmdv_error_clear(err);
+    if (!path || !out) return cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_pack_load: NULL argument");
     *out = NULL;
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-        return set_err(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
+        return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
     if ((unsigned long long)st.st_size > CMDV_PACK_MAX_BYTES)
-        return set_err(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
+        return cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
                        (unsigned long long)CMDV_PACK_MAX_BYTES);
     FILE *f = fopen(path, "rb");
-    if (!f) return set_err(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
+    if (!f) return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
     /* read what is there (sized by the file, not by the cap), growing the buffer */
     size_t cap = 1 << 16, n = 0;
     unsigned char *buf = malloc(cap);
-    int rc = buf ? 0 : set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    int rc = buf ? 0 : cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
     while (!rc) {
         if (n == cap) {
             if (cap > CMDV_PACK_MAX_BYTES) {
-                rc = set_err(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
+                rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
                              (unsigned long long)CMDV_PACK_MAX_BYTES);
                 break;
             }
             unsigned char *nb = realloc(buf, 2 * cap);
-            if (!nb) { rc = set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); break; }
+            if (!nb) { rc = cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); break; }
             buf = nb;
             cap *= 2;
         }
         const size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
         if (got == 0) {
-            if (ferror(f)) rc = set_err(err, CMDV_PACK_ERR_IO, "%s: read error", path);
+            if (ferror(f)) rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: read error", path);
             break;
         }
     }
     fclose(f);
     if (!rc && n > CMDV_PACK_MAX_BYTES)
-        rc = set_err(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
+        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
                      (unsigned long long)CMDV_PACK_MAX_BYTES);
     if (!rc) rc = cmdv_pack_parse(buf, n, path, out, err);
     free(buf);
@@ -690,12 +690,12 @@ static int prefix_len(const char *s, size_t n, int k) {
 
 int cmdv_pack_check_model(const cmdv_pack *p, const char *fingerprint, const char *arch, int32_t n_layer,
                           int32_t d_model, int force, cmdv_error *err) {
-    ok_err(err);
-    if (!p || (!force && !arch)) return set_err(err, CMDV_PACK_ERR_ARG, "cmdv_pack_check_model: NULL argument");
+    cmdv_error_clear(err);
+    if (!p || (!force && !arch)) return cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_pack_check_model: NULL argument");
     char rn[160];
     cmdv_py_repr(rn, sizeof rn, p->name.s, p->name.len);
     if (d_model != p->d_model || n_layer != p->n_layer)
-        return set_err(err, CMDV_PACK_ERR_MODEL,
+        return cmdv_error_set(err, CMDV_PACK_ERR_MODEL,
                        "pack %s is for a model with d=%d, n_layer=%d; this model has d=%d, n_layer=%d", rn,
                        (int)p->d_model, (int)p->n_layer, (int)d_model, (int)n_layer);
     if (force) return CMDV_PACK_OK;
@@ -703,12 +703,12 @@ int cmdv_pack_check_model(const cmdv_pack *p, const char *fingerprint, const cha
         char ra[96], rm[96];
         cmdv_py_repr(ra, sizeof ra, p->arch.s, p->arch.len);
         cmdv_py_repr(rm, sizeof rm, arch, strlen(arch));
-        return set_err(err, CMDV_PACK_ERR_MODEL, "pack %s is for arch %s, model is %s (use force to override)", rn, ra,
+        return cmdv_error_set(err, CMDV_PACK_ERR_MODEL, "pack %s is for arch %s, model is %s (use force to override)", rn, ra,
                        rm);
     }
     if (fingerprint && (strlen(fingerprint) != p->fingerprint.len ||
                         memcmp(fingerprint, p->fingerprint.s, p->fingerprint.len) != 0)) {
-        return set_err(err, CMDV_PACK_ERR_MODEL,
+        return cmdv_error_set(err, CMDV_PACK_ERR_MODEL,
                        "pack %s was made for model %.*s\xE2\x80\xA6, this model is %.*s\xE2\x80\xA6 "
                        "(use force to override)",
                        rn, prefix_len(p->fingerprint.s, p->fingerprint.len, 16), p->fingerprint.s,
@@ -718,12 +718,12 @@ int cmdv_pack_check_model(const cmdv_pack *p, const char *fingerprint, const cha
 }
 
 int32_t cmdv_pack_bind(const cmdv_pack *p, cmdv_edit_state *st, double strength, int32_t n_tokens, cmdv_error *err) {
-    ok_err(err);
-    if (!p || !st) { set_err(err, CMDV_PACK_ERR_ARG, "cmdv_pack_bind: NULL argument"); return -1; }
-    if (!isfinite(strength)) { set_err(err, CMDV_PACK_ERR_PROMPT, "strength is not a finite number"); return -1; }
-    if (n_tokens < 1) { set_err(err, CMDV_PACK_ERR_PROMPT, "prompt has no tokens"); return -1; }
+    cmdv_error_clear(err);
+    if (!p || !st) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_pack_bind: NULL argument"); return -1; }
+    if (!isfinite(strength)) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "strength is not a finite number"); return -1; }
+    if (n_tokens < 1) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "prompt has no tokens"); return -1; }
     int32_t *rows = malloc((size_t)n_tokens * sizeof *rows);
-    if (!rows) { set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+    if (!rows) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
     char rn[160], msg[256];
     cmdv_py_repr(rn, sizeof rn, p->name.s, p->name.len);
     /* pass 1: everything that can fail, so a refused pack adds nothing */
@@ -733,12 +733,12 @@ int32_t cmdv_pack_bind(const cmdv_pack *p, cmdv_edit_state *st, double strength,
         if (!isfinite(eff)) {
             char fs[32];
             cmdv_py_float_repr(fs, sizeof fs, eff);
-            set_err(err, CMDV_PACK_ERR_PROMPT, "pack %s entry %d: strength %s is not finite", rn, (int)i, fs);
+            cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "pack %s entry %d: strength %s is not finite", rn, (int)i, fs);
             free(rows);
             return -1;
         }
         if (cmdv_positions_rows(e->pos_first, e->pos_last, n_tokens, rows, msg, sizeof msg) < 0) {
-            set_err(err, CMDV_PACK_ERR_PROMPT, "pack %s entry %d: %s", rn, (int)i, msg);
+            cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "pack %s entry %d: %s", rn, (int)i, msg);
             free(rows);
             return -1;
         }
@@ -752,7 +752,7 @@ int32_t cmdv_pack_bind(const cmdv_pack *p, cmdv_edit_state *st, double strength,
         if (cmdv_state_add_entry(st, e->layer, e->rank, e->act, e->A, e->b, e->C, e->q, e->P, e->Q, e->e, eff, rows,
                                  n_rows) < 0) {
             const char *why = cmdv_state_error(st);
-            set_err(err, CMDV_PACK_ERR_PROMPT, "the edit core refused pack %s entry %d: %s", rn, (int)i,
+            cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "the edit core refused pack %s entry %d: %s", rn, (int)i,
                     why ? why : "unknown error");
             free(rows);
             return -1;

@@ -67,6 +67,11 @@ typedef struct {
     char msg[512]; /* NUL-terminated, empty when code == CMDV_PACK_OK */
 } cmdv_error;
 
+/* Fill `e` (if not NULL) with `code` and a printf-style message; returns `code`. */
+int cmdv_error_set(cmdv_error *e, int code, const char *fmt, ...);
+/* Reset `e` (if not NULL) to CMDV_PACK_OK with an empty message. */
+void cmdv_error_clear(cmdv_error *e);
+
 /* A string from the pack: owned, NUL-terminated, may hold NUL bytes before len (use len). */
 typedef struct {
     char *s;

@@ -35,20 +35,6 @@ struct cmdv_session {
     int64_t n_edited;
 };
 
-static int set_err(cmdv_error *e, int code, const char *fmt, ...) {
-    if (!e) return code;
-    e->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
-static void ok_err(cmdv_error *e) {
-    if (e) { e->code = CMDV_PACK_OK; e->msg[0] = 0; }
-}
-
 /* ------------------------------------------------------------------ logging: keep the last error line */
 
 static char g_last_log[256];
@@ -72,8 +58,8 @@ cmdv_session_params cmdv_session_default_params(void) {
 }
 
 cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_params *params, cmdv_error *err) {
-    ok_err(err);
-    if (!model_path) { set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_open: NULL model path"); return NULL; }
+    cmdv_error_clear(err);
+    if (!model_path) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_open: NULL model path"); return NULL; }
     const cmdv_session_params P = params ? *params : cmdv_session_default_params();
     static bool backend_ready = false;
     if (P.quiet) llama_log_set(quiet_log, NULL);
@@ -83,12 +69,12 @@ cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_param
     }
     g_last_log[0] = 0;
     cmdv_session *s = calloc(1, sizeof *s);
-    if (!s) { set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return NULL; }
+    if (!s) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return NULL; }
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
     s->model = llama_model_load_from_file(model_path, mp);
     if (!s->model) {
-        set_err(err, CMDV_PACK_ERR_LLAMA, "llama.cpp could not load %s (%s)", model_path, log_tail());
+        cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama.cpp could not load %s (%s)", model_path, log_tail());
         free(s);
         return NULL;
     }
@@ -99,7 +85,7 @@ cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_param
     if (llama_model_meta_val_str(s->model, "general.architecture", s->arch, sizeof s->arch) < 0) s->arch[0] = 0;
     s->st = cmdv_state_new(s->d, s->n_layer);
     if (!s->st) {
-        set_err(err, CMDV_PACK_ERR_NOMEM, "cmdv_state_new(%d, %d) failed", (int)s->d, (int)s->n_layer);
+        cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "cmdv_state_new(%d, %d) failed", (int)s->d, (int)s->n_layer);
         cmdv_session_close(s);
         return NULL;
     }
@@ -119,7 +105,7 @@ cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_param
     cp.cb_eval_user_data = s->st;
     s->ctx = llama_init_from_model(s->model, cp);
     if (!s->ctx) {
-        set_err(err, CMDV_PACK_ERR_LLAMA, "llama.cpp could not create a context (n_ctx=%d, n_batch=%d): %s",
+        cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama.cpp could not create a context (n_ctx=%d, n_batch=%d): %s",
                 (int)n_ctx, (int)n_ub, log_tail());
         cmdv_session_close(s);
         return NULL;
@@ -130,7 +116,7 @@ cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_param
     s->batch = llama_batch_init(s->n_ubatch, 0, 1);
     s->out_pos = malloc((size_t)s->n_ubatch * sizeof *s->out_pos);
     if (!s->batch.token || !s->out_pos) {
-        set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory");
+        cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
         cmdv_session_close(s);
         return NULL;
     }
@@ -171,11 +157,11 @@ void cmdv_session_set_fingerprint(cmdv_session *s, const char *sha256_hex) {
 /* ------------------------------------------------------------------ packs */
 
 int32_t cmdv_session_add_pack(cmdv_session *s, const char *path, float strength, int force, cmdv_error *err) {
-    ok_err(err);
-    if (!s || !path) { set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_add_pack: NULL argument"); return -1; }
-    if (!isfinite(strength)) { set_err(err, CMDV_PACK_ERR_PROMPT, "strength is not a finite number"); return -1; }
+    cmdv_error_clear(err);
+    if (!s || !path) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_add_pack: NULL argument"); return -1; }
+    if (!isfinite(strength)) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "strength is not a finite number"); return -1; }
     if (s->n_packs >= CMDV_SESSION_MAX_PACKS) {
-        set_err(err, CMDV_PACK_ERR_ARG, "at most %d packs per session", CMDV_SESSION_MAX_PACKS);
+        cmdv_error_set(err, CMDV_PACK_ERR_ARG, "at most %d packs per session", CMDV_SESSION_MAX_PACKS);
         return -1;
     }
     cmdv_pack *p = NULL;
@@ -217,51 +203,51 @@ void cmdv_session_clear_packs(cmdv_session *s) {
 
 int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special, int parse_special, int32_t **ids,
                               cmdv_error *err) {
-    ok_err(err);
-    if (!s || !text || !ids) { set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize: NULL argument"); return -1; }
+    cmdv_error_clear(err);
+    if (!s || !text || !ids) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize: NULL argument"); return -1; }
     *ids = NULL;
     const size_t len = strlen(text);
-    if (len > INT32_MAX - 8) { set_err(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
+    if (len > INT32_MAX - 8) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
     int32_t cap = (int32_t)len + 8;
     for (int attempt = 0; attempt < 2; attempt++) {
         int32_t *buf = malloc((size_t)cap * sizeof *buf);
-        if (!buf) { set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+        if (!buf) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
         const int32_t n = llama_tokenize(s->vocab, text, (int32_t)len, buf, cap, add_special != 0, parse_special != 0);
         if (n >= 0) { *ids = buf; return n; }
         free(buf);
         if (n == INT32_MIN) break;
         cap = -n;
     }
-    set_err(err, CMDV_PACK_ERR_LLAMA, "tokenization failed for a text of %zu bytes", len);
+    cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "tokenization failed for a text of %zu bytes", len);
     return -1;
 }
 
 int32_t cmdv_session_tokenize_chat(cmdv_session *s, const char *user_text, int32_t **ids, cmdv_error *err) {
-    ok_err(err);
+    cmdv_error_clear(err);
     if (!s || !user_text || !ids) {
-        set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize_chat: NULL argument");
+        cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize_chat: NULL argument");
         return -1;
     }
     *ids = NULL;
     const char *tmpl = llama_model_chat_template(s->model, NULL);
-    if (!tmpl) { set_err(err, CMDV_PACK_ERR_LLAMA, "the model has no chat template"); return -1; }
+    if (!tmpl) { cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "the model has no chat template"); return -1; }
     const struct llama_chat_message msg = {"user", user_text};
     const size_t len = strlen(user_text);
-    if (len > (INT32_MAX - 1024) / 2) { set_err(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
+    if (len > (INT32_MAX - 1024) / 2) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
     int32_t cap = (int32_t)(2 * len + 256);
     char *buf = malloc((size_t)cap);
-    if (!buf) { set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+    if (!buf) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
     int32_t n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
     if (n >= cap) {
         char *nb = realloc(buf, (size_t)n + 1);
-        if (!nb) { free(buf); set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+        if (!nb) { free(buf); cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
         buf = nb;
         cap = n + 1;
         n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
     }
     if (n < 0 || n >= cap) {
         free(buf);
-        set_err(err, CMDV_PACK_ERR_LLAMA, "llama_chat_apply_template does not know this model's template");
+        cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama_chat_apply_template does not know this model's template");
         return -1;
     }
     buf[n] = 0;
@@ -278,20 +264,20 @@ int32_t cmdv_session_piece(const cmdv_session *s, int32_t token, char *buf, int3
 /* ------------------------------------------------------------------ prompt pass */
 
 static int check_ids(const cmdv_session *s, const int32_t *ids, int32_t n, cmdv_error *err) {
-    if (!ids || n < 1) return set_err(err, CMDV_PACK_ERR_PROMPT, "prompt has no tokens");
+    if (!ids || n < 1) return cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "prompt has no tokens");
     if (n > s->n_ctx)
-        return set_err(err, CMDV_PACK_ERR_PROMPT, "prompt has %d tokens, longer than the context of %d tokens",
+        return cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "prompt has %d tokens, longer than the context of %d tokens",
                        (int)n, (int)s->n_ctx);
     for (int32_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->n_vocab)
-            return set_err(err, CMDV_PACK_ERR_PROMPT, "token id %d outside the vocabulary [0, %d)", (int)ids[i],
+            return cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "token id %d outside the vocabulary [0, %d)", (int)ids[i],
                            (int)s->n_vocab);
     return 0;
 }
 
 int cmdv_session_prompt(cmdv_session *s, const int32_t *ids, int32_t n, float *record, cmdv_error *err) {
-    ok_err(err);
-    if (!s) return set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_prompt: NULL session");
+    cmdv_error_clear(err);
+    if (!s) return cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_prompt: NULL session");
     if (check_ids(s, ids, n, err)) return -1;
     s->logits = NULL;
     s->n_past = 0;
@@ -329,9 +315,9 @@ int cmdv_session_prompt(cmdv_session *s, const int32_t *ids, int32_t n, float *r
         const int32_t drc = llama_decode(s->ctx, s->batch);
         cmdv_state_end(s->st);
         const char *edit_err = cmdv_state_error(s->st);
-        if (edit_err) rc = set_err(err, CMDV_PACK_ERR_PROMPT, "native edit failed: %s", edit_err);
+        if (edit_err) rc = cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "native edit failed: %s", edit_err);
         else if (drc != 0)
-            rc = set_err(err, CMDV_PACK_ERR_LLAMA, "llama_decode failed with code %d for a batch of %d tokens (%s)",
+            rc = cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama_decode failed with code %d for a batch of %d tokens (%s)",
                          (int)drc, (int)m, log_tail());
         else if (last) s->logits = llama_get_logits_ith(s->ctx, m - 1);
     }
@@ -395,9 +381,9 @@ static int32_t sample(const float *logits, int32_t n, const cmdv_sampling *sp, u
 int32_t cmdv_session_generate(cmdv_session *s, const int32_t *ids, int32_t n, int32_t max_tokens,
                               const cmdv_sampling *sampling, int32_t *out, cmdv_token_cb cb, void *user_data,
                               cmdv_error *err) {
-    ok_err(err);
-    if (!s) { set_err(err, CMDV_PACK_ERR_ARG, "cmdv_session_generate: NULL session"); return -1; }
-    if (max_tokens < 0) { set_err(err, CMDV_PACK_ERR_ARG, "max_tokens must be >= 0"); return -1; }
+    cmdv_error_clear(err);
+    if (!s) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_generate: NULL session"); return -1; }
+    if (max_tokens < 0) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "max_tokens must be >= 0"); return -1; }
     if (cmdv_session_prompt(s, ids, n, NULL, err)) return -1;
     uint64_t rng = sampling ? sampling->seed : 0;
     const float *logits = s->logits;
@@ -405,7 +391,7 @@ int32_t cmdv_session_generate(cmdv_session *s, const int32_t *ids, int32_t n, in
     char piece[256];
     for (int32_t k = 0; k < max_tokens; k++) {
         const int32_t tok = sample(logits, s->n_vocab, sampling, &rng);
-        if (tok < 0) { set_err(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+        if (tok < 0) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
         if (llama_vocab_is_eog(s->vocab, tok)) break;
         if (out) out[count] = tok;
         count++;
@@ -423,7 +409,7 @@ int32_t cmdv_session_generate(cmdv_session *s, const int32_t *ids, int32_t n, in
         s->batch.n_tokens = 1;
         const int32_t drc = llama_decode(s->ctx, s->batch);
         if (drc != 0) {
-            set_err(err, CMDV_PACK_ERR_LLAMA, "llama_decode failed with code %d (%s)", (int)drc, log_tail());
+            cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama_decode failed with code %d (%s)", (int)drc, log_tail());
             return -1;
         }
         logits = s->logits = llama_get_logits_ith(s->ctx, 0);
