@@ -124,8 +124,27 @@ class PairReport:
             out[f"{key}.donor_adapter_{b}"] = (donor_ad.expected_rate, "rate")
         if off.n_unexpected:
             out[f"{key}.over_{b}_delta_pts"] = (100 * (tr.unexpected_rate - off.unexpected_rate), "points")
-        out[f"{key}.utility_delta_pts"] = (100 * (tr.utility - off.utility), "points")
+        out[f"{key}.utility_delta_pts_{b}"] = (100 * (tr.utility - off.utility), "points")
+        donor_off = self.by_label("donor")
+        if donor_ad and donor_off and donor_ad.expected_rate != donor_off.expected_rate:
+            out[f"{key}.donor_gain_recovered_{b}"] = (
+                (tr.expected_rate - off.expected_rate) / (donor_ad.expected_rate - donor_off.expected_rate), "fraction")
+        best = self.best_transfer()
+        if best is not None:
+            out[f"{key}.best_strength_{b}"] = (best.strength, "x")
+            out[f"{key}.transferred_{b}_best"] = (best.expected_rate, "rate")
         return out
+
+    def best_transfer(self, max_over_pts: float = 5.0, max_utility_drop_pts: float = 10.0) -> "ConfigResult | None":
+        """The transferred configuration with the highest behavior rate among those that raise the rate where
+        the behavior is not expected by at most ``max_over_pts`` and cost at most ``max_utility_drop_pts``."""
+        off = self.by_label("recipient")
+        def over(c: ConfigResult) -> float:  # no prompts where the behavior is unexpected: nothing to rise
+            return 100 * (c.unexpected_rate - off.unexpected_rate) if off.n_unexpected else 0.0
+
+        ok = [c for c in self.configs if c.label.startswith("recipient+transfer@")
+              and over(c) <= max_over_pts and 100 * (off.utility - c.utility) <= max_utility_drop_pts]
+        return max(ok, key=lambda c: (c.expected_rate, -c.strength)) if ok else None
 
     def to_json(self) -> dict:
         return {"pair": self.pair, "behavior": self.behavior, "donor": self.donor, "recipient": self.recipient,

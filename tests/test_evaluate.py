@@ -50,6 +50,11 @@ def test_run_config_and_report(tmp_path):
                                                                             "r2_d2r": 0.4}])
     f = rep.figures()
     assert f["a-to-b.transferred_pirate"][0] == 1.0 and f["a-to-b.recovered_gain"][0] == 1.0
+    assert f["a-to-b.utility_delta_pts_pirate"][0] == 0.0 and f["a-to-b.best_strength_pirate"][0] == 1.0
+    worse = run_config(FakeEngine(), "recipient+transfer@2", beh, prompts, util[1:], object(), 2.0, 8)
+    rep.configs[0].utility = 1.0  # now every transfer costs 50 points of utility: none is admissible
+    assert worse.utility == 0.0 and rep.best_transfer() is None
+    assert rep.best_transfer(max_utility_drop_pts=60).label == "recipient+transfer@1"
     assert "| recipient | 0% |" in rep.markdown()
     assert plot_report(rep, tmp_path / "r.png").stat().st_size > 1000
 
