@@ -35,7 +35,7 @@ from .llama_lowlevel import LlamaModel, _ll
 from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
-from .pack_policy import REFERENCE_PROMPTS, PackPolicy
+from .pack_policy import PackPolicy, reference_states
 
 PackLike = BehaviorPack | str | os.PathLike
 
@@ -53,6 +53,27 @@ class PromptTooLongError(EngineError):
 
 class StaleStreamError(EngineError):
     """A streamed generation was continued after a newer request reused the context."""
+
+
+def as_token_ids(ids) -> list[int]:
+    """``ids`` as a list of ints (:class:`EngineError` for text or non-integers)."""
+    if isinstance(ids, (str, bytes)):
+        raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
+    try:
+        return [int(t) for t in ids]
+    except (TypeError, ValueError):
+        raise EngineError("token_ids must be a sequence of integers") from None
+
+
+def check_prompt(ids: list[int], n_ctx: int, n_vocab: int) -> None:
+    """Refuse an empty prompt, one longer than the context, or ids outside the vocabulary."""
+    if not ids:
+        raise EmptyPromptError("prompt has no tokens")
+    if len(ids) > n_ctx:
+        raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {n_ctx} tokens")
+    bad = [t for t in ids if not 0 <= t < n_vocab]
+    if bad:
+        raise EngineError(f"token ids outside the vocabulary [0, {n_vocab}): {bad[:5]}")
 
 
 @dataclass
@@ -193,33 +214,18 @@ class Recipient:
         return out
 
     def _prepare(self, ids: Sequence[int], packs, strengths, force, rows=None):
-        if isinstance(ids, (str, bytes)):
-            raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
-        try:
-            ids = [int(t) for t in ids]
-        except (TypeError, ValueError):
-            raise EngineError("token_ids must be a sequence of integers") from None
+        ids = as_token_ids(ids)
         loaded = self.load_packs(packs, force)
         s = normalize_strengths(len(loaded), strengths)
         self.policy.check_size(loaded, s, self.reference_states)
-        if not ids:
-            raise EmptyPromptError("prompt has no tokens")
-        if len(ids) > self.n_ctx:
-            raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {self.n_ctx} tokens")
-        bad = [t for t in ids if not 0 <= t < self.model.n_vocab]
-        if bad:
-            raise EngineError(f"token ids outside the vocabulary [0, {self.model.n_vocab}): {bad[:5]}")
+        check_prompt(ids, self.n_ctx, self.model.n_vocab)
         return ids, compile_entries(loaded, s, len(ids), rows)
 
     def reference_states(self) -> dict[int, np.ndarray]:
         """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the
         chat-rendered :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
         if self._reference is None:
-            rows = []
-            for prompt in REFERENCE_PROMPTS:
-                _, hidden = self.prompt_pass(self.encode(prompt), record_layers=True)
-                rows.append([hidden[i][-1] for i in range(self.n_layer)])
-            self._reference = {i: np.stack([r[i] for r in rows]) for i in range(self.n_layer)}
+            self._reference = reference_states(self)
         return self._reference
 
     # ------------------------------------------------------------------ prompt pass

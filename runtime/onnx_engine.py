@@ -26,13 +26,13 @@ import numpy as np
 
 from .chat_template import render_chat, user_turn
 from .llama_edit import EngineError, check_packs, normalize_strengths
-from .llama_engine import EmptyPromptError, GenerationStats, PromptTooLongError
+from .llama_engine import EmptyPromptError, GenerationStats, as_token_ids, check_prompt
 from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
 from .pack import BehaviorPack, PackError
-from .pack_policy import REFERENCE_PROMPTS, PackPolicy
+from .pack_policy import PackPolicy, reference_states
 
 __all__ = ["OnnxRecipient", "OnnxModelError", "onnx_export_dir", "find_onnx_model", "MODEL_FILE", "TOKENIZER_FILE"]
 
@@ -177,30 +177,18 @@ class OnnxRecipient:
         return logits, {i: np.concatenate(h) for i, h in enumerate(hidden)}, past
 
     def _prepare(self, ids, packs, strengths, force):
-        if isinstance(ids, (str, bytes)):
-            raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
-        try:
-            ids = [int(t) for t in ids]
-        except (TypeError, ValueError):
-            raise EngineError("token_ids must be a sequence of integers") from None
+        ids = as_token_ids(ids)
         loaded = self.load_packs(packs, force)
         s = normalize_strengths(len(loaded), strengths)
         self.policy.check_size(loaded, s, self.reference_states)
-        if not ids:
-            raise EmptyPromptError("prompt has no tokens")
-        if len(ids) > self.n_ctx:
-            raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {self.n_ctx} tokens")
-        bad = [t for t in ids if not 0 <= t < self.info.n_vocab]
-        if bad:
-            raise EngineError(f"token ids outside the vocabulary [0, {self.info.n_vocab}): {bad[:5]}")
+        check_prompt(ids, self.n_ctx, self.info.n_vocab)
         return ids, loaded, s
 
     def reference_states(self) -> dict[int, np.ndarray]:
         """``{layer: [N, d]}``: unedited block outputs at the last token of the chat-rendered
         :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
         if self._reference is None:
-            rows = [self.prompt_pass(self.encode(p), record_layers=True)[1] for p in REFERENCE_PROMPTS]
-            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}
+            self._reference = reference_states(self)
         return self._reference
 
     def prompt_pass(self, ids: Sequence[int], packs=(), strengths=None, record_layers: bool = False,

@@ -131,3 +131,10 @@ def delta_norm_ratios(pack: BehaviorPack, states: dict[int, np.ndarray], strengt
         dn = np.linalg.norm(d, axis=-1)
         out.append(float(np.max(dn / np.maximum(hn, 1e-12))))
     return out
+
+
+def reference_states(engine) -> dict[int, np.ndarray]:
+    """``{layer: [N, d]}``: ``engine``'s unedited block outputs at the last token of each chat-rendered
+    :data:`REFERENCE_PROMPTS` (any engine with ``encode``, ``prompt_pass(record_layers=True)`` and ``n_layer``)."""
+    rows = [engine.prompt_pass(engine.encode(p), record_layers=True)[1] for p in REFERENCE_PROMPTS]
+    return {i: np.stack([r[i][-1] for r in rows]) for i in range(engine.n_layer)}

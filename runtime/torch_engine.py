@@ -169,7 +169,7 @@ class TorchRecipient:
         """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts."""
         if self._reference is None:
             rows = [self.prompt_forward(self.encode(p), [], record_hidden=True)[1] for p in REFERENCE_PROMPTS]
-            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}
+            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}  # no prompt_pass
         return self._reference
 
     def prompt_forward(self, ids: list[int], edits: list[Edit], record_hidden: bool = False):
