@@ -176,3 +176,14 @@ void cmdv_py_float_repr(char *out, size_t cap, double v) {
         if (k + 2 < cap) { out[k] = '.'; out[k + 1] = '0'; out[k + 2] = 0; }
     }
 }
+
+void cmdv_json_write_str(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -45,6 +46,9 @@ void cmdv_py_bytes_repr(char *out, size_t cap, const unsigned char *s, size_t n)
 
 /* Python repr() of a float: "nan", "inf", "-inf", else a round-trip decimal. */
 void cmdv_py_float_repr(char *out, size_t cap, double v);
+
+/* Write s[0..n) to f as a JSON string literal (quotes, \" \\ and \u00XX escapes for control bytes). */
+void cmdv_json_write_str(FILE *f, const char *s, size_t n);
 
 #ifdef __cplusplus
 }

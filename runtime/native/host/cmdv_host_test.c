@@ -17,20 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmdv_text.h"
+
 #include "cmdv_session.h"
 
 #define MAX_PACKS 8
 
-static void json_str(const char *s, size_t n) {
-    putchar('"');
-    for (size_t i = 0; i < n; i++) {
-        const unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
+static void json_str(const char *s, size_t n) { cmdv_json_write_str(stdout, s, n); }
 
 static int fail(const cmdv_error *e) {
     printf("{\"code\": %d, \"status\": \"%s\", \"msg\": ", e->code, cmdv_pack_status_name(e->code));

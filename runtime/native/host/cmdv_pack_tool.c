@@ -14,18 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmdv_text.h"
+
 #include "cmdv_pack.h"
 
-static void json_str(const char *s, size_t n) {
-    putchar('"');
-    for (size_t i = 0; i < n; i++) {
-        const unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
+static void json_str(const char *s, size_t n) { cmdv_json_write_str(stdout, s, n); }
 
 static int dump(const char *dir, int index, const cmdv_pack *p) {
     for (int32_t i = 0; i < p->n_entries; i++) {
