@@ -65,6 +65,23 @@ def as_token_ids(ids) -> list[int]:
         raise EngineError("token_ids must be a sequence of integers") from None
 
 
+def check_user_prompt(prompt) -> None:
+    """Refuse a user prompt that is not a string or is blank."""
+    if not isinstance(prompt, str):
+        raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise EmptyPromptError("prompt is empty")
+
+
+def check_messages(messages) -> None:
+    """Refuse a conversation that is not a non-empty list of ``{'role': str, 'content': str}`` dicts."""
+    if isinstance(messages, (str, bytes)) or not messages:
+        raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
+
+
 def check_prompt(ids: list[int], n_ctx: int, n_vocab: int) -> None:
     """Refuse an empty prompt, one longer than the context, or ids outside the vocabulary."""
     if not ids:
@@ -160,21 +177,14 @@ class Recipient:
 
     def encode(self, prompt: str, template: bool = True) -> list[int]:
         """Token ids of one user prompt (templated: no extra special tokens; raw: the model's BOS rules)."""
-        if not isinstance(prompt, str):
-            raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise EmptyPromptError("prompt is empty")
+        check_user_prompt(prompt)
         if template:
             return self.model.tokenize(self.render(user_turn(prompt)), add_special=False, parse_special=True)
         return self.model.tokenize(prompt, add_special=True, parse_special=True)
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
         """Token ids of a conversation rendered with the chat template (generation header included)."""
-        if isinstance(messages, (str, bytes)) or not messages:
-            raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
+        check_messages(messages)
         return self.model.tokenize(self.render(messages), add_special=False, parse_special=True)
 
     def detokenize(self, ids: Sequence[int]) -> str:

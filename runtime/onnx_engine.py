@@ -26,7 +26,7 @@ import numpy as np
 
 from .chat_template import render_chat, user_turn
 from .llama_edit import EngineError, check_packs, normalize_strengths
-from .llama_engine import EmptyPromptError, GenerationStats, as_token_ids, check_prompt
+from .llama_engine import GenerationStats, as_token_ids, check_messages, check_prompt, check_user_prompt
 from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
@@ -95,19 +95,12 @@ class OnnxRecipient:
 
     def encode(self, prompt: str, template: bool = True) -> list[int]:
         """Token ids of one user prompt (templated: no extra special tokens; raw: the tokenizer's own rules)."""
-        if not isinstance(prompt, str):
-            raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise EmptyPromptError("prompt is empty")
+        check_user_prompt(prompt)
         text = self.render(user_turn(prompt)) if template else prompt
         return list(self.tokenizer.encode(text, add_special_tokens=not template).ids)
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        if isinstance(messages, (str, bytes)) or not messages:
-            raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
+        check_messages(messages)
         return list(self.tokenizer.encode(self.render(messages), add_special_tokens=False).ids)
 
     def detokenize(self, ids: Sequence[int]) -> str:
