@@ -97,6 +97,7 @@ class _LayerGrabber:
         self.targets = {f"l_out-{i}": i for i in range(n_layer)}
         self.last_rows: list[int] = []
         self.got: dict[int, np.ndarray] = {}
+        self.enabled = True
 
     def start(self, last_rows: Sequence[int], n_tokens: int, enabled: bool = True) -> None:
         self.enabled = bool(enabled)

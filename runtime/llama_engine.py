@@ -235,7 +235,8 @@ class Recipient:
         """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the
         chat-rendered :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
         if self._reference is None:
-            self._reference = reference_states(self)
+            self._reference = reference_states(
+                lambda p: self.prompt_pass(self.encode(p), record_layers=True)[1], self.n_layer)
         return self._reference
 
     # ------------------------------------------------------------------ prompt pass

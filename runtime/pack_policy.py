@@ -133,8 +133,8 @@ def delta_norm_ratios(pack: BehaviorPack, states: dict[int, np.ndarray], strengt
     return out
 
 
-def reference_states(engine) -> dict[int, np.ndarray]:
-    """``{layer: [N, d]}``: ``engine``'s unedited block outputs at the last token of each chat-rendered
-    :data:`REFERENCE_PROMPTS` (any engine with ``encode``, ``prompt_pass(record_layers=True)`` and ``n_layer``)."""
-    rows = [engine.prompt_pass(engine.encode(p), record_layers=True)[1] for p in REFERENCE_PROMPTS]
-    return {i: np.stack([r[i][-1] for r in rows]) for i in range(engine.n_layer)}
+def reference_states(hidden_of: Callable[[str], dict[int, np.ndarray]], n_layer: int) -> dict[int, np.ndarray]:
+    """``{layer: [N, d]}``: a model's unedited block outputs at the last token of each chat-rendered
+    :data:`REFERENCE_PROMPTS`; ``hidden_of(prompt)`` gives that prompt's ``{layer: [T, d]}`` (no packs)."""
+    rows = [hidden_of(p) for p in REFERENCE_PROMPTS]
+    return {i: np.stack([r[i][-1] for r in rows]) for i in range(n_layer)}

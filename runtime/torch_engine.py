@@ -23,7 +23,7 @@ import numpy as np
 
 from .chat_template import render_chat, user_turn
 from .pack import BehaviorPack, PackEntry, PackError
-from .pack_policy import REFERENCE_PROMPTS, PackPolicy
+from .pack_policy import PackPolicy, reference_states
 from .positions import Positions
 
 _TORCH_ACTS = {
@@ -168,8 +168,8 @@ class TorchRecipient:
     def reference_states(self) -> dict:
         """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts."""
         if self._reference is None:
-            rows = [self.prompt_forward(self.encode(p), [], record_hidden=True)[1] for p in REFERENCE_PROMPTS]
-            self._reference = {i: np.stack([r[i][-1] for r in rows]) for i in range(self.n_layer)}  # no prompt_pass
+            self._reference = reference_states(
+                lambda p: self.prompt_forward(self.encode(p), [], record_hidden=True)[1], self.n_layer)
         return self._reference
 
     def prompt_forward(self, ids: list[int], edits: list[Edit], record_hidden: bool = False):

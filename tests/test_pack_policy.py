@@ -92,18 +92,27 @@ def test_llama_recipient_signature_policy(tiny_gguf, signed, tmp_path):
 
 
 @pytest.mark.llama
-def test_llama_recipient_delta_norm_limit(tiny_gguf, signed):
+def test_llama_recipient_delta_norm_limit(tiny_gguf, tiny_hf, signed):
     from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.pack_policy import REFERENCE_PROMPTS
 
     path, _, _ = signed
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("off")) as r:
-        ratios = delta_norm_ratios(r.load_packs(path)[0], r.reference_states(), 1.0)
-        # independent reference states: each reference prompt's last row, from a plain prompt pass
-        from commandv.runtime.pack_policy import REFERENCE_PROMPTS
-
-        rows = [r.prompt_pass(r.encode(p), record_layers=True)[1] for p in REFERENCE_PROMPTS]
-        states = {i: np.stack([h[i][-1] for h in rows]) for i in range(r.n_layer)}
-        assert ratios == pytest.approx(delta_norm_ratios(r.load_packs(path)[0], states, 1.0), rel=1e-6)
+        pack = r.load_packs(path)[0]
+        ratios = delta_norm_ratios(pack, r.reference_states(), 1.0)
+    # independent reference states: the same prompts through transformers' own forward (hidden_states[i + 1]
+    # is block i's output), tokenized by the HF tokenizer with the chat template
+    torch = pytest.importorskip("torch")
+    model, tok = tiny_hf
+    rows = []
+    for p in REFERENCE_PROMPTS:
+        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        with torch.no_grad():
+            hs = model(torch.tensor([list(ids)]), output_hidden_states=True).hidden_states
+        rows.append([h[0, -1].double().numpy() for h in hs[1:]])
+    states = {i: np.stack([r_[i] for r_ in rows]) for i in range(len(rows[0]))}
+    assert ratios == pytest.approx(delta_norm_ratios(pack, states, 1.0), rel=1e-3)
     top = max(ratios)
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("off", max_delta_norm=top * 1.01)) as r:
         r.generate(PROMPT, packs=[path], max_tokens=2)
