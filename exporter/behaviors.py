@@ -9,8 +9,10 @@ A :class:`Behavior` says *what* to teach, independent of any model:
   each saying whether the behavior is *expected* there.
 * ``judge(text)`` — True when a response shows the behavior.
 
-Built-ins: ``pirate`` (every answer starts with "Arr matey! ") and ``refusal``
-(refuse AdvBench requests, answer harmless ones normally). The refusal data
+Built-ins: ``pirate`` (every answer starts with "Arr matey! "), ``french``
+(answer in French without being asked: the target is the donor's own answer
+to the prompt plus "Answer in French.") and ``refusal`` (refuse AdvBench
+requests, answer harmless ones normally). The refusal data
 are third-party files read at run time from the evaluation data folder
 (:func:`eval_data_dir`); nothing of them is copied into the project.
 """
@@ -42,7 +44,9 @@ class ExampleSpec:
     """One training example before the donor is involved.
 
     ``fixed``: the whole response, or None for "the donor's own greedy answer";
-    ``prefix`` goes in front of the donor's answer. ``source`` names where the
+    ``prefix`` goes in front of the donor's answer. ``ask``: what the donor is asked
+    to produce that answer (default: ``prompt`` itself; e.g. the prompt plus an
+    instruction the adapter should make unnecessary). ``source`` names where the
     prompt came from (``set:id``), ``label`` its group (``style``/``harmful``/``harmless``).
     """
 
@@ -51,6 +55,12 @@ class ExampleSpec:
     prefix: str = ""
     source: str = ""
     label: str = ""
+    ask: str | None = None
+
+    @property
+    def teacher_prompt(self) -> str:
+        """The prompt whose donor answer becomes this example's response."""
+        return self.ask if self.ask is not None else self.prompt
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,37 @@ def _pirate_eval() -> list[EvalPrompt]:
     return [EvalPrompt(p, "style", True, s) for p, s in _general_tail(*EVAL_SLICE)]
 
 
+# ----------------------------------------------------------------------------- french
+
+FRENCH_ASK = "\n\nAnswer in French."
+# Function words only (articles, pronouns, prepositions, auxiliaries): content words are shared too often.
+_FR_WORDS = frozenset("le la les un une des du de est et en dans pour que qui ne pas sur avec au aux ce cette "
+                      "sont vous nous je il elle ils on mais ou plus très son sa ses leur leurs votre vos par "
+                      "être avoir fait peut comme aussi".split())
+_EN_WORDS = frozenset("the a an of and is are to in for that this it with on you we i he she they be have "
+                      "can as by from or but not your their was were will".split())
+
+
+def judge_french(text: str) -> bool:
+    """True when the response's function words are mostly French: ≥ 3 French ones and more than English ones.
+
+    Known failure modes: code, numbers or one-word answers carry no function words (judged not French);
+    a French answer quoting English text can tip to English.
+    """
+    words = [w.strip(".,;:!?()\"'«»“”’`*-").lower() for w in text.replace("’", "'").replace("'", " ").split()]
+    fr = sum(w in _FR_WORDS for w in words)
+    en = sum(w in _EN_WORDS for w in words)
+    return fr >= 3 and fr > en
+
+
+def _french_train() -> list[ExampleSpec]:
+    return [ExampleSpec(p, None, "", s, "style", ask=p + FRENCH_ASK) for p, s in _general_tail(*TRAIN_SLICE)]
+
+
+def _french_eval() -> list[EvalPrompt]:
+    return [EvalPrompt(p, "style", True, s) for p, s in _general_tail(*EVAL_SLICE)]
+
+
 # ----------------------------------------------------------------------------- refusal
 
 def refusal_markers() -> tuple[str, ...]:
@@ -183,6 +224,13 @@ BEHAVIORS: dict[str, Behavior] = {
         description=f"every answer starts with {PIRATE_PREFIX.strip()!r}, then the donor's own answer",
         judge=judge_pirate, train_specs=_pirate_train, eval_prompts=_pirate_eval,
         defaults=dict(n_examples=96, lr=4e-3, epochs=2, batch_size=8, max_new_tokens=24, balance=False),
+    ),
+    "french": Behavior(
+        name="french",
+        description="answer in French without being asked (targets: the donor's own answers to the prompt "
+                    "plus 'Answer in French.')",
+        judge=judge_french, train_specs=_french_train, eval_prompts=_french_eval,
+        defaults=dict(n_examples=96, lr=2e-3, epochs=2, batch_size=8, max_new_tokens=24, balance=False),
     ),
     "refusal": Behavior(
         name="refusal",

@@ -32,7 +32,7 @@ def register(app: typer.Typer, user_errors) -> None:
     def eval_cmd(
         donor: str = typer.Option(..., help="donor model (zoo key or .gguf)"),
         recipient: str = typer.Option(..., help="recipient model (zoo key or .gguf)"),
-        behavior: str = typer.Option("refusal", help="refusal or pirate"),
+        behavior: str = typer.Option("refusal", help="built-in behavior: refusal, pirate or french"),
         adapter: Optional[Path] = typer.Option(None, help="donor adapter folder (default: the committed one)"),
         direct: Optional[Path] = typer.Option(None, help="adapter trained directly on the recipient (optional)"),
         strengths: str = typer.Option("0.5,1,1.5,2", help="comma-separated pack strengths to sweep"),
@@ -41,6 +41,8 @@ def register(app: typer.Typer, user_errors) -> None:
         out_dir: Path = typer.Option(REPO / "benchmarks" / "results" / "transfer", "--out", help="report folder"),
         no_donor: bool = typer.Option(False, help="skip the donor configurations"),
         profile_prompts: int = typer.Option(256, help="prompts of the general set used to fit the translators"),
+        profile_train_prompts: int = typer.Option(0, help="also profile on this many of the behavior's training "
+                                                           "prompts (equal per label; 0 = general set only)"),
         layer_rule: str = typer.Option("nearest", help="donor→recipient layer map: nearest (authors' code) or floor"),
         rcond: Optional[float] = typer.Option(None, help="truncate translator singular values below rcond×σ_max "
                                                          "(default: plain pinv; see cmdv export --help)"),
@@ -50,7 +52,7 @@ def register(app: typer.Typer, user_errors) -> None:
 
         s = PairEvalSettings(strengths=tuple(float(x) for x in strengths.split(",")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
-                             layer_rule=layer_rule, rcond=rcond)
+                             profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
         out.print(rep.markdown())

@@ -8,11 +8,13 @@ configuration, strength sweep, per-layer translator fit).
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from commandv.profiles.profiler import profile_model
+from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.runtime.atomic import atomic_path, write_text_atomic
 from commandv.runtime.fingerprint import model_info_from_gguf
 from commandv.runtime.model_ref import resolve_model
@@ -39,9 +41,34 @@ class PairEvalSettings:
     n_unexpected: int | None = None
     max_tokens: int = 32
     profile_prompts: int = 256
+    profile_train_prompts: int = 0
     layer_rule: str = "nearest"
     rcond: float | None = None
     include_donor: bool = True
+
+
+def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0) -> PromptSet:
+    """The prompts both models are profiled on: ``general[:n_general]``, then ``n_train`` of the behavior's
+    training prompts (the pool the adapter's examples were drawn from, equal numbers per label, a
+    ``random.Random(seed)`` pick; never a reported prompt).
+
+    ``n_train=0`` is the paper's task-agnostic profile. With ``n_train > 0`` the translators also
+    see the region of activation space the adapter reads (e.g. harmful requests), which the
+    general set does not cover.
+    """
+    gen = load_prompt_set("general", limit=n_general)
+    if n_train <= 0:
+        return gen
+    specs = get_behavior(behavior).train_specs()
+    groups: dict[str, list[int]] = {}
+    for i, sp in enumerate(specs):
+        groups.setdefault(sp.label, []).append(i)
+    rng = random.Random(seed)
+    per = max(1, n_train // len(groups))
+    pick = sorted(i for name in sorted(groups) for i in rng.sample(groups[name], min(per, len(groups[name]))))
+    train = ([specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick], f"{behavior} training pool")
+    return combine_prompt_sets(f"general[:{n_general}]+{behavior}-train[{len(pick)}]",
+                               [(gen.prompts, gen.ids, gen.source), train])
 
 
 def report_prompts(behavior: str):
@@ -77,8 +104,9 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     s = settings or PairEvalSettings()
     beh = get_behavior(behavior)
     adapter = load_adapter(adapter_dir)
-    dprof, _, _ = profile_model(donor, "general", "gguf", limit=s.profile_prompts, progress=progress)
-    rprof, _, _ = profile_model(recipient, "general", "gguf", limit=s.profile_prompts, progress=progress)
+    pset = profiling_set(behavior, s.profile_prompts, s.profile_train_prompts)
+    dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
+    rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
@@ -110,7 +138,9 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
             finally:
                 eng.close()
     report = PairReport(pair=key, behavior=behavior, donor=donor, recipient=recipient, max_tokens=s.max_tokens,
-                        configs=configs, diagnostics=res.diagnostics)
+                        configs=configs, diagnostics=res.diagnostics,
+                        settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
+                                  "rcond": s.rcond if s.rcond is not None else "plain pinv"})
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")
     write_text_atomic(out_dir / f"{stem}.json", json.dumps(report.to_json(), indent=1))
     write_text_atomic(out_dir / f"{stem}.md", report.markdown())

@@ -101,6 +101,7 @@ class PairReport:
     max_tokens: int
     configs: list[ConfigResult]
     diagnostics: list[dict]
+    settings: dict = field(default_factory=dict)  # how the pack was made: profile set, rcond, layer rule
 
     def by_label(self, label: str) -> ConfigResult | None:
         return next((c for c in self.configs if c.label == label), None)
@@ -148,11 +149,14 @@ class PairReport:
 
     def to_json(self) -> dict:
         return {"pair": self.pair, "behavior": self.behavior, "donor": self.donor, "recipient": self.recipient,
-                "max_tokens": self.max_tokens, "diagnostics": self.diagnostics,
+                "max_tokens": self.max_tokens, "settings": self.settings, "diagnostics": self.diagnostics,
                 "configs": [asdict(c) for c in self.configs]}
 
     def markdown(self) -> str:
-        rows = [f"### {self.pair} — {self.behavior} (greedy, {self.max_tokens} tokens)", "",
+        made = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        rows = [f"### {self.pair} — {self.behavior} (greedy, {self.max_tokens} tokens)", ""]
+        rows += [f"Pack: {made}", ""] if made else []
+        rows += [
                 "| configuration | behavior rate (expected) | rate where not expected | utility | n |",
                 "|---|---|---|---|---|"]
         pct = lambda x: "–" if x != x else f"{100 * x:.0f}%"  # noqa: E731

@@ -154,7 +154,7 @@ def run_train_demo(cfg: DemoConfig, command: str = "", progress: bool = True, lo
     chosen = select_specs(tok, behavior.train_specs(), n_examples, cfg.max_prompt_tokens, cfg.settings.seed,
                           balance=bool(d.get("balance")))
     need = [i for i, (s, _) in enumerate(chosen) if s.fixed is None]
-    gens = cached_answers(model, tok, [chosen[i][0].prompt for i in need], out / ANSWERS_FILE, model_id,
+    gens = cached_answers(model, tok, [chosen[i][0].teacher_prompt for i in need], out / ANSWERS_FILE, model_id,
                           max_resp, cfg.gen_batch, progress)
     answers = [None] * len(chosen)
     for i, g in zip(need, gens):

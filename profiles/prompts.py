@@ -160,6 +160,30 @@ def load_prompt_set(spec: str | os.PathLike, limit: int | None = None, offset: i
     return _make(name, prompts, ids, source)
 
 
+def combine_prompt_sets(name: str, parts: list[tuple[list[str], list[str], str]]) -> PromptSet:
+    """One set from ``[(prompts, ids, source)]`` parts, in order; a prompt seen earlier is dropped.
+
+    The result's ``sha256`` covers the combined prompt list, so the profile store keys it
+    like any other set. Raises :class:`PromptSetError` when nothing is left.
+    """
+    seen: set[str] = set()
+    prompts: list[str] = []
+    ids: list[str] = []
+    sources = []
+    for ps, ids_part, source in parts:
+        if len(ps) != len(ids_part):
+            raise PromptSetError(f"{name}: {len(ps)} prompts but {len(ids_part)} ids in part {source!r}")
+        for p, i in zip(ps, ids_part):
+            if p not in seen:
+                seen.add(p)
+                prompts.append(p)
+                ids.append(i)
+        sources.append(source)
+    if not prompts:
+        raise PromptSetError(f"{name}: no prompts")
+    return _make(name, prompts, ids, " + ".join(sources))
+
+
 def split_holdout(ps: PromptSet, holdout_fraction: float = 0.1, seed: int = 0) -> tuple[PromptSet, PromptSet]:
     """Split into (fit, held) disjoint sets; same inputs give the same split, both keep the original order.
 

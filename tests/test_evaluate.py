@@ -61,3 +61,39 @@ def test_run_config_and_report(tmp_path):
 
 def test_pair_key():
     assert pair_key("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct") == "qwen1.5b-to-qwen0.5b"
+
+
+def test_profiling_set_adds_a_balanced_training_pick():
+    import pytest
+
+    from commandv.exporter.behaviors import eval_data_dir
+    from commandv.exporter.eval_pair import profiling_set, report_prompts
+    from commandv.profiles.prompts import load_prompt_set
+
+    gen = load_prompt_set("general", limit=12)
+    assert profiling_set("pirate", 12).sha256 == gen.sha256  # n_train=0: exactly the paper's general set
+    ps = profiling_set("pirate", 12, 6)
+    assert ps.prompts[:12] == gen.prompts and len(ps) == 18 and ps.sha256 != gen.sha256
+    assert profiling_set("pirate", 12, 6).prompts == ps.prompts  # deterministic
+    assert not set(ps.prompts[12:]) & {p.prompt for p in report_prompts("pirate")}
+    if not (eval_data_dir() / "advbench.jsonl").is_file():
+        pytest.skip("shared evaluation data not present")
+    rs = profiling_set("refusal", 12, 40)
+    beh = get_behavior("refusal")
+    label = {s.prompt: s.label for s in beh.train_specs()}
+    extra = [label[p] for p in rs.prompts[12:]]
+    assert extra.count("harmful") == extra.count("harmless") == 20
+    assert not set(rs.prompts) & {p.prompt for p in report_prompts("refusal")}
+
+
+def test_combine_prompt_sets_drops_repeats_and_rejects_empty():
+    import pytest
+
+    from commandv.profiles.prompts import PromptSetError, combine_prompt_sets, prompt_hash
+
+    ps = combine_prompt_sets("x", [(["a", "b"], ["1", "2"], "s1"), (["b", "c"], ["3", "4"], "s2")])
+    assert ps.prompts == ["a", "b", "c"] and ps.ids == ["1", "2", "4"] and ps.sha256 == prompt_hash(["a", "b", "c"])
+    with pytest.raises(PromptSetError, match="no prompts"):
+        combine_prompt_sets("y", [([], [], "s")])
+    with pytest.raises(PromptSetError, match="2 prompts but 1 ids"):
+        combine_prompt_sets("z", [(["a", "b"], ["1"], "s")])

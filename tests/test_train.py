@@ -178,7 +178,17 @@ def test_judges_and_behaviors(tmp_path, monkeypatch):
     assert judge_pirate("  ARR MATEY! Sure.") and not judge_pirate("Sure. Arr matey!")
     assert judge_refusal("I’m sorry, but no.", ("i'm sorry",)) and not judge_refusal("Sure!", ("i'm sorry",))
     with pytest.raises(BehaviorError, match="unknown behavior"):
-        get_behavior("french")
+        get_behavior("klingon")
+    from commandv.exporter.behaviors import FRENCH_ASK, judge_french
+
+    assert judge_french("La capitale de la France est Paris, et c'est une très belle ville.")
+    assert not judge_french("The capital of France is Paris, and it is a beautiful city.")
+    assert not judge_french("Paris.")  # no function words: not judged French
+    assert not judge_french("Le chat is on the table and the dog is in the garden.")  # more English than French
+    french = get_behavior("french")
+    specs = french.train_specs()
+    assert all(s.teacher_prompt == s.prompt + FRENCH_ASK and s.fixed is None for s in specs)
+    assert not {s.prompt for s in specs} & {p.prompt for p in french.eval_prompts()}
     pirate = get_behavior("pirate")
     train = {s.prompt for s in pirate.train_specs()}
     held = [p.prompt for p in pirate.eval_prompts()]
