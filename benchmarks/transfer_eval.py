@@ -29,7 +29,7 @@ def main() -> None:
         doc = json.loads(f.read_text())
         rep = PairReport(pair=doc["pair"], behavior=doc["behavior"], donor=doc["donor"], recipient=doc["recipient"],
                          max_tokens=doc["max_tokens"], diagnostics=doc["diagnostics"],
-                         configs=[ConfigResult(**c) for c in doc["configs"]])
+                         configs=[ConfigResult(**c) for c in doc["configs"]], settings=doc.get("settings", {}))
         figures.update(rep.figures())
         sources.append(str(f.relative_to(RESULTS.parent.parent)))
     if not figures:
