@@ -104,7 +104,7 @@ def _cholesky_factor(X: np.ndarray, G: np.ndarray, rtol: float) -> GramFactor | 
         L = np.linalg.cholesky(G)
     except np.linalg.LinAlgError:
         return None
-    Linv = np.linalg.inv(L)
+    Linv = tril_inv(L)
     if not np.all(np.isfinite(Linv)):
         return None
     lam_min_lb = 1.0 / float(np.sum(Linv * Linv))
@@ -114,6 +114,24 @@ def _cholesky_factor(X: np.ndarray, G: np.ndarray, rtol: float) -> GramFactor | 
         return None
     # G⁻¹ = Linvᵀ Linv: store U = Linvᵀ and unit weights so the eigh code path applies unchanged.
     return GramFactor(X=X, U=np.ascontiguousarray(Linv.T), inv_lam=np.ones(n), rank=n)
+
+
+def tril_inv(L: np.ndarray, block: int = 128) -> np.ndarray:
+    """Inverse of a lower-triangular ``L [n, n]`` by recursive 2×2 blocking (BLAS-3 products).
+
+    ``inv([[A, 0], [B, C]]) = [[A⁻¹, 0], [−C⁻¹·B·A⁻¹, C⁻¹]]``: about ⅔·n³ flops against ~2·n³ for
+    ``np.linalg.inv`` (LU of a general matrix); numpy has no triangular inverse of its own.
+    """
+    n = L.shape[0]
+    if n <= block:
+        return np.tril(np.linalg.inv(L))
+    k = n // 2
+    a_inv, c_inv = tril_inv(L[:k, :k], block), tril_inv(L[k:, k:], block)
+    out = np.zeros_like(L)
+    out[:k, :k] = a_inv
+    out[k:, k:] = c_inv
+    out[k:, :k] = -(c_inv @ (L[k:, :k] @ a_inv))
+    return out
 
 
 def translator(src: GramFactor, dst_X: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ def rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("n,d", [(20, 64), (64, 48), (40, 40)])
+@pytest.mark.parametrize("n,d", [(20, 64), (64, 48), (40, 40), (300, 500)])
 def test_full_rank_matches_pinv(n, d):
     rng = np.random.default_rng(n + d)
     X = rng.standard_normal((n, d))
@@ -87,3 +87,14 @@ def test_truncated_pinv_matches_numpy_rcond(rcond):
     want = np.linalg.pinv(X, rcond=rcond) @ Y
     assert f.rank == int((np.logspace(0, -4, 40) > rcond).sum())
     assert rel(f.pinv_times(Y), want) < 1e-8
+
+
+@pytest.mark.parametrize("n", [1, 5, 128, 129, 300])
+def test_tril_inv_matches_numpy_inverse(n):
+    from commandv.exporter.translators import tril_inv
+
+    rng = np.random.default_rng(n)
+    L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
+    inv = tril_inv(L, block=16)
+    assert np.allclose(inv, np.linalg.inv(L), rtol=1e-10, atol=1e-12)
+    assert np.array_equal(inv, np.tril(inv))  # stays lower-triangular
