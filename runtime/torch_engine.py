@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .chat_template import render_chat, user_turn
+from .llama_edit import normalize_strengths
 from .pack import BehaviorPack, PackEntry, PackError
 from .pack_policy import PackPolicy, reference_states
 from .positions import Positions
@@ -83,9 +84,7 @@ def entry_edit(entry: PackEntry, strength: float = 1.0) -> Edit:
 
 def pack_edits(packs: Sequence[BehaviorPack], strengths: Sequence[float] | None = None) -> list[Edit]:
     """Edits of several packs, composed in list order."""
-    strengths = list(strengths) if strengths is not None else [1.0] * len(packs)
-    if len(strengths) != len(packs):
-        raise PackError(f"{len(packs)} packs but {len(strengths)} strengths")
+    strengths = normalize_strengths(len(packs), strengths)
     return [entry_edit(e, s) for p, s in zip(packs, strengths) for e in p.entries]
 
 
@@ -161,8 +160,7 @@ class TorchRecipient:
         out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
         for p in out:
             self.check_pack(p, force)
-        s = [1.0] * len(out) if strengths is None else [float(v) for v in strengths]
-        self.policy.check_size(out, s, self.reference_states)
+        self.policy.check_size(out, normalize_strengths(len(out), strengths), self.reference_states)
         return out
 
     def reference_states(self) -> dict:

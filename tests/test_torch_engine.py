@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 from commandv.exporter.fold import fold_edit  # noqa: E402
 from commandv.exporter.interventions import DonorEdit  # noqa: E402
 from commandv.exporter.translators import factorize  # noqa: E402
+from commandv.runtime.llama_edit import StrengthError  # noqa: E402
 from commandv.runtime.pack import BehaviorPack, PackEntry, PackError  # noqa: E402
 from commandv.runtime.torch_engine import TorchRecipient, pack_edits, unfolded_edits  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
@@ -96,8 +97,10 @@ def test_strength_zero_and_composition(eng):
     x = x + p1.entries[0].delta(x)
     x = x + 0.5 * p2.entries[0].delta(x)
     assert rel_err(h12[1][-1], x[0]) < 1e-5
-    with pytest.raises(PackError, match="strengths"):
+    with pytest.raises(StrengthError, match="strengths"):  # same check and error as the llama.cpp engine
         pack_edits([p1, p2], [1.0])
+    with pytest.raises(StrengthError, match="not a finite number"):
+        pack_edits([p1], [float("nan")])
 
 
 def test_folded_equals_unfolded(eng):
