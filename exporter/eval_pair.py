@@ -50,13 +50,19 @@ class PairEvalSettings:
 def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0) -> PromptSet:
     """The prompts both models are profiled on: ``general[:n_general]``, then ``n_train`` of the behavior's
     training prompts (the pool the adapter's examples were drawn from, equal numbers per label, a
-    ``random.Random(seed)`` pick; never a reported prompt).
+    ``random.Random(seed)`` pick). A prompt the behavior is reported on (:func:`report_prompts`) is
+    never profiled: it is removed from the general part too.
 
     ``n_train=0`` is the paper's task-agnostic profile. With ``n_train > 0`` the translators also
     see the region of activation space the adapter reads (e.g. harmful requests), which the
     general set does not cover.
     """
     gen = load_prompt_set("general", limit=n_general)
+    reported = {p.prompt for p in report_prompts(behavior)}
+    if reported & set(gen.prompts):  # e.g. pirate/french report on general[940:1000]: keep those out
+        keep = [i for i, p in enumerate(gen.prompts) if p not in reported]
+        gen = combine_prompt_sets(f"{gen.name}[:{n_general}]-{behavior}-eval",
+                                  [([gen.prompts[i] for i in keep], [gen.ids[i] for i in keep], gen.source)])
     if n_train <= 0:
         return gen
     specs = get_behavior(behavior).train_specs()

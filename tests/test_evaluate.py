@@ -72,6 +72,8 @@ def test_profiling_set_adds_a_balanced_training_pick():
 
     gen = load_prompt_set("general", limit=12)
     assert profiling_set("pirate", 12).sha256 == gen.sha256  # n_train=0: exactly the paper's general set
+    big = profiling_set("french", 1024)  # general[940:1000] are french's reported prompts: never profiled
+    assert len(big) == 1024 - 60 and not set(big.prompts) & {p.prompt for p in report_prompts("french")}
     ps = profiling_set("pirate", 12, 6)
     assert ps.prompts[:12] == gen.prompts and len(ps) == 18 and ps.sha256 != gen.sha256
     assert profiling_set("pirate", 12, 6).prompts == ps.prompts  # deterministic
