@@ -134,6 +134,11 @@ class PairReport:
         if best is not None:
             out[f"{key}.best_strength_{b}"] = (best.strength, "x")
             out[f"{key}.transferred_{b}_best"] = (best.expected_rate, "rate")
+            if direct and direct.expected_rate != off.expected_rate:
+                out[f"{key}.recovered_gain_best"] = (
+                    (best.expected_rate - off.expected_rate) / (direct.expected_rate - off.expected_rate), "fraction")
+            if off.n_unexpected:
+                out[f"{key}.over_{b}_delta_pts_best"] = (100 * (best.unexpected_rate - off.unexpected_rate), "points")
         return out
 
     def best_transfer(self, max_over_pts: float = 5.0, max_utility_drop_pts: float = 10.0) -> "ConfigResult | None":
