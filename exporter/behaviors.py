@@ -86,11 +86,16 @@ class Behavior:
 
 
 def eval_data_dir() -> Path:
-    """The third-party evaluation data folder: ``$COMMANDV_EVAL_DATA``, else ``<repo>/../shared/data``."""
+    """The third-party evaluation data folder: ``$COMMANDV_EVAL_DATA``, else ``<repo>/../shared/data``,
+    else ``/work/shared/data`` (where a clone outside the workspace finds it), else the first (missing)."""
     env = os.environ.get("COMMANDV_EVAL_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    beside = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    for cand in (beside, Path("/work/shared/data")):
+        if cand.is_dir():
+            return cand
+    return beside
 
 
 def _read_jsonl(name: str) -> list[dict]:
