@@ -110,6 +110,7 @@ class PairReport:
         """Issue-5 figures for this pair (``<pair>.offshelf_refusal`` …; for non-refusal behaviors the
         same names with the behavior instead of ``refusal``)."""
         key, b = self.pair, ("refusal" if self.behavior == "refusal" else self.behavior)
+        rg = "recovered_gain" if b == "refusal" else f"recovered_gain_{b}"  # issue-5 name for refusal
         off = self.by_label("recipient")
         tr = self.by_label(f"recipient+transfer@{main_strength:g}")
         direct = self.by_label("recipient+direct")
@@ -119,7 +120,7 @@ class PairReport:
         if direct:
             out[f"{key}.direct_{b}"] = (direct.expected_rate, "rate")
             gain = direct.expected_rate - off.expected_rate
-            out[f"{key}.recovered_gain"] = ((tr.expected_rate - off.expected_rate) / gain if gain else float("nan"),
+            out[f"{key}.{rg}"] = ((tr.expected_rate - off.expected_rate) / gain if gain else float("nan"),
                                             "fraction")
         if donor_ad:
             out[f"{key}.donor_adapter_{b}"] = (donor_ad.expected_rate, "rate")
@@ -135,7 +136,7 @@ class PairReport:
             out[f"{key}.best_strength_{b}"] = (best.strength, "x")
             out[f"{key}.transferred_{b}_best"] = (best.expected_rate, "rate")
             if direct and direct.expected_rate != off.expected_rate:
-                out[f"{key}.recovered_gain_best"] = (
+                out[f"{key}.{rg}_best"] = (
                     (best.expected_rate - off.expected_rate) / (direct.expected_rate - off.expected_rate), "fraction")
             if off.n_unexpected:
                 out[f"{key}.over_{b}_delta_pts_best"] = (100 * (best.unexpected_rate - off.unexpected_rate), "points")

@@ -49,9 +49,9 @@ def test_run_config_and_report(tmp_path):
     rep = PairReport("a-to-b", "pirate", "a", "b", 8, [off, on, direct], [{"recipient_layer": 1, "r2_r2d": 0.5,
                                                                             "r2_d2r": 0.4}])
     f = rep.figures()
-    assert f["a-to-b.transferred_pirate"][0] == 1.0 and f["a-to-b.recovered_gain"][0] == 1.0
+    assert f["a-to-b.transferred_pirate"][0] == 1.0 and f["a-to-b.recovered_gain_pirate"][0] == 1.0
     assert f["a-to-b.utility_delta_pts_pirate"][0] == 0.0 and f["a-to-b.best_strength_pirate"][0] == 1.0
-    assert f["a-to-b.recovered_gain_best"][0] == 1.0
+    assert f["a-to-b.recovered_gain_pirate_best"][0] == 1.0 and "a-to-b.recovered_gain" not in f
     worse = run_config(FakeEngine(), "recipient+transfer@2", beh, prompts, util[1:], object(), 2.0, 8)
     rep.configs[0].utility = 1.0  # now every transfer costs 50 points of utility: none is admissible
     assert worse.utility == 0.0 and rep.best_transfer() is None
