@@ -32,7 +32,7 @@ from .fingerprint import model_info_from_gguf
 from .llama_edit import (EngineError, PositionsError, StrengthError, check_packs, compile_entries,  # noqa: F401
                          make_context, make_editor, normalize_strengths)
 from .llama_lowlevel import LlamaModel, _ll
-from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
+from .llama_sampling import Sampler, check_stops, decode_tokens, stream_text
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
 from .pack_policy import PackPolicy, reference_states
@@ -321,22 +321,13 @@ class Recipient:
         ids, entries = self._prepare(ids, packs, strengths, force)
         toks = self._tokens(ids, entries, sampler, max_tokens)
 
-        def pieces() -> Iterator[str]:
-            ts = TextStream(stops)
-            for tok in toks:
-                s = ts.push(self._piece(tok))
-                if s:
-                    yield s
-                if ts.stopped:
-                    toks.close()
-                    if self.last_stats is not None:
-                        self.last_stats.finish = "stop"
-                    break
-            tail = ts.finish()
-            if tail:
-                yield tail
+        def on_stop() -> None:
+            toks.close()
+            if self.last_stats is not None:
+                self.last_stats.finish = "stop"
 
-        return pieces() if stream else "".join(pieces())
+        pieces = stream_text((self._piece(t) for t in toks), stops, on_stop)
+        return pieces if stream else "".join(pieces)
 
     def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),

@@ -7,13 +7,14 @@
   show: complete UTF-8 only, and never a piece that could be the start of a
   stop string; reports when a stop string appeared (text cut before it).
 * :func:`decode_tokens`: the generation loop shared by the llama.cpp and ONNX engines.
+* :func:`stream_text`: token bytes → showable text pieces, cut at the first stop string (both engines).
 """
 
 from __future__ import annotations
 
 import codecs
 import math
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -108,6 +109,22 @@ class TextStream:
         out = self.text[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return out
+
+
+def stream_text(pieces: Iterator[bytes], stops: Sequence[str], on_stop: Callable[[], None]) -> Iterator[str]:
+    """Text pieces that are safe to show, from each token's bytes; at the first stop string the text is cut
+    there, ``on_stop()`` runs (e.g. to end generation and record why) and no more pieces are read."""
+    ts = TextStream(stops)
+    for b in pieces:
+        out = ts.push(b)
+        if out:
+            yield out
+        if ts.stopped:
+            on_stop()
+            break
+    tail = ts.finish()
+    if tail:
+        yield tail
 
 
 def decode_tokens(logits, sampler: "Sampler", max_tokens: int, stats, is_eog, step, n_prompt: int, n_ctx: int,

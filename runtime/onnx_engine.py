@@ -27,7 +27,7 @@ import numpy as np
 from .chat_template import render_chat, user_turn
 from .llama_edit import EngineError, check_packs, normalize_strengths
 from .llama_engine import GenerationStats, as_token_ids, check_messages, check_prompt, check_user_prompt
-from .llama_sampling import Sampler, TextStream, check_stops, decode_tokens
+from .llama_sampling import Sampler, check_stops, decode_tokens, stream_text
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
@@ -232,29 +232,25 @@ class OnnxRecipient:
         ids, loaded, s = self._prepare(ids, packs, strengths, force)
         toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens)
 
-        def pieces() -> Iterator[str]:
-            ts, new, shown = TextStream(stops), [], ""
+        def token_bytes() -> Iterator[bytes]:
+            """The text each token adds (tokenizers decode whole sequences), held while a character is incomplete."""
+            new, shown = [], ""
             for tok in toks:
                 new.append(tok)
                 text = self.detokenize(new)
                 if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
                     continue
-                piece = ts.push(text[len(shown):].encode("utf-8"))
+                yield text[len(shown):].encode("utf-8")
                 shown = text
-                if piece:
-                    yield piece
-                if ts.stopped:
-                    toks.close()
-                    if self.last_stats is not None:
-                        self.last_stats.finish = "stop"
-                    break
-            if not ts.stopped:
-                ts.push(self.detokenize(new)[len(shown):].encode("utf-8"))
-            tail = ts.finish()
-            if tail:
-                yield tail
+            yield self.detokenize(new)[len(shown):].encode("utf-8")
 
-        return pieces() if stream else "".join(pieces())
+        def on_stop() -> None:
+            toks.close()
+            if self.last_stats is not None:
+                self.last_stats.finish = "stop"
+
+        pieces = stream_text(token_bytes(), stops, on_stop)
+        return pieces if stream else "".join(pieces)
 
     def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
