@@ -21,37 +21,38 @@ from .interventions import DonorEdit
 from .translators import GramFactor
 
 
-def _r2d(fR: GramFactor, fD: GramFactor, M: np.ndarray) -> np.ndarray:
-    """``C_R→D @ M`` for ``M [d_D, k]`` → ``[d_R, k]``."""
-    return fR.pinv_times(fD.x_times(M))
-
-
-def _d2r(fR: GramFactor, fD: GramFactor, M: np.ndarray) -> np.ndarray:
-    """``M @ C_D→R`` for ``M [k, d_D]`` → ``[k, d_R]``."""
-    return fR.times_x(fD.times_pinv(M))
-
-
 def fold_edit(edit: DonorEdit, fR: GramFactor, fD: GramFactor, recipient_layer: int,
               positions: str = "l1", strength: float = 1.0) -> PackEntry:
-    """Fold one donor edit into a float32 :class:`PackEntry` for ``recipient_layer``."""
+    """Fold one donor edit into a float32 :class:`PackEntry` for ``recipient_layer``.
+
+    One pass over each profile: ``Y = X_D @ [A P | Cᵀ Qᵀ eᵀ]`` ``[N, k]``, then ``Z = [G_R⁺ Y₁ | G_D⁺ Y₂]``,
+    then ``X_Rᵀ @ Z`` ``[d_R, k]`` holds ``A' P'`` and ``(C' Q' e')ᵀ`` (``pinv(X) = Xᵀ G⁺``).
+    """
     if fD.d != edit.d:
         raise ValueError(f"donor profile has d={fD.d} but the adapter layer {edit.layer} has d={edit.d}")
     if fR.n != fD.n:
         raise ValueError(f"profiles have different prompt counts (recipient {fR.n}, donor {fD.n})")
-    f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return PackEntry(
-        layer=recipient_layer,
-        donor_layer=edit.layer,
-        A=f32(_r2d(fR, fD, edit.A)),
-        b=f32(edit.b),
-        C=f32(_d2r(fR, fD, edit.C)),
-        P=f32(None if edit.P is None else _r2d(fR, fD, edit.P)),
-        Q=f32(None if edit.Q is None else _d2r(fR, fD, edit.Q)),
-        e=f32(None if edit.e is None else _d2r(fR, fD, edit.e[None, :])[0]),
-        act=edit.act,
-        positions=positions,
-        strength=strength,
-    )
+    r2d = [edit.A] + ([] if edit.P is None else [edit.P])  # each [d_D, ·]: C_R→D @ M
+    d2r = [edit.C] + ([] if edit.Q is None else [edit.Q]) + ([] if edit.e is None else [edit.e[None, :]])  # M @ C_D→R
+    widths = [m.shape[1] for m in r2d] + [m.shape[0] for m in d2r]
+    k1 = sum(widths[: len(r2d)])
+    M = np.concatenate([np.asarray(m) for m in r2d] + [np.asarray(m).T for m in d2r], axis=1)
+    Y = fD.x_times(M)  # [N, k]: X_D @ M (one pass over X_D)
+    Z = np.concatenate([fR.solve(Y[:, :k1]), fD.solve(Y[:, k1:])], axis=1)
+    out = fR.times_x(Z.T).T  # [d_R, k]: X_Rᵀ @ Z (one pass over X_R)
+    parts, at = [], 0
+    for w in widths:
+        parts.append(out[:, at:at + w])
+        at += w
+    it = iter(parts)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    A = f32(next(it))
+    P = None if edit.P is None else f32(next(it))
+    C = f32(next(it).T)
+    Q = None if edit.Q is None else f32(next(it).T)
+    e = None if edit.e is None else f32(next(it)[:, 0])
+    return PackEntry(layer=recipient_layer, donor_layer=edit.layer, A=A, b=f32(edit.b), C=C, P=P, Q=Q, e=e,
+                     act=edit.act, positions=positions, strength=strength)
 
 
 def unfolded_delta(edit: DonorEdit, C_rd: np.ndarray, C_dr: np.ndarray, h: np.ndarray) -> np.ndarray:

@@ -53,3 +53,25 @@ def test_fold_rejects_mismatched_profiles():
         fold_edit(edit, factorize(rng.standard_normal((5, 12))), factorize(rng.standard_normal((5, 8))), 0)
     with pytest.raises(ValueError, match="prompt counts"):
         fold_edit(edit, factorize(rng.standard_normal((6, 12))), factorize(rng.standard_normal((5, 16))), 0)
+
+
+@pytest.mark.parametrize("kind", ["LoReFT", "NoReFT", "NodiReFT"])
+def test_fold_float32_profiles_fast_path(kind):
+    """Float32 profiles (N < d, well conditioned) go through the float32-Gram Cholesky path and the
+    one-pass-per-profile fold; still equal to the unfolded computation with torch's float64 pinv."""
+    rng = np.random.default_rng(7)
+    n, dR, dD, r = 60, 160, 200, 4
+    XR = rng.standard_normal((n, dR)).astype(np.float32)
+    XD = rng.standard_normal((n, dD)).astype(np.float32)
+    fR, fD = factorize(XR), factorize(XD)
+    assert fR.gram == fD.gram == "float32"
+    edit = make_edit(kind, dD, r, rng, "relu")
+    entry = fold_edit(edit, fR, fD, recipient_layer=1)
+    X64 = lambda a: torch.from_numpy(a.astype(np.float64))  # noqa: E731
+    C_rd = (torch.linalg.pinv(X64(XR)) @ X64(XD)).numpy()
+    C_dr = (torch.linalg.pinv(X64(XD)) @ X64(XR)).numpy()
+    h = rng.standard_normal((5, dR))
+    ref = unfolded_delta(edit, C_rd, C_dr, h)
+    got = entry.delta(h.astype(np.float32)).astype(np.float64)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-4
+    assert (entry.P is None) == (edit.P is None) and (entry.e is None) == (edit.e is None)

@@ -98,3 +98,71 @@ def test_tril_inv_matches_numpy_inverse(n):
     inv = tril_inv(L, block=16)
     assert np.allclose(inv, np.linalg.inv(L), rtol=1e-10, atol=1e-12)
     assert np.array_equal(inv, np.tril(inv))  # stays lower-triangular
+
+
+def spectrum_matrix(rng, n, d, svals, dtype=np.float32):
+    """``X [n, d]`` with the given singular values (random orthonormal factors)."""
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((d, n)))
+    return ((U * svals) @ V.T).astype(dtype)
+
+
+def test_float32_gram_fast_path_matches_float64_pinv():
+    """Well-conditioned float32 profile (N < d): the verified float32 Gram is used and agrees with
+    torch's float64 pinv of the same data to ≤ 1e-5 (GRAM32_TOL), on both pinv products."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((200, 700)).astype(np.float32)
+    f = factorize(X)
+    assert f.gram == "float32" and f.L is not None and f.rank == 200
+    Y = rng.standard_normal((200, 9))
+    assert rel(f.pinv_times(Y), ref_pinv_times(X, Y)) < 1e-5
+    M = rng.standard_normal((4, 700))
+    ref = M @ torch.linalg.pinv(torch.from_numpy(X.astype(np.float64))).numpy()
+    assert rel(f.times_pinv(M), ref) < 1e-5
+    assert factorize(X, gram="float64").gram == "float64"
+
+
+def test_float32_gram_falls_back_when_ill_conditioned():
+    """σ from 1 to 3e-3 (κ(G) ≈ 1e5): float32 Gram rounding would show, so the float64 Gram is used."""
+    rng = np.random.default_rng(12)
+    X = spectrum_matrix(rng, 60, 200, np.logspace(0, -2.5, 60))
+    f = factorize(X)
+    assert f.gram == "float64"
+    Y = rng.standard_normal((60, 5))
+    rtol = 200 * np.finfo(np.float32).eps
+    # the final X_ᵀ product runs in X's float32: error ≲ κ(X)·eps32 ≈ 4e-5
+    assert rel(f.pinv_times(Y), ref_pinv_times(X, Y, rtol=rtol)) < 2e-4
+
+
+def test_float32_gram_falls_back_when_cutoff_bites():
+    """Well conditioned (σ 1 → 0.2, passes the accuracy probe) but ``rtol=0.3`` cuts the small
+    directions: pinv ≠ inverse, so the Cholesky fast path must not be taken."""
+    rng = np.random.default_rng(13)
+    s = np.linspace(1, 0.2, 50)
+    X = spectrum_matrix(rng, 50, 150, s)
+    f = factorize(X, rtol=0.3)
+    assert f.gram == "float64" and f.rank == int((s > 0.3).sum())
+    Y = rng.standard_normal((50, 3))
+    assert rel(f.pinv_times(Y), np.linalg.pinv(X.astype(np.float64), rcond=0.3) @ Y) < 1e-5
+    assert factorize(X).gram == "float32"  # with the default cutoff the same matrix takes the fast path
+
+
+def test_float32_nan_still_rejected():
+    X = np.ones((4, 16), np.float32)
+    X[2, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        factorize(X)
+    with pytest.raises(ValueError, match="gram"):
+        factorize(np.ones((2, 4)), gram="float16")
+
+
+@pytest.mark.parametrize("n,block", [(1, 64), (63, 64), (64, 64), (200, 64), (257, 32)])
+def test_triangular_solver_matches_numpy(n, block):
+    from commandv.exporter.translators import TriangularSolver
+
+    rng = np.random.default_rng(n)
+    L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
+    Y = rng.standard_normal((n, 3))
+    t = TriangularSolver(L, block=block)
+    assert np.allclose(t.solve_lower(Y), np.linalg.solve(L, Y), rtol=1e-10, atol=1e-12)
+    assert np.allclose(t.solve_upper(Y), np.linalg.solve(L.T, Y), rtol=1e-10, atol=1e-12)
