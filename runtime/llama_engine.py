@@ -32,10 +32,11 @@ from .fingerprint import model_info_from_gguf
 from .llama_edit import (EngineError, PositionsError, StrengthError, check_packs, compile_entries,  # noqa: F401
                          make_context, make_editor, normalize_strengths)
 from .llama_lowlevel import LlamaModel, _ll
-from .llama_sampling import Sampler, check_stops, decode_tokens, stream_text
+from .llama_sampling import Sampler, check_stops, decode_tokens
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
 from .pack_policy import PackPolicy, reference_states
+from .text_engine import TextEngine
 
 PackLike = BehaviorPack | str | os.PathLike
 
@@ -116,7 +117,7 @@ class GenerationStats:
         return self.n_decoded / self.decode_s if self.decode_s > 0 else float("nan")
 
 
-class Recipient:
+class Recipient(TextEngine):
     """A GGUF model in llama.cpp that applies behavior packs per request."""
 
     def __init__(self, model: str | os.PathLike, n_ctx: int = 4096, n_threads: int | None = None,
@@ -153,14 +154,6 @@ class Recipient:
     def native(self) -> bool:
         """True when the edit runs in the C callback."""
         return bool(self.editor.native)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.info.fingerprint
-
-    @property
-    def arch(self) -> str:
-        return self.info.arch
 
     @property
     def chat_template(self) -> str | None:
@@ -320,42 +313,10 @@ class Recipient:
         stops = check_stops(stop)
         ids, entries = self._prepare(ids, packs, strengths, force)
         toks = self._tokens(ids, entries, sampler, max_tokens)
+        return self._stream(toks, (self._piece(t) for t in toks), stops, stream)
 
-        def on_stop() -> None:
-            toks.close()
-            if self.last_stats is not None:
-                self.last_stats.finish = "stop"
-
-        pieces = stream_text((self._piece(t) for t in toks), stops, on_stop)
-        return pieces if stream else "".join(pieces)
-
-    def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
-                 stream: bool = False, template: bool = True, force: bool | None = None):
-        """Continue one user prompt with ``packs`` applied → text (or an iterator of pieces if ``stream``).
-
-        Greedy when ``temperature == 0``; else temperature / top-p sampling (``seed`` → reproducible).
-        Generation ends at ``max_tokens``, an end-of-generation token, or a ``stop`` string (cut off).
-        """
-        ids = self.encode(prompt, template)
-        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
-
-    def chat(self, messages: Sequence[dict], packs=(), strengths=None, max_tokens: int = 128,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: str | Sequence[str] = (), stream: bool = False, force: bool | None = None):
-        """The assistant's reply to ``messages`` (``[{'role', 'content'}]``), packs applied to the last rows."""
-        ids = self.encode_chat(messages)
-        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
-
-    # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         for obj in ("ctx", "editor", "model"):
             o = getattr(self, obj, None)
             if o is not None and hasattr(o, "free"):
                 o.free()
-
-    def __enter__(self) -> "Recipient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -27,17 +27,18 @@ import numpy as np
 from .chat_template import render_chat, user_turn
 from .llama_edit import EngineError, check_packs, normalize_strengths
 from .llama_engine import GenerationStats, as_token_ids, check_messages, check_prompt, check_user_prompt
-from .llama_sampling import Sampler, check_stops, decode_tokens, stream_text
+from .llama_sampling import Sampler, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
 from .pack import BehaviorPack, PackError
 from .pack_policy import PackPolicy, reference_states
+from .text_engine import TextEngine
 
 __all__ = ["OnnxRecipient", "OnnxModelError", "onnx_export_dir", "find_onnx_model", "MODEL_FILE", "TOKENIZER_FILE"]
 
 
-class OnnxRecipient:
+class OnnxRecipient(TextEngine):
     """An ONNX decoder in ONNX Runtime that applies behavior packs per request."""
 
     def __init__(self, model: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
@@ -75,14 +76,6 @@ class OnnxRecipient:
 
     # ---------------------------------------------------------------- properties
     native = False  # API parity with Recipient (no eval callback here)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.info.fingerprint
-
-    @property
-    def arch(self) -> str:
-        return self.info.arch
 
     @property
     def chat_template(self) -> str | None:
@@ -244,33 +237,7 @@ class OnnxRecipient:
                 shown = text
             yield self.detokenize(new)[len(shown):].encode("utf-8")
 
-        def on_stop() -> None:
-            toks.close()
-            if self.last_stats is not None:
-                self.last_stats.finish = "stop"
-
-        pieces = stream_text(token_bytes(), stops, on_stop)
-        return pieces if stream else "".join(pieces)
-
-    def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
-                 stream: bool = False, template: bool = True, force: bool | None = None):
-        """Continue one user prompt with ``packs`` applied → text (or an iterator of pieces if ``stream``)."""
-        ids = self.encode(prompt, template)
-        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
-
-    def chat(self, messages: Sequence[dict], packs=(), strengths=None, max_tokens: int = 128,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-             stop: str | Sequence[str] = (), stream: bool = False, force: bool | None = None):
-        """The assistant's reply to ``messages``, packs applied to the targeted rows of the whole conversation."""
-        ids = self.encode_chat(messages)
-        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+        return self._stream(toks, token_bytes(), stops, stream)
 
     def close(self) -> None:
         self.session = None
-
-    def __enter__(self) -> "OnnxRecipient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -1,0 +1,64 @@
+"""What the llama.cpp and ONNX Runtime engines share: identity properties, ``generate``/``chat`` and
+stop-string streaming. Each engine supplies ``info``, ``encode``, ``encode_chat``, ``_text`` and ``close``."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+from .llama_sampling import stream_text
+
+
+class TextEngine:
+    """Base of :class:`~commandv.runtime.llama_engine.Recipient` and
+    :class:`~commandv.runtime.onnx_engine.OnnxRecipient`."""
+
+    last_stats = None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the recipient model file(s)."""
+        return self.info.fingerprint
+
+    @property
+    def arch(self) -> str:
+        return self.info.arch
+
+    def _stream(self, toks: Iterator[int], token_bytes: Iterable[bytes], stops: Sequence[str], stream: bool):
+        """Text from ``token_bytes`` (the bytes each token of ``toks`` adds), cut at the first stop string,
+        which ends ``toks`` and marks ``last_stats.finish = 'stop'``."""
+
+        def on_stop() -> None:
+            toks.close()
+            if self.last_stats is not None:
+                self.last_stats.finish = "stop"
+
+        pieces = stream_text(token_bytes, stops, on_stop)
+        return pieces if stream else "".join(pieces)
+
+    def generate(self, prompt: str, packs=(), strengths=None, max_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: str | Sequence[str] = (),
+                 stream: bool = False, template: bool = True, force: bool | None = None):
+        """Continue one user prompt with ``packs`` applied → text (or an iterator of pieces if ``stream``).
+
+        Greedy when ``temperature == 0``; else temperature / top-p sampling (``seed`` → reproducible).
+        Generation ends at ``max_tokens``, an end-of-generation token, or a ``stop`` string (cut off).
+        """
+        ids = self.encode(prompt, template)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    def chat(self, messages: Sequence[dict], packs=(), strengths=None, max_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             stop: str | Sequence[str] = (), stream: bool = False, force: bool | None = None):
+        """The assistant's reply to ``messages`` (``[{'role', 'content'}]``), packs applied to the targeted
+        rows of the whole rendered conversation."""
+        ids = self.encode_chat(messages)
+        return self._text(ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force)
+
+    def close(self) -> None:  # pragma: no cover - engines override
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
