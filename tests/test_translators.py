@@ -91,7 +91,7 @@ def test_truncated_pinv_matches_numpy_rcond(rcond):
 
 @pytest.mark.parametrize("n", [1, 5, 128, 129, 300])
 def test_tril_inv_matches_numpy_inverse(n):
-    from commandv.exporter.translators import tril_inv
+    from commandv.exporter.triangular import tril_inv
 
     rng = np.random.default_rng(n)
     L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
@@ -158,7 +158,7 @@ def test_float32_nan_still_rejected():
 
 @pytest.mark.parametrize("n,block", [(1, 64), (63, 64), (64, 64), (200, 64), (257, 32)])
 def test_triangular_solver_matches_numpy(n, block):
-    from commandv.exporter.translators import TriangularSolver
+    from commandv.exporter.triangular import TriangularSolver
 
     rng = np.random.default_rng(n)
     L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
