@@ -64,7 +64,7 @@ def main() -> None:
 
     from commandv.exporter.fold import fold_edit
     from commandv.exporter.interventions import DonorEdit
-    from commandv.exporter.export import cached_factor, cached_factors, clear_factor_cache
+    from commandv.exporter.export import cached_factor, clear_factor_cache
 
     torch.set_num_threads(torch.get_num_threads())
     rng = np.random.default_rng(0)
@@ -83,7 +83,8 @@ def main() -> None:
         return A.numpy(), C.numpy()
 
     def ours(i):
-        fR, fD = cached_factors([(("bench-R", i), XR[i]), (("bench-D", i), XD[i])])
+        fR = cached_factor(("bench-R", i), XR[i])
+        fD = cached_factor(("bench-D", i), XD[i])
         return fold_edit(edits[i], fR, fD, i)
 
     # Paired and alternating: per layer pair, the reference and our cold export run back to back
@@ -141,8 +142,8 @@ def main() -> None:
             XR[i] @ vR
             XD[i] @ vD
         stream_t.append(time.perf_counter() - t0)
-    grams = sorted({f.gram for i in range(L)
-                    for f in cached_factors([(("bench-R", i), XR[i]), (("bench-D", i), XD[i])])})
+    grams = sorted({cached_factor((f"bench-{side}", i), X[i]).gram for side, X in (("R", XR), ("D", XD))
+                    for i in range(L)})
     gram_s, prod_s, stream_s = sum(gram_t), float(np.median(prod_t)), float(np.median(stream_t))
     err = 0.0
     for (A, C), e in zip(ref, cold):

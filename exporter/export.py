@@ -45,25 +45,16 @@ def cached_factor(key: tuple, X: np.ndarray, rtol: float | None = None) -> GramF
 
     A digest of a sample of ``X`` joins the key, so two different matrices under one key never collide.
     """
-    return cached_factors([(key, X)], rtol)[0]
-
-
-def cached_factors(items: list[tuple[tuple, np.ndarray]], rtol: float | None = None) -> list[GramFactor]:
-    """:func:`cached_factor` for several ``(key, X)`` at once (each distinct matrix factored once)."""
-    keys = [key + (_sample_digest(X), rtol) for key, X in items]
-    missing: dict[tuple, np.ndarray] = {}
-    for k, (_, X) in zip(keys, items):
-        if k not in _FACTORS and k not in missing:
-            missing[k] = X
-    for k, X in missing.items():
-        _FACTORS[k] = factorize(X, rtol)
-    out = []
-    for k in keys:
-        _FACTORS.move_to_end(k)
-        out.append(_FACTORS[k])
-    while len(_FACTORS) > _MAX_FACTORS:
-        _FACTORS.popitem(last=False)
-    return out
+    key = key + (_sample_digest(X), rtol)
+    f = _FACTORS.get(key)
+    if f is None:
+        f = factorize(X, rtol)
+        _FACTORS[key] = f
+        while len(_FACTORS) > _MAX_FACTORS:
+            _FACTORS.popitem(last=False)
+    else:
+        _FACTORS.move_to_end(key)
+    return f
 
 
 def clear_factor_cache() -> None:
@@ -121,14 +112,10 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     fit, held = holdout_rows(dm.n_prompts, holdout)
     entries, diags = [], []
     rows_key = (len(fit), int(fit.sum()))
-    items = []
-    for l_d, l_r in lmap.pairs:
-        items.append((_profile_key(donor) + (l_d,) + rows_key, donor.layer(l_d)[fit]))
-        items.append((_profile_key(recipient) + (l_r,) + rows_key, recipient.layer(l_r)[fit]))
-    factors = cached_factors(items, rcond)
-    for i, (edit, (l_d, l_r)) in enumerate(zip(adapter.edits, lmap.pairs)):
+    for edit, (l_d, l_r) in zip(adapter.edits, lmap.pairs):
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
-        fD, fR = factors[2 * i], factors[2 * i + 1]
+        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit], rcond)
+        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit], rcond)
         entry = fold_edit(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength)
         entries.append(entry)
         d = {"donor_layer": l_d, "recipient_layer": l_r, "rank_fit_R": fR.rank, "rank_fit_D": fD.rank}

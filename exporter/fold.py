@@ -40,11 +40,7 @@ def fold_edit(edit: DonorEdit, fR: GramFactor, fD: GramFactor, recipient_layer: 
     Y = fD.x_times(M)  # [N, k]: X_D @ M (one pass over X_D)
     Z = np.concatenate([fR.solve(Y[:, :k1]), fD.solve(Y[:, k1:])], axis=1)
     out = fR.times_x(Z.T).T  # [d_R, k]: X_Rᵀ @ Z (one pass over X_R)
-    parts, at = [], 0
-    for w in widths:
-        parts.append(out[:, at:at + w])
-        at += w
-    it = iter(parts)
+    it = iter(np.split(out, np.cumsum(widths)[:-1], axis=1))
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     A = f32(next(it))
     P = None if edit.P is None else f32(next(it))

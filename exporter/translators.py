@@ -190,10 +190,14 @@ def _float32_gram_factor(X: np.ndarray, G32: np.ndarray, rtol: float) -> GramFac
     V = W[:, 1:] / np.linalg.norm(W[:, 1:], axis=0)
     W = f.solve(V)
     lam_min_est = float(np.min(np.sum(W * V, axis=0) / np.sum(W * W, axis=0)))
-    cutoff_ub = max(rtol * rtol, n * np.finfo(np.float64).eps) * float(np.linalg.norm(G))
-    if not lam_min_est > _CUTOFF_MARGIN * cutoff_ub:
+    if not lam_min_est > _CUTOFF_MARGIN * _cutoff_upper_bound(G, rtol):
         return None
     return f
+
+
+def _cutoff_upper_bound(G: np.ndarray, rtol: float) -> float:
+    """An upper bound of the eigenvalue cutoff ``max(rtol², N·eps64)·λ_max`` (``λ_max ≤ ‖G‖_F``)."""
+    return max(rtol * rtol, G.shape[0] * np.finfo(np.float64).eps) * float(np.linalg.norm(G))
 
 
 def _cholesky_factor(X: np.ndarray, G: np.ndarray, rtol: float) -> GramFactor | None:
@@ -211,12 +215,9 @@ def _cholesky_factor(X: np.ndarray, G: np.ndarray, rtol: float) -> GramFactor | 
     if not np.all(np.isfinite(Linv)):
         return None
     lam_min_lb = 1.0 / float(np.sum(Linv * Linv))
-    lam_max_ub = float(np.linalg.norm(G))
-    cutoff_ub = max(rtol * rtol, n * np.finfo(np.float64).eps) * lam_max_ub
-    if lam_min_lb <= 4.0 * cutoff_ub:
+    if lam_min_lb <= 4.0 * _cutoff_upper_bound(G, rtol):
         return None
-    # G⁻¹ = Linvᵀ Linv: store U = Linvᵀ and unit weights so the eigh code path applies unchanged.
-    return GramFactor(X=X, U=np.ascontiguousarray(Linv.T), inv_lam=np.ones(n), rank=n)
+    return GramFactor(X=X, U=None, inv_lam=None, rank=n, L=L)
 
 
 def translator(src: GramFactor, dst_X: np.ndarray) -> np.ndarray:

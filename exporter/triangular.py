@@ -17,10 +17,12 @@ class TriangularSolver:
         self.L = L
         n = L.shape[0]
         self.bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
-        full = [i for i, (s, e) in enumerate(self.bounds) if e - s == block]
-        inv = np.linalg.inv(np.stack([L[s:e, s:e] for s, e in (self.bounds[i] for i in full)])) if full else []
-        self.dinv = [np.tril(inv[full.index(i)]) if i in full else np.tril(np.linalg.inv(L[s:e, s:e]))
-                     for i, (s, e) in enumerate(self.bounds)]
+        # One batched inverse for the full-size diagonal blocks (only the last block can be shorter).
+        full = n // block
+        blocks = [L[s:e, s:e] for s, e in self.bounds]
+        inv = list(np.linalg.inv(np.stack(blocks[:full]))) if full else []
+        inv += [np.linalg.inv(b) for b in blocks[full:]]
+        self.dinv = [np.tril(d) for d in inv]
 
     def solve_lower(self, Y: np.ndarray) -> np.ndarray:
         """``L⁻¹ Y`` for ``Y [n, m]``."""
