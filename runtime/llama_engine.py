@@ -35,7 +35,7 @@ from .llama_lowlevel import LlamaModel, _ll
 from .llama_sampling import Sampler, check_stops, decode_tokens
 from .model_ref import ModelError, resolve_model
 from .pack import BehaviorPack, PackError
-from .pack_policy import PackPolicy, reference_states
+from .pack_policy import PackPolicy
 from .text_engine import TextEngine
 
 PackLike = BehaviorPack | str | os.PathLike
@@ -223,14 +223,6 @@ class Recipient(TextEngine):
         self.policy.check_size(loaded, s, self.reference_states)
         check_prompt(ids, self.n_ctx, self.model.n_vocab)
         return ids, compile_entries(loaded, s, len(ids), rows)
-
-    def reference_states(self) -> dict[int, np.ndarray]:
-        """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the
-        chat-rendered :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
-        if self._reference is None:
-            self._reference = reference_states(
-                lambda p: self.prompt_pass(self.encode(p), record_layers=True)[1], self.n_layer)
-        return self._reference
 
     # ------------------------------------------------------------------ prompt pass
     def _prefill(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:

@@ -32,7 +32,7 @@ from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
 from .pack import BehaviorPack, PackError
-from .pack_policy import PackPolicy, reference_states
+from .pack_policy import PackPolicy
 from .text_engine import TextEngine
 
 __all__ = ["OnnxRecipient", "OnnxModelError", "onnx_export_dir", "find_onnx_model", "MODEL_FILE", "TOKENIZER_FILE"]
@@ -169,14 +169,6 @@ class OnnxRecipient(TextEngine):
         self.policy.check_size(loaded, s, self.reference_states)
         check_prompt(ids, self.n_ctx, self.info.n_vocab)
         return ids, loaded, s
-
-    def reference_states(self) -> dict[int, np.ndarray]:
-        """``{layer: [N, d]}``: unedited block outputs at the last token of the chat-rendered
-        :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
-        if self._reference is None:
-            self._reference = reference_states(
-                lambda p: self.prompt_pass(self.encode(p), record_layers=True)[1], self.n_layer)
-        return self._reference
 
     def prompt_pass(self, ids: Sequence[int], packs=(), strengths=None, record_layers: bool = False,
                     all_logits: bool = False, rows: Sequence[int] | None = None, force: bool | None = None):

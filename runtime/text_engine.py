@@ -1,11 +1,15 @@
-"""What the llama.cpp and ONNX Runtime engines share: identity properties, ``generate``/``chat`` and
-stop-string streaming. Each engine supplies ``info``, ``encode``, ``encode_chat``, ``_text`` and ``close``."""
+"""What the llama.cpp and ONNX Runtime engines share: identity properties, ``generate``/``chat``,
+stop-string streaming and the reference states of the edit-size check. Each engine supplies ``info``,
+``n_layer``, ``_reference`` (None), ``encode``, ``encode_chat``, ``prompt_pass``, ``_text`` and ``close``."""
 
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
+
 from .llama_sampling import stream_text
+from .pack_policy import reference_states
 
 
 class TextEngine:
@@ -22,6 +26,14 @@ class TextEngine:
     @property
     def arch(self) -> str:
         return self.info.arch
+
+    def reference_states(self) -> dict[int, np.ndarray]:
+        """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the chat-rendered
+        :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
+        if self._reference is None:
+            self._reference = reference_states(
+                lambda p: self.prompt_pass(self.encode(p), record_layers=True)[1], self.n_layer)
+        return self._reference
 
     def _stream(self, toks: Iterator[int], token_bytes: Iterable[bytes], stops: Sequence[str], stream: bool):
         """Text from ``token_bytes`` (the bytes each token of ``toks`` adds), cut at the first stop string,
