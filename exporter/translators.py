@@ -18,13 +18,15 @@ floor of the Gram eigendecomposition).
 
 Gram precision: for a float32 profile with N ≤ d the Gram is first formed in
 float32 (BLAS ``ssyrk``, ~4× faster than float64; the float64 Gram is most of a
-cold export) and Cholesky-factored in float64. That factor is kept only when it
-is *measured* to be accurate and the cutoff provably does not bite:
+cold export), Cholesky-factored in float64, and the factor is stored in float32
+(half the bytes for the triangular solves that dominate a warm fold). That
+factor is kept only when it is *measured* to be accurate and the cutoff
+provably does not bite:
 
 * accuracy probe: for a random ``z``, ``y = X (Xᵀ z)`` is computed exactly in
-  float64 and ``‖G̃⁻¹ y − z‖ / ‖z‖`` must be ≤ :data:`GRAM32_TOL` (1e-5; on
-  well-conditioned profiles it is ~4e-7, below the 5e-6 error of a float32
-  ``torch.linalg.pinv``);
+  float64 and ``‖G̃⁻¹ y − z‖ / ‖z‖``, solved with the stored float32 factor,
+  must be ≤ :data:`GRAM32_TOL` (1e-5; on well-conditioned profiles it is ~1e-6,
+  below the 5e-6 error of a float32 ``torch.linalg.pinv``);
 * cutoff: the smallest eigenvalue, estimated by inverse iteration (an estimate
   from above), must exceed 1000× the pinv cutoff, so ``pinv = inverse``.
 
@@ -54,8 +56,8 @@ class GramFactor:
 
     ``X`` is kept as float32/float64 ``[N, d]``. ``G⁺ = (X Xᵀ)⁺`` is held either as kept eigenpairs
     ``U [N, k]``, ``inv_lam [k]`` (``G⁺ = U diag(inv_lam) Uᵀ``, ``k`` = numerical rank), or, when ``G``
-    is safely invertible, as its lower Cholesky factor ``L [N, N]`` (``G = L Lᵀ``, float64).
-    ``gram`` records the precision the Gram was formed in.
+    is safely invertible, as its lower Cholesky factor ``L [N, N]`` (``G = L Lᵀ``; float32 when
+    ``gram == "float32"``, the precision the Gram was formed in, else float64).
     """
 
     X: np.ndarray
@@ -75,13 +77,14 @@ class GramFactor:
         return int(self.X.shape[1])
 
     def solve(self, Y: np.ndarray) -> np.ndarray:
-        """``G⁺ @ Y`` for ``Y [N, m]`` (or ``[N]``) → same shape, float64."""
-        Y = np.asarray(Y, dtype=np.float64)
+        """``G⁺ @ Y`` for ``Y [N, m]`` (or ``[N]``) → same shape, float64 (solved in ``L``'s dtype)."""
         if self.L is not None:
             if self._tri is None:
                 self._tri = TriangularSolver(self.L)
-            Z = self._tri.solve_lower(Y.reshape(self.n, -1))
-            return self._tri.solve_upper(Z).reshape(Y.shape)
+            Yl = np.asarray(Y, dtype=self.L.dtype)
+            Z = self._tri.solve_upper(self._tri.solve_lower(Yl.reshape(self.n, -1)))
+            return Z.reshape(Yl.shape).astype(np.float64, copy=False)
+        Y = np.asarray(Y, dtype=np.float64)
         Z = self.U.T @ Y
         Z *= self.inv_lam.reshape((-1,) + (1,) * (Y.ndim - 1))
         return self.U @ Z
@@ -163,8 +166,8 @@ def _gram_times_exact(X: np.ndarray, z: np.ndarray, block: int = 128) -> np.ndar
 
 
 def _float32_gram_factor(X: np.ndarray, G32: np.ndarray, rtol: float) -> GramFactor | None:
-    """Cholesky factor of the float32 Gram ``G32 = X Xᵀ`` when a probe shows it accurate and the
-    cutoff cannot bite.
+    """Cholesky factor (stored float32) of the float32 Gram ``G32 = X Xᵀ`` when a probe shows it
+    accurate and the cutoff cannot bite.
 
     Returns ``None`` (use the float64 Gram) on non-finite values, a failed Cholesky, a probe error
     above :data:`GRAM32_TOL`, or a smallest-eigenvalue estimate within 1000× of the pinv cutoff.
@@ -177,7 +180,7 @@ def _float32_gram_factor(X: np.ndarray, G32: np.ndarray, rtol: float) -> GramFac
         L = np.linalg.cholesky(G)
     except np.linalg.LinAlgError:
         return None
-    f = GramFactor(X=X, U=None, inv_lam=None, rank=n, L=L, gram="float32")
+    f = GramFactor(X=X, U=None, inv_lam=None, rank=n, L=L.astype(np.float32), gram="float32")
     rng = np.random.default_rng(0x5EED)
     z = rng.standard_normal(n)
     # One solve serves the accuracy probe (column 0) and the first inverse-iteration step (columns 1-2).

@@ -29,69 +29,19 @@ import numpy as np
 
 from .chat_template import render_chat, user_turn
 from .fingerprint import model_info_from_gguf
-from .llama_edit import (EngineError, PositionsError, StrengthError, check_packs, compile_entries,  # noqa: F401
-                         make_context, make_editor, normalize_strengths)
+from .llama_edit import (EngineError, PositionsError, StrengthError, compile_entries,  # noqa: F401
+                         make_context, make_editor)
 from .llama_lowlevel import LlamaModel, _ll
 from .llama_sampling import Sampler, check_stops, decode_tokens
 from .model_ref import ModelError, resolve_model
-from .pack import BehaviorPack, PackError
+from .pack import PackError  # noqa: F401 (re-exported)
 from .pack_policy import PackPolicy
+from .request_checks import (EmptyPromptError, PromptTooLongError, StaleStreamError,  # noqa: F401 (re-exported)
+                             check_messages, check_user_prompt)
 from .text_engine import TextEngine
-
-PackLike = BehaviorPack | str | os.PathLike
 
 __all__ = ["Recipient", "GenerationStats", "EngineError", "EmptyPromptError", "PromptTooLongError",
            "PositionsError", "StrengthError", "StaleStreamError", "PackError"]
-
-
-class EmptyPromptError(EngineError):
-    """The prompt (or message list / token list) is empty."""
-
-
-class PromptTooLongError(EngineError):
-    """The prompt has more tokens than the context holds."""
-
-
-class StaleStreamError(EngineError):
-    """A streamed generation was continued after a newer request reused the context."""
-
-
-def as_token_ids(ids) -> list[int]:
-    """``ids`` as a list of ints (:class:`EngineError` for text or non-integers)."""
-    if isinstance(ids, (str, bytes)):
-        raise EngineError("token_ids must be a sequence of integers (use generate() for text)")
-    try:
-        return [int(t) for t in ids]
-    except (TypeError, ValueError):
-        raise EngineError("token_ids must be a sequence of integers") from None
-
-
-def check_user_prompt(prompt) -> None:
-    """Refuse a user prompt that is not a string or is blank."""
-    if not isinstance(prompt, str):
-        raise EngineError(f"prompt must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise EmptyPromptError("prompt is empty")
-
-
-def check_messages(messages) -> None:
-    """Refuse a conversation that is not a non-empty list of ``{'role': str, 'content': str}`` dicts."""
-    if isinstance(messages, (str, bytes)) or not messages:
-        raise EmptyPromptError("messages must be a non-empty list of {'role', 'content'} dicts")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise EngineError(f"message {i} must be a dict with string 'role' and 'content'")
-
-
-def check_prompt(ids: list[int], n_ctx: int, n_vocab: int) -> None:
-    """Refuse an empty prompt, one longer than the context, or ids outside the vocabulary."""
-    if not ids:
-        raise EmptyPromptError("prompt has no tokens")
-    if len(ids) > n_ctx:
-        raise PromptTooLongError(f"prompt has {len(ids)} tokens, longer than the context of {n_ctx} tokens")
-    bad = [t for t in ids if not 0 <= t < n_vocab]
-    if bad:
-        raise EngineError(f"token ids outside the vocabulary [0, {n_vocab}): {bad[:5]}")
 
 
 @dataclass
@@ -205,23 +155,12 @@ class Recipient(TextEngine):
         return [t for t in range(self.model.n_vocab) if self.is_eog(t)]
 
     # ------------------------------------------------------------------ packs
-    def load_packs(self, packs: PackLike | Sequence[PackLike] | None, force: bool | None = None) -> list[BehaviorPack]:
-        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit."""
-        if packs is None:
-            return []
-        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
-            packs = [packs]
-        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
-        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
-                    self.force if force is None else bool(force))
-        return out
+    @property
+    def n_vocab(self) -> int:
+        return self.model.n_vocab
 
     def _prepare(self, ids: Sequence[int], packs, strengths, force, rows=None):
-        ids = as_token_ids(ids)
-        loaded = self.load_packs(packs, force)
-        s = normalize_strengths(len(loaded), strengths)
-        self.policy.check_size(loaded, s, self.reference_states)
-        check_prompt(ids, self.n_ctx, self.model.n_vocab)
+        ids, loaded, s = self._checked_request(ids, packs, strengths, force)
         return ids, compile_entries(loaded, s, len(ids), rows)
 
     # ------------------------------------------------------------------ prompt pass

@@ -25,14 +25,15 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .chat_template import render_chat, user_turn
-from .llama_edit import EngineError, check_packs, normalize_strengths
-from .llama_engine import GenerationStats, as_token_ids, check_messages, check_prompt, check_user_prompt
+from .llama_edit import EngineError
+from .llama_engine import GenerationStats
 from .llama_sampling import Sampler, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds
 from .onnx_files import MODEL_FILE, TOKENIZER_FILE, check_io, find_onnx_model, onnx_export_dir, open_session
 from .onnx_surgery import OnnxMeta, OnnxModelError
 from .pack import BehaviorPack, PackError
 from .pack_policy import PackPolicy
+from .request_checks import check_messages, check_user_prompt
 from .text_engine import TextEngine
 
 __all__ = ["OnnxRecipient", "OnnxModelError", "onnx_export_dir", "find_onnx_model", "MODEL_FILE", "TOKENIZER_FILE"]
@@ -107,17 +108,8 @@ class OnnxRecipient(TextEngine):
 
     # ------------------------------------------------------------------ packs
     def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
-        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit."""
-        if packs is None:
-            return []
-        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
-            packs = [packs]
-        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
-        for p in out:
-            if isinstance(p, BehaviorPack):
-                p.validate()  # in-memory packs too: shapes and values reach the graph as inputs
-        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
-                    self.force if force is None else bool(force))
+        """:meth:`TextEngine.load_packs`, plus: this ONNX file must have pack sites."""
+        out = super().load_packs(packs, force)
         if out and self.info.pack_mode == "none":
             raise PackError(f"ONNX file {self.path} has no pack sites; export it with pack inputs (the default of "
                             "cmdv onnx export) or bake the pack in (cmdv onnx export --pack)")
@@ -162,13 +154,12 @@ class OnnxRecipient(TextEngine):
         logits = np.concatenate(logits) if all_logits else logits[-1]
         return logits, {i: np.concatenate(h) for i, h in enumerate(hidden)}, past
 
+    @property
+    def n_vocab(self) -> int:
+        return int(self.info.n_vocab)
+
     def _prepare(self, ids, packs, strengths, force):
-        ids = as_token_ids(ids)
-        loaded = self.load_packs(packs, force)
-        s = normalize_strengths(len(loaded), strengths)
-        self.policy.check_size(loaded, s, self.reference_states)
-        check_prompt(ids, self.n_ctx, self.info.n_vocab)
-        return ids, loaded, s
+        return self._checked_request(ids, packs, strengths, force)
 
     def prompt_pass(self, ids: Sequence[int], packs=(), strengths=None, record_layers: bool = False,
                     all_logits: bool = False, rows: Sequence[int] | None = None, force: bool | None = None):

@@ -1,15 +1,20 @@
-"""What the llama.cpp and ONNX Runtime engines share: identity properties, ``generate``/``chat``,
-stop-string streaming and the reference states of the edit-size check. Each engine supplies ``info``,
-``n_layer``, ``_reference`` (None), ``encode``, ``encode_chat``, ``prompt_pass``, ``_text`` and ``close``."""
+"""What the llama.cpp and ONNX Runtime engines share: identity properties, pack loading and request
+checks, ``generate``/``chat``, stop-string streaming and the reference states of the edit-size check.
+Each engine supplies ``info``, ``n_layer``, ``d_model``, ``n_ctx``, ``n_vocab``, ``force``, ``policy``,
+``_reference`` (None), ``encode``, ``encode_chat``, ``prompt_pass``, ``_text`` and ``close``."""
 
 from __future__ import annotations
 
+import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .llama_edit import check_packs, normalize_strengths
 from .llama_sampling import stream_text
+from .pack import BehaviorPack, PackError
 from .pack_policy import reference_states
+from .request_checks import as_token_ids, check_prompt
 
 
 class TextEngine:
@@ -26,6 +31,37 @@ class TextEngine:
     @property
     def arch(self) -> str:
         return self.info.arch
+
+    def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
+        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit.
+
+        Files are read under :attr:`policy` (signatures, validation); in-memory packs are validated here,
+        since their shapes and values reach the engine just the same."""
+        if packs is None:
+            return []
+        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
+            packs = [packs]
+        out = []
+        for p in packs:
+            if isinstance(p, BehaviorPack):
+                p.validate()
+                out.append(p)
+            elif isinstance(p, (str, os.PathLike)):
+                out.append(self.policy.load(p))
+            else:
+                raise PackError(f"expected a BehaviorPack or a pack file, got {type(p).__name__}")
+        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
+                    self.force if force is None else bool(force))
+        return out
+
+    def _checked_request(self, ids: Sequence[int], packs, strengths, force):
+        """Token ids, packs, strengths of one request, all checked → ``(ids, packs, strengths)``."""
+        ids = as_token_ids(ids)
+        loaded = self.load_packs(packs, force)
+        s = normalize_strengths(len(loaded), strengths)
+        self.policy.check_size(loaded, s, self.reference_states)
+        check_prompt(ids, self.n_ctx, self.n_vocab)
+        return ids, loaded, s
 
     def reference_states(self) -> dict[int, np.ndarray]:
         """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the chat-rendered

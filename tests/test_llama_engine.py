@@ -216,6 +216,17 @@ def test_bad_input_gives_clear_errors_and_model_stays_usable(rec, pack, tmp_path
         assert rec.generate(PROMPT, packs=[pack], max_tokens=6) == want, msg
 
 
+def test_in_memory_packs_are_validated_like_files(rec, pack):
+    """A BehaviorPack object is checked like a pack file: a NaN in C, or a non-pack object, is refused."""
+    bad = random_pack(layers=(2,), seed=1, fingerprint=rec.fingerprint)
+    bad.entries[0].C[0, 0] = np.nan
+    with pytest.raises(PackError, match="tensor C has NaN"):
+        rec.generate(PROMPT, packs=[bad], max_tokens=2)
+    with pytest.raises(PackError, match="expected a BehaviorPack or a pack file, got int"):
+        rec.generate(PROMPT, packs=[3], max_tokens=2)
+    assert rec.generate(PROMPT, packs=[pack], max_tokens=4) == rec.generate(PROMPT, packs=pack, max_tokens=4)
+
+
 def test_force_allows_other_fingerprint_only(rec):
     other = random_pack(layers=(1,), seed=1, fingerprint="f" * 64, arch="qwen2")
     same = random_pack(layers=(1,), seed=1, fingerprint=rec.fingerprint)

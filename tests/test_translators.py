@@ -113,7 +113,7 @@ def test_float32_gram_fast_path_matches_float64_pinv():
     rng = np.random.default_rng(11)
     X = rng.standard_normal((200, 700)).astype(np.float32)
     f = factorize(X)
-    assert f.gram == "float32" and f.L is not None and f.rank == 200
+    assert f.gram == "float32" and f.L is not None and f.L.dtype == np.float32 and f.rank == 200
     Y = rng.standard_normal((200, 9))
     assert rel(f.pinv_times(Y), ref_pinv_times(X, Y)) < 1e-5
     M = rng.standard_normal((4, 700))
@@ -166,3 +166,18 @@ def test_triangular_solver_matches_numpy(n, block):
     t = TriangularSolver(L, block=block)
     assert np.allclose(t.solve_lower(Y), np.linalg.solve(L, Y), rtol=1e-10, atol=1e-12)
     assert np.allclose(t.solve_upper(Y), np.linalg.solve(L.T, Y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [100, 300])
+def test_triangular_solver_float32_default_block(n):
+    """float32 factors (the float32-Gram path) use their own default block; results stay float32
+    and agree with a float64 solve to float32 precision."""
+    from commandv.exporter.triangular import TriangularSolver
+
+    rng = np.random.default_rng(n)
+    L = np.tril(rng.standard_normal((n, n))) / n + np.eye(n)
+    Y = rng.standard_normal((n, 4))
+    t = TriangularSolver(L.astype(np.float32))
+    lo, up = t.solve_lower(Y.astype(np.float32)), t.solve_upper(Y.astype(np.float32))
+    assert lo.dtype == up.dtype == np.float32
+    assert rel(lo, np.linalg.solve(L, Y)) < 1e-5 and rel(up, np.linalg.solve(L.T, Y)) < 1e-5
