@@ -14,7 +14,7 @@ A :class:`PackPolicy` bundles the two checks an engine makes on untrusted packs:
 Defaults come from the environment: ``COMMANDV_PACK_POLICY`` (default ``warn``),
 ``COMMANDV_MAX_DELTA_NORM`` (default: no limit). Packs passed as
 :class:`~.pack.BehaviorPack` objects were built or loaded in-process and are not
-re-checked for signatures (the size check still applies).
+re-checked for signatures (they are validated, and the size check still applies).
 """
 
 from __future__ import annotations
@@ -96,6 +96,26 @@ class PackPolicy:
         if self.signatures == "off":
             return load_pack_checked(path, "off")
         return load_pack_checked(Path(path), self.signatures, self.keys())
+
+    def read_packs(self, packs) -> list[BehaviorPack]:
+        """An engine's ``packs`` argument (None, one pack or file, or a list of them) → validated packs.
+
+        Files go through :meth:`load`; in-memory packs are validated, since their shapes and values reach
+        the engine just the same; anything else is a :class:`PackError`."""
+        if packs is None:
+            return []
+        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
+            packs = [packs]
+        out = []
+        for p in packs:
+            if isinstance(p, BehaviorPack):
+                p.validate()
+                out.append(p)
+            elif isinstance(p, (str, os.PathLike)):
+                out.append(self.load(p))
+            else:
+                raise PackError(f"expected a BehaviorPack or a pack file, got {type(p).__name__}")
+        return out
 
     def check_size(self, packs: Sequence[BehaviorPack], strengths: Sequence[float],
                    reference: Callable[[], dict[int, np.ndarray]]) -> None:

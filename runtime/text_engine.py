@@ -5,14 +5,13 @@ Each engine supplies ``info``, ``n_layer``, ``d_model``, ``n_ctx``, ``n_vocab``,
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .llama_edit import check_packs, normalize_strengths
 from .llama_sampling import stream_text
-from .pack import BehaviorPack, PackError
+from .pack import BehaviorPack
 from .pack_policy import reference_states
 from .request_checks import as_token_ids, check_prompt
 
@@ -33,23 +32,9 @@ class TextEngine:
         return self.info.arch
 
     def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
-        """Packs (objects or files) checked against this model; :class:`PackError` if one does not fit.
-
-        Files are read under :attr:`policy` (signatures, validation); in-memory packs are validated here,
-        since their shapes and values reach the engine just the same."""
-        if packs is None:
-            return []
-        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
-            packs = [packs]
-        out = []
-        for p in packs:
-            if isinstance(p, BehaviorPack):
-                p.validate()
-                out.append(p)
-            elif isinstance(p, (str, os.PathLike)):
-                out.append(self.policy.load(p))
-            else:
-                raise PackError(f"expected a BehaviorPack or a pack file, got {type(p).__name__}")
+        """Packs (objects or files, :meth:`PackPolicy.read_packs`) checked against this model;
+        :class:`PackError` if one does not fit."""
+        out = self.policy.read_packs(packs)
         check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
                     self.force if force is None else bool(force))
         return out

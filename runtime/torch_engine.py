@@ -155,9 +155,9 @@ class TorchRecipient:
 
     def load_packs(self, packs: Sequence, strengths: Sequence[float] | None = None,
                    force: bool = False) -> list[BehaviorPack]:
-        """Packs (objects or files, files read under ``self.policy``), checked against this model and
+        """Packs (objects or files, :meth:`PackPolicy.read_packs`), checked against this model and
         against the policy's edit-size limit."""
-        out = [p if isinstance(p, BehaviorPack) else self.policy.load(p) for p in packs]
+        out = self.policy.read_packs(packs)
         for p in out:
             self.check_pack(p, force)
         self.policy.check_size(out, normalize_strengths(len(out), strengths), self.reference_states)

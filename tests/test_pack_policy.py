@@ -35,6 +35,21 @@ def test_policy_values_and_env(monkeypatch):
     assert PackPolicy.from_env() == PackPolicy("warn")
 
 
+def test_read_packs_validates_objects_and_refuses_other_things(tmp_path):
+    """What every engine's ``packs`` argument goes through: None, one pack, a file, a list."""
+    pol = PackPolicy(signatures="off")
+    good = random_pack(layers=(1,), seed=2)
+    path = good.save(tmp_path / "p.gguf")
+    assert pol.read_packs(None) == [] and pol.read_packs(good) == [good]
+    assert [p.name for p in pol.read_packs([good, path])] == [good.name, good.name]
+    bad = random_pack(layers=(1,), seed=2)
+    bad.entries[0].A[0, 0] = np.inf
+    with pytest.raises(PackError, match="tensor A has NaN or Inf"):
+        pol.read_packs([bad])
+    with pytest.raises(PackError, match="expected a BehaviorPack or a pack file, got dict"):
+        pol.read_packs([{}])
+
+
 def test_delta_norm_ratios_match_a_written_out_formula():
     pack = random_pack(layers=(1, 1, 3), seed=4, act="silu", pq=True, offset=True, strength=0.7)
     rng = np.random.default_rng(0)
