@@ -86,22 +86,22 @@ class Behavior:
 
 
 def eval_data_dir() -> Path:
-    """The third-party evaluation data folder: ``$COMMANDV_EVAL_DATA``, else ``<repo>/../shared/data``,
-    else ``/work/shared/data`` (where a clone outside the workspace finds it), else the first (missing)."""
+    """The third-party evaluation data folder: ``$COMMANDV_EVAL_DATA``, else ``$COMMANDV_SHARED/data``,
+    else ``../shared/data`` beside the checkout (it may be missing: readers then say which file)."""
     env = os.environ.get("COMMANDV_EVAL_DATA")
     if env:
         return Path(env).expanduser()
-    beside = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    for cand in (beside, Path("/work/shared/data")):
-        if cand.is_dir():
-            return cand
-    return beside
+    shared = os.environ.get("COMMANDV_SHARED")
+    if shared:
+        return Path(shared).expanduser() / "data"
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _read_jsonl(name: str) -> list[dict]:
     path = eval_data_dir() / name
     if not path.is_file():
-        raise BehaviorError(f"evaluation data file not found: {path} (set COMMANDV_EVAL_DATA to its folder)")
+        raise BehaviorError(f"evaluation data file not found: {path} (set COMMANDV_EVAL_DATA to its folder, "
+                            "or COMMANDV_SHARED to the folder holding data/)")
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():

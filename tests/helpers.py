@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
+
+
+def shared_dir() -> Path:
+    """The workspace's shared folder (evaluation data, the seed authors' adapter): ``$COMMANDV_SHARED``,
+    else ``../shared`` beside the checkout. Tests that need it skip when it is missing."""
+    env = os.environ.get("COMMANDV_SHARED")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,11 +21,12 @@ torch = pytest.importorskip("torch")
 
 from commandv.exporter.adapters import Adapter, adapter_hash, load_adapter  # noqa: E402
 from commandv.exporter.interventions import AdapterError  # noqa: E402
+from tests.helpers import shared_dir  # noqa: E402
 from tests.pyreft_fixtures import pyreft_apply, save_reft_adapter  # noqa: E402
 
 D, RANK, LAYERS = 32, 4, (0, 2)
 KEY = "layer_{}_comp_block_output_unit_pos_nunit_1#0"
-REAL = Path("/work/shared/adapters/llama3.2-3b-instruct-cot-nodireft")
+REAL = shared_dir() / "adapters" / "llama3.2-3b-instruct-cot-nodireft"
 REAL_LAYERS = list(range(0, 27, 2))
 # adapter_hash of the authors' folder (config.json + 14 intkey files); pinned so a change is noticed
 REAL_SHA256 = "65c6ebc7a2bc6c9194be0d762df0b1763abd89f28f4468fbd7c15c2d119b1c8e"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from commandv.exporter.behaviors import eval_data_dir
 from commandv.profiles import prompt_bank
 from commandv.profiles.prompts import (
     BUILTIN_SETS,
@@ -20,7 +21,7 @@ from commandv.profiles.prompts import (
 )
 
 DATA_FILE = Path(prompt_bank.__file__).resolve().parent / "data" / "general_v1.jsonl"
-HARMLESS = Path("/work/shared/data/harmless_probes.jsonl")
+HARMLESS = eval_data_dir() / "harmless_probes.jsonl"
 # general_v1 is frozen: a changed generator must produce a new set (general_v2), not rewrite v1.
 GENERAL_V1_SHA256 = "af0e7d0d6a3fd5055ffb39fcb80eb846187e656af3b3abc3a6d152d9758bc386"
 
