@@ -26,7 +26,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         model: str = typer.Argument(..., help="zoo key, .gguf file (via its dequantized HF copy) or HF folder"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default: the cache, where "
                                            "`cmdv run --engine onnx MODEL` finds it)"),
-        quant: str = typer.Option("fp32", help="fp32, int8 (dynamic, per channel) or int4 (MatMulNBits)"),
+        quant: str = typer.Option("fp32", help="fp32, int8 (MatMulNBits 8-bit, symmetric, blocks of 32) or int4 (MatMulNBits 4-bit; head 8-bit)"),
         pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="bake this pack in (repeatable)"),
         plain: bool = typer.Option(False, "--plain", help="no pack sites at all"),
         max_rank: int = typer.Option(16, help="pack-input slots: largest rank"),

@@ -64,7 +64,7 @@ class OnnxRecipient(TextEngine):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(tok_path))
-        self.n_ctx = int(min(n_ctx or 4096, self.info.n_ctx_train))
+        self.n_ctx = int(min(4096 if n_ctx is None else n_ctx, self.info.n_ctx_train))
         if self.n_ctx < 1 or int(n_ubatch) < 1:
             raise EngineError(f"n_ctx and n_ubatch must be >= 1, got {n_ctx} and {n_ubatch}")
         self.n_ubatch = int(n_ubatch)

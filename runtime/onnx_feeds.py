@@ -39,16 +39,32 @@ def target_rows(positions: str, n: int, rows: Sequence[int] | None, where: str) 
 
 
 def _baked(meta: OnnxMeta, packs, strengths, n, rows, where, mask) -> None:
+    """Masks for baked packs. The graph applies each baked pack once, in bake order, so a request that
+    repeats a pack, or orders two packs that edit a common layer differently, is refused (other engines
+    apply packs in list order, each time they are listed)."""
     digests = [b["digest"] for b in meta.baked]
-    for pack, s in zip(packs, strengths):
+    order = []
+    for pack in packs:
         dg = pack_digest(pack)
         if dg not in digests:
             names = ", ".join(b["name"] for b in meta.baked)
             raise PackError(f"pack {pack.name!r} is not baked into {where} (it holds: {names}); use a "
                             "pack-inputs export (the default of cmdv onnx export) to run any pack")
+        if digests.index(dg) in order:
+            raise PackError(f"pack {pack.name!r} is given twice, but {where} has it baked in once; use a "
+                            "pack-inputs export to apply a pack more than once")
+        order.append(digests.index(dg))
+    for i, a in enumerate(packs):
+        for j in range(i + 1, len(packs)):
+            common = sorted(set(a.layers) & set(packs[j].layers))
+            if order[i] > order[j] and common:
+                raise PackError(f"packs {a.name!r} and {packs[j].name!r} both edit layer {common[0]} and {where} "
+                                f"applies them in the order they were baked ({packs[j].name!r} first); give them "
+                                "in that order or use a pack-inputs export")
+    for pack, s, k in zip(packs, strengths, order):
         if s == 0.0:
             continue
-        for site in (x for x in meta.sites if x["pack"] == digests.index(dg)):
+        for site in (x for x in meta.sites if x["pack"] == k):
             mask(site["mask"], target_rows(site["positions"], n, rows, f"pack {pack.name!r}"), s)
 
 

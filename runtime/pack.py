@@ -85,6 +85,8 @@ class PackEntry:
             raise PackError(f"{where}: {exc}") from None
         if not math.isfinite(float(self.strength)):
             raise PackError(f"{where}: strength {self.strength} is not finite")
+        if abs(float(self.strength)) > MAX_ABS_VALUE:
+            raise PackError(f"{where}: strength {float(self.strength):g} beyond ±{MAX_ABS_VALUE:g}")
         for name in ("A", "b", "C"):
             if getattr(self, name) is None:
                 raise PackError(f"{where}: tensor {name} missing")
@@ -187,13 +189,23 @@ class BehaviorPack:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike, dtype: str = "f32") -> Path:
-        """Validate and write the pack atomically as GGUF; ``dtype`` is ``f32`` or ``f16``."""
-        from .pack_gguf import write_pack
+        """Validate and write the pack atomically as GGUF; ``dtype`` is ``f32`` or ``f16``.
+
+        The written file is read back with the loader's checks before it replaces ``path``, so a
+        pack that :meth:`load` would refuse (e.g. values beyond the f16 range, malformed
+        diagnostics) raises :class:`PackError` and leaves ``path`` untouched.
+        """
+        from .pack_gguf import read_pack, write_pack
 
         self.validate()
         path = Path(path)
         with atomic_path(path) as tmp:
             write_pack(self, tmp, dtype=dtype)
+            try:
+                read_pack(tmp).validate()
+            except PackError as exc:
+                raise PackError(f"refusing to write {path}: the written pack would not load: "
+                                f"{str(exc).replace(str(tmp), str(path))}") from None
         return path
 
     @classmethod

@@ -40,6 +40,7 @@ from .pack import (
 )
 
 _TENSORS = ("A", "b", "C", "P", "Q", "e")
+F16_MAX = float(np.finfo(np.float16).max)
 
 
 def write_pack(pack: BehaviorPack, path: Path, dtype: str = "f32") -> None:
@@ -72,6 +73,9 @@ def write_pack(pack: BehaviorPack, path: Path, dtype: str = "f32") -> None:
         for name in _TENSORS:
             t = getattr(e, name)
             if t is not None:
+                if dtype == "f16" and t.size and float(np.max(np.abs(t))) > F16_MAX:
+                    raise PackError(f"entry {i}: tensor {name} has values beyond the f16 range ±{F16_MAX:g} "
+                                    "(save as f32)")
                 w.add_tensor(f"entry.{i}.{name}", np.ascontiguousarray(t, dtype=np_dtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()

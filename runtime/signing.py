@@ -294,12 +294,21 @@ def verify_bytes(data: bytes, sig_text: bytes | None, trusted: Iterable[TrustedK
 
 
 def _read_sig(path: Path) -> bytes | None:
+    """The bytes of ``<path>.sig`` (``None`` when there is none); at most :data:`MAX_SIG_BYTES` are read,
+    so a huge file, a FIFO or a link to a device cannot exhaust memory or block."""
     sp = signature_path(path)
-    if not sp.exists():
+    if not os.path.lexists(sp):
         return None
-    if sp.stat().st_size > MAX_SIG_BYTES:
+    if not sp.is_file():
+        raise SignatureError(f"{sp}: malformed signature file (not a regular file)")
+    try:
+        with open(sp, "rb") as fh:
+            data = fh.read(MAX_SIG_BYTES + 1)
+    except OSError as exc:
+        raise SignatureError(f"{sp}: cannot read the signature file ({exc.strerror or exc})") from None
+    if len(data) > MAX_SIG_BYTES:
         raise SignatureError(f"{sp}: malformed signature file (larger than {MAX_SIG_BYTES} bytes)")
-    return sp.read_bytes()
+    return data
 
 
 def verify_pack(path: str | os.PathLike, trusted: Iterable[TrustedKey]) -> str:

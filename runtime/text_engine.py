@@ -50,10 +50,12 @@ class TextEngine:
 
     def reference_states(self) -> dict[int, np.ndarray]:
         """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the chat-rendered
-        :data:`~.pack_policy.REFERENCE_PROMPTS` (computed once; edit-size checks)."""
+        :data:`~.pack_policy.REFERENCE_PROMPTS` (raw text for a model without a chat template; computed
+        once; edit-size checks)."""
         if self._reference is None:
+            chat = self.chat_template is not None
             self._reference = reference_states(
-                lambda p: self.prompt_pass(self.encode(p), record_layers=True)[1], self.n_layer)
+                lambda p: self.prompt_pass(self.encode(p, template=chat), record_layers=True)[1], self.n_layer)
         return self._reference
 
     def _stream(self, toks: Iterator[int], token_bytes: Iterable[bytes], stops: Sequence[str], stream: bool):

@@ -164,10 +164,12 @@ class TorchRecipient:
         return out
 
     def reference_states(self) -> dict:
-        """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts."""
+        """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts (chat-rendered,
+        raw text for a model without a chat template)."""
         if self._reference is None:
+            chat = getattr(self.tokenizer, "chat_template", None) is not None
             self._reference = reference_states(
-                lambda p: self.prompt_forward(self.encode(p), [], record_hidden=True)[1], self.n_layer)
+                lambda p: self.prompt_forward(self.encode(p, template=chat), [], record_hidden=True)[1], self.n_layer)
         return self._reference
 
     def prompt_forward(self, ids: list[int], edits: list[Edit], record_hidden: bool = False):

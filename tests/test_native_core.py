@@ -278,6 +278,29 @@ def test_bad_corpus_refused_under_asan(asan_tool):
     assert not wrong, "\n".join(wrong)
 
 
+def test_strength_bound_same_as_python(asan_tool, tmp_path):
+    """Entry strengths beyond ±1e6 (MAX_ABS_VALUE, like tensor values) are refused by both readers with the same
+    message; the bound itself is accepted."""
+    from commandv.runtime.pack_gguf import parse_pack
+    from tests.make_bad_corpus import base, patch
+
+    data, enc = base()
+    files, want = [], []
+    for k, s in enumerate((1e6, -1e6, 2e6, -3.0e38)):
+        f = tmp_path / f"s{k}.gguf"
+        f.write_bytes(patch(data, enc.off["kv:commandv.entry.0.strength"] + 4, struct.pack("<f", s)))
+        files.append(f)
+        try:
+            parse_pack(f.read_bytes(), str(f)).validate()
+            want.append(None)
+        except PackError as exc:
+            want.append(str(exc))
+    assert want[:2] == [None, None] and all("beyond ±1e+06" in w for w in want[2:])
+    got = run_pack_tool(asan_tool, files)
+    assert [v["code"] == 0 for v in got] == [True, True, False, False]
+    assert [v["msg"] for v in got[2:]] == want[2:]
+
+
 def test_mutated_packs_same_verdict_as_python(asan_tool, tmp_path):
     """Differential fuzz: 600 mutants of valid packs (tests/fuzz_targets.py), C reader under ASan vs Python.
     Same verdict on every file (except the documented ggml-only refusals of odd tensor data layouts) and the

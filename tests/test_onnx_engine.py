@@ -21,6 +21,7 @@ import onnxruntime as ort  # noqa: E402
 
 from commandv.runtime.lowrank import ACTIVATIONS  # noqa: E402
 from commandv.runtime.llama_edit import PositionsError  # noqa: E402
+from commandv.runtime.llama_edit import EngineError  # noqa: E402
 from commandv.runtime.onnx_engine import OnnxModelError, OnnxRecipient, find_onnx_model  # noqa: E402
 from commandv.runtime.onnx_surgery import add_pack_slots, bake_packs  # noqa: E402
 from commandv.runtime.pack import BehaviorPack, PackEntry, PackError  # noqa: E402
@@ -212,6 +213,10 @@ def test_bad_inputs_are_named(env, tmp_path):
         baked.prompt_pass(ids, [make_pack(fp, seed=11)])
     with pytest.raises(PackError, match="no pack sites"):
         plain.prompt_pass(ids, [env["pack"]])
+    with pytest.raises(PackError, match="'baked-one' is given twice.*baked in once"):
+        baked.prompt_pass(ids, [env["pack"], env["pack"]])
+    with pytest.raises(EngineError, match="n_ctx and n_ubatch must be >= 1, got 0"):
+        OnnxRecipient(env["plain"].folder, n_ctx=0)
     with pytest.raises(PositionsError, match="positions"):
         inputs.prompt_pass(ids[:2], [make_pack(fp, positions="l3")])
     # an ONNX file whose layer-2 output is not named hidden.2
@@ -345,3 +350,27 @@ def test_prompt_in_chunks_equals_one_pass(env):
     assert l5.shape == l1.shape and rel_err(l5, l1) < 1e-5 and max(rel_err(h5[i], h1[i]) for i in range(4)) < 1e-5
     assert rec.generate_ids(ids, [env["pack"]], max_tokens=8, stop_at_eog=False) == \
         one.generate_ids(ids, [env["pack"]], max_tokens=8, stop_at_eog=False)
+
+
+def test_baked_packs_keep_their_order(env, tiny_hf, tiny_gguf):
+    """A baked export applies its packs in bake order: a request giving two packs that edit a common layer in
+    the other order is refused; packs on different layers may come in any order (same result)."""
+    from commandv.exporter.onnx_export import export_model
+    from commandv.profiles.profiler import model_identity
+    from commandv.runtime.model_ref import resolve_model
+
+    fp, tr = env["fp"], env["torch"]
+    pa = make_pack(fp, layers=(1, 2), acts=("gelu", "relu"), seed=21, name="a")
+    pb = make_pack(fp, layers=(1,), acts=("tanh",), seed=22, positions="l1", name="b")
+    pc = make_pack(fp, layers=(3,), acts=("silu",), seed=23, name="c")
+    model, tok = tiny_hf
+    with _home(env["root"] / "home"):
+        ident = model_identity(resolve_model(str(tiny_gguf)))
+        exp = export_model(model, tok, ident, env["root"] / "baked-abc", packs=[pa, pb, pc], check=False)
+    rec = OnnxRecipient(exp.folder)
+    ids = rec.encode(PROMPT)
+    with pytest.raises(PackError, match="packs 'b' and 'a' both edit layer 1.*order they were baked"):
+        rec.prompt_pass(ids, [pb, pa])
+    _, ht = tr.prompt_forward(ids, pack_edits([pa, pb, pc], [1.0, 0.5, 2.0]), record_hidden=True)
+    _, ho = rec.prompt_pass(ids, [pc, pa, pb], strengths=[2.0, 1.0, 0.5], record_layers=True)  # c: no common layer
+    assert max(rel_err(ho[i], ht[i]) for i in range(4)) < 1e-4

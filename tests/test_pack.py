@@ -103,3 +103,39 @@ def test_check_model():
     with pytest.raises(PackError, match="made for model"):
         p.check_model("cd" * 32, "llama", 6, 16)
     p.check_model("cd" * 32, "qwen2", 6, 16, force=True)
+
+
+def test_strength_is_bounded(tmp_path):
+    from commandv.runtime.pack import MAX_ABS_VALUE
+
+    pack = make_pack()
+    pack.entries[0].strength = MAX_ABS_VALUE
+    pack.validate()
+    for s in (3e38, -2e6):
+        pack.entries[0].strength = s
+        with pytest.raises(PackError, match=r"entry 0: strength .* beyond ±1e\+06"):
+            pack.save(tmp_path / "p.gguf")
+    assert not (tmp_path / "p.gguf").exists()
+
+
+@pytest.mark.parametrize("case", ["f16 overflow", "diagnostics"])
+def test_save_never_writes_what_load_refuses(tmp_path, case):
+    """A pack that passes validate() but would not load back is refused by save, and an existing file at the
+    target is left as it was."""
+    target = tmp_path / "p.gguf"
+    good = make_pack()
+    good.save(target)
+    before = target.read_bytes()
+    pack = make_pack()
+    if case == "f16 overflow":
+        pack.entries[0].C[0, 0] = 1e5  # within ±1e6, beyond float16
+        with pytest.raises(PackError, match=r"tensor C has values beyond the f16 range ±65504 \(save as f32\)"):
+            pack.save(target, dtype="f16")
+        pack.save(tmp_path / "ok.gguf", dtype="f32")  # the same values are fine in f32
+    else:
+        pack.diagnostics = [{"note": "no layer keys"}]
+        with pytest.raises(PackError, match=f"refusing to write {target}: the written pack would not load"):
+            pack.save(target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["ok.gguf", "p.gguf"] if case == "f16 overflow"
+                                                         else ["p.gguf"])

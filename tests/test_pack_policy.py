@@ -187,3 +187,23 @@ def test_soak_alternating_packs_match_fresh_runs(tiny_gguf, tmp_path):
     assert res["distinct_outputs"] >= 4  # the packs really change the output
     assert res["mismatches"] == []
     assert res["rss_growth_mb"] < 8.0, res
+
+
+@pytest.mark.llama
+def test_delta_norm_limit_on_a_model_without_chat_template(tiny_gguf_no_template):
+    """The edit-size check's reference prompts go in as raw text when the model has no chat template (they
+    cannot be chat-rendered, and the user's raw prompts are allowed)."""
+    pytest.importorskip("llama_cpp")
+    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.pack_policy import REFERENCE_PROMPTS
+
+    with Recipient(tiny_gguf_no_template, n_ctx=256, n_threads=1, policy=PackPolicy("off", max_delta_norm=1e6)) as r:
+        assert r.chat_template is None
+        pack = random_pack(layers=(1,), seed=3, act="silu", fingerprint=r.fingerprint, name="p")
+        states = r.reference_states()
+        _, hid = r.prompt_pass(r.encode(REFERENCE_PROMPTS[1], template=False), record_layers=True)
+        assert np.array_equal(states[2][1], hid[2][-1])
+        assert r.generate("rivers and seas", packs=[pack], template=False, max_tokens=2) is not None
+        r.policy = PackPolicy("off", max_delta_norm=1e-6)
+        with pytest.raises(DeltaNormError, match="above the limit"):
+            r.generate("rivers and seas", packs=[pack], template=False, max_tokens=2)

@@ -197,3 +197,23 @@ def test_cli_keys_sign_verify(tmp_path, monkeypatch):
     pack.write_bytes(data[:100] + bytes([data[100] ^ 4]) + data[101:])
     res = run(app, ["verify", str(pack)])
     assert res.exit_code == 2 and "tampered" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("kind", ["directory", "device link", "fifo"])
+def test_odd_signature_files_are_refused_not_read(tmp_path, keys, pack, kind):
+    """``<pack>.sig`` that is not a regular file: a clear SignatureError (a warning under 'warn'), never an
+    unbounded read of /dev/zero, a blocked open of a FIFO, or an IsADirectoryError."""
+    import os
+
+    _, pub, _ = keys
+    sp = signature_path(pack)
+    if kind == "directory":
+        sp.mkdir()
+    elif kind == "device link":
+        sp.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(sp)
+    with pytest.raises(SignatureError, match="not a regular file"):
+        verify_pack(pack, [pub])
+    with pytest.warns(UnverifiedPackWarning, match="not a regular file"):
+        assert len(load_pack_checked(pack, "warn", [pub]).entries) == 2

@@ -500,6 +500,9 @@ static int validate_entry(reader *r, const cmdv_pack *p, uint32_t i, cmdv_pack_e
         cmdv_py_float_repr(fs, sizeof fs, e->strength);
         return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: strength %s is not finite", i, fs);
     }
+    if (fabs((double)e->strength) > CMDV_PACK_MAX_ABS_VALUE)
+        return cmdv_error_set(r->err, CMDV_PACK_ERR_ENTRY, "entry %u: strength %g beyond \xC2\xB1%g", i,
+                              (double)e->strength, CMDV_PACK_MAX_ABS_VALUE);
     const cmdv_gguf_tensor *T[N_T];
     for (int k = 0; k < N_T; k++) T[k] = r->slots[i][k] >= 0 ? &r->g.tensors[r->slots[i][k]] : NULL;
     char sh[96];
