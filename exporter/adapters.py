@@ -136,7 +136,7 @@ def load_adapter(
 ) -> Adapter:
     """Read a pyreft adapter folder into an :class:`Adapter`.
 
-    ``kind`` overrides/supplies the intervention type, ``act`` the activation
+    ``kind`` supplies the intervention type (folders without config.json; with one, it must agree), ``act`` the activation
     (pyreft never saves ``act_fn``; default ``linear`` as in pyreft), ``positions``
     the targeted positions (default: training_metadata.json, else ``l1``).
     With a config.json only its ``sorted_keys`` are read (as pyvene does); the
@@ -158,10 +158,12 @@ def load_adapter(
         types = config.get("intervention_types")
         if not isinstance(keys, list) or not isinstance(types, list) or len(keys) != len(types):
             raise AdapterError("config.json: sorted_keys and intervention_types missing or of different lengths")
+        if not all(isinstance(k, str) for k in keys) or not all(isinstance(t, str) for t in types):
+            raise AdapterError("config.json: sorted_keys and intervention_types must be lists of strings")
         for k, t in zip(keys, types):
             if k not in files:
                 raise AdapterError(f"config.json names intervention {k!r} but intkey_{k}.bin is missing")
-            types_by_key[k] = str(t)  # normalized when used: an explicit ``kind`` overrides it
+            types_by_key[k] = str(t)  # normalized when used; an explicit ``kind`` must agree with it
         # pyvene loads exactly the config's interventions: stray intkey files are not part of the adapter
         files = {k: files[k] for k in keys}
         if not files:
@@ -180,8 +182,18 @@ def load_adapter(
         components.add(component)
         if component not in SUPPORTED_COMPONENTS:
             raise AdapterError(f"{file.name}: component {component!r} not supported (only {SUPPORTED_COMPONENTS})")
-        k = normalize_type(kind) if kind else types_by_key.get(key)
-        k = normalize_type(k) if k else None
+        saved = types_by_key.get(key)
+        if saved and not kind:
+            saved = normalize_type(saved)
+        elif saved:  # an explicit type may name one config.json's type string does not; it may not contradict it
+            try:
+                saved = normalize_type(saved)
+            except AdapterError:
+                saved = None
+        k = normalize_type(kind) if kind else saved
+        if kind and saved and k != saved:
+            raise AdapterError(f"{file.name}: config.json says {saved} but the type given is {k}; drop the type "
+                               "(config.json decides) or fix config.json")
         try:
             edits.append(from_state_dict(_load_state(file), k, layer, act))
         except AdapterError as exc:

@@ -103,11 +103,15 @@ def _read_jsonl(name: str) -> list[dict]:
         raise BehaviorError(f"evaluation data file not found: {path} (set COMMANDV_EVAL_DATA to its folder, "
                             "or COMMANDV_SHARED to the folder holding data/)")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BehaviorError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; deep nesting recurses
                 raise BehaviorError(f"{path}: malformed JSON on line {lineno}") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
                 raise BehaviorError(f"{path}: line {lineno} has no string 'prompt'")

@@ -28,14 +28,15 @@ err = Console(stderr=True)
 
 def user_errors(fn: Callable) -> Callable:
     """Turn the project's user-facing errors (all ``ValueError``/``RuntimeError`` subclasses it defines,
-    plus missing files) into one red line and exit code 2."""
+    plus operating-system errors: missing files, a folder where a file goes, no permission, disk full)
+    into one red line and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            if not type(exc).__module__.startswith("commandv") and not isinstance(exc, FileNotFoundError):
+        except (ValueError, OSError, RuntimeError) as exc:
+            if not type(exc).__module__.startswith("commandv") and not isinstance(exc, OSError):
                 raise
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -82,7 +83,7 @@ def export_cmd(
     rcond: Optional[float] = typer.Option(None, help="drop translator singular values below rcond×σ_max (default: "
                                           "plain pinv). With as many profiling prompts as d or more, pinv fits noise "
                                           "(held-out R² < 0, delta_energy ≫ donor_delta_energy): try 3e-3"),
-    kind: Optional[str] = typer.Option(None, "--type", help="intervention type when the folder has no config.json"),
+    kind: Optional[str] = typer.Option(None, "--type", help="intervention type when the folder has no config.json (with one, it must agree)"),
     act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
     positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
     strength: float = typer.Option(1.0, help="default strength stored in the pack"),

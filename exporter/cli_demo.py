@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .cli_args import comma_list
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DONOR = "qwen2.5-coder-0.5b-instruct"
@@ -24,6 +27,15 @@ out = Console()
 def committed_adapter(donor: str, behavior: str) -> Path:
     """Where the project keeps the adapters it trained (``adapters/<donor>/<behavior>``)."""
     return REPO / "adapters" / donor / behavior
+
+
+def model_label(model: str) -> str:
+    """A file-name-safe label for a model argument: a zoo key as is, a path by its file name (no ``.gguf``)."""
+    from commandv.runtime import zoo
+
+    if model in zoo.ZOO:
+        return model
+    return re.sub(r"[^\w.-]+", "_", Path(model).name.removesuffix(".gguf")) or "model"
 
 
 def register(app: typer.Typer, user_errors) -> None:
@@ -50,7 +62,7 @@ def register(app: typer.Typer, user_errors) -> None:
         """Transfer a donor adapter and measure the behavior on the quantized recipient (JSON + Markdown + PNG)."""
         from .eval_pair import PairEvalSettings, run_pair_eval
 
-        s = PairEvalSettings(strengths=tuple(float(x) for x in strengths.split(",")), n_expected=n, n_unexpected=n,
+        s = PairEvalSettings(strengths=tuple(comma_list(strengths, float, "--strengths")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
                              profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
@@ -86,7 +98,7 @@ def register(app: typer.Typer, user_errors) -> None:
         rprof, _, _ = profile_model(recipient, "general", "gguf", limit=profile_prompts)
         out.print(f"[bold]2/3 exporting[/bold] {ad.kind} adapter ({len(ad.edits)} layers, rank {ad.edits[0].rank})")
         res = export_pack(ad, dprof, rprof, name=f"{behavior}-demo", donor_name=dprof.meta.model_name)
-        pack_path = Path.cwd() / f"{behavior}-{recipient}.pack.gguf"
+        pack_path = Path.cwd() / f"{behavior}-{model_label(recipient)}.pack.gguf"
         res.pack.save(pack_path)
         out.print(diagnostics_table(res.diagnostics))
         out.print(f"pack: {pack_path} ({pack_path.stat().st_size / 1e3:.1f} kB) — {res.pack.summary()}")

@@ -12,6 +12,8 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
+from .cli_args import comma_list
+
 _out = Console(highlight=False)
 
 
@@ -38,7 +40,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         """Write MODEL as an ONNX decoder with KV cache; by default with pack inputs at every layer."""
         from .onnx_export import export_onnx
 
-        lay = [int(x) for x in layers.split(",") if x.strip()] if layers else None
+        lay = comma_list(layers, int, "--layers") if layers else None
         res = export_onnx(model, out, quant=quant, packs=list(pack or []), pack_inputs=not plain,
                           max_rank=max_rank, max_pq_rank=max_pq_rank, layers=lay, force=force, check=not no_check)
         m = res.meta

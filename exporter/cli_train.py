@@ -46,18 +46,22 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     ) -> None:
         """Train a donor adapter, check it on held-out prompts, save it in pyreft's format."""
         from .behaviors import get_behavior
-        from .train import TrainSettings
+        from .train import TrainError, TrainSettings
         from .train_demo import DemoConfig, run_train_demo
 
         b = get_behavior(behavior)
-        if threads:
+        if threads is not None:
+            if threads < 1:
+                raise TrainError(f"--threads must be >= 1, got {threads}")
             import torch
 
             torch.set_num_threads(threads)
         settings = TrainSettings(intervention=intervention, rank=rank, layer_step=layer_step,
                                  lr=lr if lr is not None else b.defaults.get("lr", 4e-3),
-                                 epochs=epochs or b.defaults.get("epochs", 2), max_steps=steps,
-                                 batch_size=batch_size or b.defaults.get("batch_size", 8), seed=seed)
+                                 epochs=epochs if epochs is not None else b.defaults.get("epochs", 2), max_steps=steps,
+                                 batch_size=batch_size if batch_size is not None else b.defaults.get("batch_size", 8),
+                                 seed=seed)
+        settings.validate()  # before loading any model
         cfg = DemoConfig(donor=donor, behavior=behavior, out=out_dir, settings=settings, n_examples=examples,
                          max_prompt_tokens=max_prompt_tokens, n_eval=n_eval)
         res = run_train_demo(cfg, command=_command_line())

@@ -108,29 +108,33 @@ class PairReport:
 
     def figures(self, main_strength: float = 1.0) -> dict[str, tuple[float, str]]:
         """Issue-5 figures for this pair (``<pair>.offshelf_refusal`` …; for non-refusal behaviors the
-        same names with the behavior instead of ``refusal``)."""
+        same names with the behavior instead of ``refusal``). The figures of the transfer at
+        ``main_strength`` are left out when the sweep did not include that strength."""
         key, b = self.pair, ("refusal" if self.behavior == "refusal" else self.behavior)
         rg = "recovered_gain" if b == "refusal" else f"recovered_gain_{b}"  # issue-5 name for refusal
         off = self.by_label("recipient")
         tr = self.by_label(f"recipient+transfer@{main_strength:g}")
         direct = self.by_label("recipient+direct")
         donor_ad = self.by_label("donor+adapter")
-        out = {f"{key}.offshelf_{b}": (off.expected_rate, "rate"),
-               f"{key}.transferred_{b}": (tr.expected_rate, "rate")}
+        donor_off = self.by_label("donor")
+        out = {f"{key}.offshelf_{b}": (off.expected_rate, "rate")}
         if direct:
             out[f"{key}.direct_{b}"] = (direct.expected_rate, "rate")
-            gain = direct.expected_rate - off.expected_rate
-            out[f"{key}.{rg}"] = ((tr.expected_rate - off.expected_rate) / gain if gain else float("nan"),
-                                            "fraction")
         if donor_ad:
             out[f"{key}.donor_adapter_{b}"] = (donor_ad.expected_rate, "rate")
-        if off.n_unexpected:
-            out[f"{key}.over_{b}_delta_pts"] = (100 * (tr.unexpected_rate - off.unexpected_rate), "points")
-        out[f"{key}.utility_delta_pts_{b}"] = (100 * (tr.utility - off.utility), "points")
-        donor_off = self.by_label("donor")
-        if donor_ad and donor_off and donor_ad.expected_rate != donor_off.expected_rate:
-            out[f"{key}.donor_gain_recovered_{b}"] = (
-                (tr.expected_rate - off.expected_rate) / (donor_ad.expected_rate - donor_off.expected_rate), "fraction")
+        if tr is not None:
+            out[f"{key}.transferred_{b}"] = (tr.expected_rate, "rate")
+            if direct:
+                gain = direct.expected_rate - off.expected_rate
+                out[f"{key}.{rg}"] = ((tr.expected_rate - off.expected_rate) / gain if gain else float("nan"),
+                                      "fraction")
+            if off.n_unexpected:
+                out[f"{key}.over_{b}_delta_pts"] = (100 * (tr.unexpected_rate - off.unexpected_rate), "points")
+            out[f"{key}.utility_delta_pts_{b}"] = (100 * (tr.utility - off.utility), "points")
+            if donor_ad and donor_off and donor_ad.expected_rate != donor_off.expected_rate:
+                out[f"{key}.donor_gain_recovered_{b}"] = (
+                    (tr.expected_rate - off.expected_rate) / (donor_ad.expected_rate - donor_off.expected_rate),
+                    "fraction")
         best = self.best_transfer()
         if best is not None:
             out[f"{key}.best_strength_{b}"] = (best.strength, "x")

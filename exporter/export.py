@@ -112,7 +112,9 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     fit, held = holdout_rows(dm.n_prompts, holdout)
     entries, diags = [], []
     rows_key = (len(fit), int(fit.sum()))
-    for edit, (l_d, l_r) in zip(adapter.edits, lmap.pairs):
+    to_recipient = dict(lmap.pairs)
+    for edit in sorted(adapter.edits, key=lambda e: e.layer):  # donor-layer order, whatever the list's order
+        l_d, l_r = edit.layer, to_recipient[edit.layer]
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
         fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit], rcond)
         fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit], rcond)

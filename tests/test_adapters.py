@@ -227,6 +227,9 @@ def test_bad_config(tmp_path):
     (folder / "config.json").write_text(json.dumps([1, 2]))
     with pytest.raises(AdapterError, match="expected a JSON object"):
         load_adapter(folder)
+    (folder / "config.json").write_text(json.dumps({"sorted_keys": [["x"]], "intervention_types": ["NodiReFT"]}))
+    with pytest.raises(AdapterError, match="must be lists of strings"):
+        load_adapter(folder)
 
 
 def test_unknown_type_and_activation(tmp_path):
@@ -326,3 +329,12 @@ def test_hash_tracks_content(tmp_path):
     assert h1 != h0
     (folder / "training_metadata.json").write_text(json.dumps({"positions": "l1"}))
     assert load_adapter(folder).sha256 == h1  # metadata is not part of the weights hash
+
+
+def test_explicit_type_must_agree_with_config(pyreft, tmp_path):
+    """With a config.json the saved types decide; a different explicit type is an error, not a silent override
+    (NoReFT vs NodiReFT is not detectable from the weights and changes the edit)."""
+    save_reft_adapter(tmp_path / "ad", "NodiReFT", LAYERS, RANK, D, seed=4)
+    assert load_adapter(tmp_path / "ad", kind="nodireft").kind == "NodiReFT"
+    with pytest.raises(AdapterError, match="config.json says NodiReFT but the type given is NoReFT"):
+        load_adapter(tmp_path / "ad", kind="NoReFT")

@@ -58,6 +58,11 @@ def test_run_config_and_report(tmp_path):
     assert rep.best_transfer(max_utility_drop_pts=60).label == "recipient+transfer@1"
     assert "| recipient | 0% |" in rep.markdown()
     assert plot_report(rep, tmp_path / "r.png").stat().st_size > 1000
+    # a sweep without s=1: the figures of the main strength are left out, the rest stay
+    no_main = PairReport("a-to-b", "pirate", "a", "b", 8, [rep.configs[0], worse, direct], [])
+    g = no_main.figures()
+    assert "a-to-b.transferred_pirate" not in g and "a-to-b.utility_delta_pts_pirate" not in g
+    assert g["a-to-b.offshelf_pirate"][0] == 0.0 and g["a-to-b.direct_pirate"][0] == 1.0
 
 
 def test_pair_key():

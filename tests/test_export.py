@@ -78,3 +78,17 @@ def test_errors():
     ad, donor, recip = setup(LD=4)
     with pytest.raises(ExportError, match="out of range"):
         export_pack(ad, donor, recip)
+
+
+def test_edit_order_in_the_adapter_does_not_matter():
+    """Edits listed out of layer order (a hand-built Adapter) fold with their own layer's profiles and land at
+    their own recipient layer, exactly as when sorted."""
+    ad, donor, recip = setup()
+    want = export_pack(ad, donor, recip, holdout=0.2)
+    ad.edits = [ad.edits[2], ad.edits[0], ad.edits[1]]
+    got = export_pack(ad, donor, recip, holdout=0.2)
+    assert [(e.donor_layer, e.layer) for e in got.pack.entries] == [(e.donor_layer, e.layer) for e in want.pack.entries]
+    assert [(d["donor_layer"], d["recipient_layer"]) for d in got.diagnostics] == [
+        (e.donor_layer, e.layer) for e in want.pack.entries]
+    for a, b in zip(got.pack.entries, want.pack.entries):
+        assert np.array_equal(a.A, b.A) and np.array_equal(a.C, b.C)

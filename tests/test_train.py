@@ -207,6 +207,13 @@ def test_judges_and_behaviors(tmp_path, monkeypatch):
     probes = {p for p in used if p.startswith("harmless_probes")}
     assert probes == {f"harmless_probes.jsonl {i}" for i in range(5)}  # the second half stays held out
     assert {p.expect for p in refusal.eval_prompts() if p.label == "harmful"} == {True}
+    # broken data files: one error naming the file, not a UnicodeDecodeError / RecursionError
+    (tmp_path / "advbench.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(BehaviorError, match=r"advbench.jsonl: not UTF-8 text \(byte 15\)"):
+        get_behavior("refusal").train_specs()
+    (tmp_path / "advbench.jsonl").write_text("[" * 100000 + "\n")
+    with pytest.raises(BehaviorError, match="advbench.jsonl: malformed JSON on line 1"):
+        get_behavior("refusal").train_specs()
 
 
 def test_answer_cache_roundtrip(tiny_hf, tmp_path):

@@ -1,0 +1,36 @@
+"""Comma-separated CLI option values (exporter/cli_args.py) and the commands that take them."""
+
+import pytest
+from typer.testing import CliRunner
+
+from commandv.exporter.cli import app
+from commandv.exporter.cli_args import CliArgumentError, comma_list
+
+
+def test_comma_list():
+    assert comma_list("1, 2.5,,4", float, "--strengths") == [1.0, 2.5, 4.0]
+    assert comma_list("0,3", int, "--layers") == [0, 3] and comma_list("", int, "--layers") == []
+    with pytest.raises(CliArgumentError, match=r"--layers: 'a' is not an integer \(expected a comma-separated list\)"):
+        comma_list("0,a", int, "--layers")
+    with pytest.raises(CliArgumentError, match="--strengths: 'x' is not a number"):
+        comma_list("1,x", float, "--strengths")
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--behavior", "pirate", "--strengths", "1,x"],
+     "--strengths: 'x' is not a number"),
+    (["onnx", "export", "r.gguf", "--layers", "0,a"], "--layers: 'a' is not an integer"),
+])
+def test_bad_lists_are_one_error_line(argv, msg):
+    res = CliRunner().invoke(app, argv)
+    if "No such command" in res.output:
+        pytest.skip("command not registered (optional dependency missing)")
+    assert res.exit_code == 2 and f"error: {msg}" in res.output, res.output
+
+
+def test_demo_pack_name_from_a_model_path():
+    from commandv.exporter.cli_demo import model_label
+
+    assert model_label("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert model_label("/models/My Model.Q4_K_M.gguf") == "My_Model.Q4_K_M"
+    assert "/" not in model_label("/tmp/x/recip.gguf") and model_label("/tmp/x/recip.gguf") == "recip"
