@@ -20,6 +20,8 @@ def test_comma_list():
     (["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--behavior", "pirate", "--strengths", "1,x"],
      "--strengths: 'x' is not a number"),
     (["onnx", "export", "r.gguf", "--layers", "0,a"], "--layers: 'a' is not an integer"),
+    (["train-demo", "--donor", "d.gguf", "--behavior", "pirate", "--epochs", "0"], "rank, batch_size, epochs and layer_step must be >= 1"),
+    (["train-demo", "--donor", "d.gguf", "--behavior", "pirate", "--threads", "0"], "--threads must be >= 1, got 0"),
 ])
 def test_bad_lists_are_one_error_line(argv, msg):
     res = CliRunner().invoke(app, argv)
