@@ -54,7 +54,9 @@ def profile_cmd(
     batch: Optional[int] = typer.Option(None, help="prompts per forward batch (default: HF 8; GGUF 1 with the "
                                                      "shared template prefix decoded once, one context per thread)"),
     match: str = typer.Option("file", help="reuse a stored profile of the exact file ('file') or of any file "
-                                           "of the same network, e.g. another quantization ('network')"),
+                                           "of the same network with the same chat template, e.g. another "
+                                           "quantization ('network'; weights are not compared: not for "
+                                           "fine-tunes)"),
     force: bool = typer.Option(False, help="recompute even if stored"),
 ) -> None:
     """Record the last prompt token's residual stream after every block, for every prompt."""

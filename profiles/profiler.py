@@ -24,7 +24,8 @@ BACKENDS = ("gguf", "hf")
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a profile records about its model."""
+    """What a profile records about its model. ``template``: the chat template text (None: none), which
+    decides the profiled token, so a profile made with another template is never reused."""
 
     fingerprint: str
     network_fingerprint: str
@@ -32,27 +33,63 @@ class ModelIdentity:
     arch: str
     n_layer: int
     d_model: int
+    template: str | None = None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt")
+"""HF folder files besides config.json and the weights that change what a prompt renders or tokenizes to."""
 
 
 def model_identity(ref: ModelRef) -> ModelIdentity:
-    """Fingerprints and shape of a resolved model (GGUF header, or HF ``config.json`` + weight hashes)."""
+    """Fingerprints and shape of a resolved model: the GGUF header, or for an HF folder the sha256 of
+    ``config.json``, the weights and the tokenizer / chat template files."""
     if ref.kind == "gguf":
         info = model_info_from_gguf(ref.path)
-        return ModelIdentity(info.fingerprint, info.network_fingerprint, info.name, info.arch, info.n_layer, info.d_model)
+        return ModelIdentity(info.fingerprint, info.network_fingerprint, info.name, info.arch, info.n_layer,
+                             info.d_model, info.chat_template)
     folder = ref.folder
     try:
         cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelError(f"{folder}/config.json unreadable: {exc}") from None
-    cfg = cfg.get("text_config", cfg)
+    if isinstance(cfg, dict) and isinstance(cfg.get("text_config"), dict):
+        cfg = cfg["text_config"]
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{folder}/config.json is not a JSON object")
+    for key in ("num_hidden_layers", "hidden_size"):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool) or cfg[key] < 1:
+            raise ModelError(f"{folder}/config.json has no positive integer {key!r} (not a supported decoder "
+                             "config; the GGUF of the model works)")
     h = hashlib.sha256((folder / "config.json").read_bytes())
     for w in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         h.update(w.name.encode() + bytes.fromhex(file_fingerprint(w)))
+    for name in _TOKENIZER_FILES:
+        if (folder / name).is_file():
+            h.update(name.encode() + bytes.fromhex(file_fingerprint(folder / name)))
     net = hashlib.sha256(json.dumps({k: cfg.get(k) for k in (
         "model_type", "num_hidden_layers", "hidden_size", "vocab_size", "intermediate_size",
         "num_attention_heads", "num_key_value_heads")}, sort_keys=True).encode()).hexdigest()
     return ModelIdentity(h.hexdigest(), net, folder.name, str(cfg.get("model_type")),
-                         int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]))
+                         int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]), _hf_template(folder))
+
+
+def _hf_template(folder: Path) -> str | None:
+    """The chat template transformers would load from ``folder`` (chat_template.jinja, else
+    tokenizer_config.json's ``chat_template``), or None."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+    try:
+        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    t = tc.get("chat_template") if isinstance(tc, dict) else None
+    return t if isinstance(t, str) or t is None else json.dumps(t, sort_keys=True)
+
+
+def _check_batch(batch: int | None) -> None:
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ModelError(f"batch must be a positive integer, got {batch!r}")
 
 
 def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, backend: str,
@@ -64,19 +101,22 @@ def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, bac
     """
     import time
 
+    _check_batch(batch)
     t0 = time.perf_counter()
     if backend == "gguf":
         if ref.kind != "gguf":
             raise ModelError(f"backend 'gguf' needs a .gguf model, got {ref.kind} ({ref.spec}); use --backend hf")
         from .capture_gguf import capture_gguf
 
-        res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=batch or 1, progress=progress)
+        res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=1 if batch is None else batch,
+                           progress=progress)
     elif backend == "hf":
         from .capture_hf import capture_hf
         from .hf_models import load_hf_model
 
         model, tok, _ = load_hf_model(ref.spec if ref.zoo_key else str(ref.path), progress=progress)
-        res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=batch or 8, progress=progress)
+        res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=8 if batch is None else batch,
+                         progress=progress)
     else:
         raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     seconds = res.seconds or (time.perf_counter() - t0)
@@ -98,6 +138,7 @@ def profile_model(model: str, prompts: str | PromptSet = "general", backend: str
     """Get (or compute and store) a profile. Returns ``(profile, path, was_cached)``."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    _check_batch(batch)
     ps = prompts if isinstance(prompts, PromptSet) else load_prompt_set(prompts, limit=limit)
     ref = resolve_model(model)
     if backend == "gguf" and ref.kind != "gguf":
@@ -105,7 +146,8 @@ def profile_model(model: str, prompts: str | PromptSet = "general", backend: str
     ident = model_identity(ref)
     path = profile_path(ident.fingerprint, ps.sha256, backend, root)
     if not force:
-        hit = find_profile(ident.fingerprint, ps.sha256, backend, ident.network_fingerprint, match, root)
+        hit = find_profile(ident.fingerprint, ps.sha256, backend, ident.network_fingerprint, match, root,
+                           template=ident.template)
         if hit is not None:
             return hit, path, True
     prof = compute_profile(ref, ident, ps, backend, batch=batch, progress=progress)

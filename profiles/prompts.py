@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from commandv.runtime.pack_gguf import json_problem
+
 PACKAGE = "commandv.profiles"
 BUILTIN_SETS: dict[str, str] = {
     "general": "data/general_v1.jsonl",
@@ -61,18 +63,23 @@ def _parse_jsonl(text: str, where: str, field: str, default_prefix: str) -> list
     """Parse JSONL text into records; each gets ``"id"`` (str; ``PREFIX-LINENO`` when absent)."""
     records: list[dict] = []
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PromptSetError(f"{where}: malformed JSON on line {lineno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # syntax, nesting depth, ints over the digit limit
+            raise PromptSetError(f"{where}: malformed JSON on line {lineno}: {json_problem(exc)}") from None
         if not isinstance(obj, dict):
             raise PromptSetError(f"{where}: line {lineno} is not a JSON object")
         value = obj.get(field)
         if not isinstance(value, str) or not value.strip():
             raise PromptSetError(f"{where}: line {lineno} has no non-empty string {field!r} field")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PromptSetError(f"{where}: line {lineno}: {field!r} is not valid Unicode (a lone surrogate "
+                                 "escape such as \\ud800)") from None
         rid = obj.get("id", f"{default_prefix}-{lineno:05d}")
         if not isinstance(rid, (str, int)) or isinstance(rid, bool) or str(rid) == "":
             raise PromptSetError(f"{where}: line {lineno} has an invalid 'id' (want a non-empty string or integer)")
@@ -84,6 +91,12 @@ def _parse_jsonl(text: str, where: str, field: str, default_prefix: str) -> list
     if not records:
         raise PromptSetError(f"{where}: empty file (no prompts)")
     return records
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at ``\n`` only (``\r\n`` too): ``str.splitlines`` would also split inside a prompt at
+    U+2028, U+0085, form feeds and other characters JSON strings may hold raw."""
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
 
 
 def _read_text(path: Path) -> str:
@@ -117,7 +130,7 @@ def _load_builtin(name: str) -> tuple[str, list[str], list[str], str]:
 
 def _load_txt(p: Path) -> tuple[list[str], list[str]]:
     prompts, ids = [], []
-    for lineno, line in enumerate(_read_text(p).splitlines(), 1):
+    for lineno, line in enumerate(_lines(_read_text(p)), 1):
         if line.strip():
             prompts.append(line.strip())
             ids.append(f"{p.stem}-{lineno:05d}")

@@ -121,6 +121,13 @@ _MAX_LAYERS = 4096
 _MAX_DIM = 1 << 17
 
 
+_META_TYPES = {"model_fingerprint": str, "network_fingerprint": str, "model_name": str, "arch": str,
+               "prompt_set": str, "prompt_sha256": str, "backend": str, "template": (str, type(None)),
+               "rendered_example": str, "dtype": str, "tool_version": str, "seconds": (int, float),
+               "token_counts": list}
+_KIND_NAMES = {str: "a string", (str, type(None)): "a string or null", (int, float): "a number", list: "a list"}
+
+
 def _parse_meta(raw: str, path: Path) -> ProfileMeta:
     """The metadata JSON as a :class:`ProfileMeta`, with its sizes checked before anything is sized by them."""
     try:
@@ -135,6 +142,12 @@ def _parse_meta(raw: str, path: Path) -> ProfileMeta:
         raise ProfileError(f"{path}: profile metadata fields do not match ({str(exc).split(': ', 1)[-1][:120]})") from None
     if meta.version != PROFILE_VERSION:
         raise ProfileError(f"{path}: profile version {meta.version} not supported")
+    for name, kind in _META_TYPES.items():
+        v = getattr(meta, name)
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ProfileError(f"{path}: profile metadata {name} {str(v)[:40]!r} is not {_KIND_NAMES[kind]}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in meta.token_counts):
+        raise ProfileError(f"{path}: profile metadata token_counts must be a list of integers")
     for name, hi in (("n_layer", _MAX_LAYERS), ("d_model", _MAX_DIM), ("n_prompts", 1 << 31)):
         v = getattr(meta, name)
         if not isinstance(v, int) or isinstance(v, bool):
@@ -151,13 +164,18 @@ def profile_path(model_fingerprint: str, prompt_sha256: str, backend: str, root:
 
 
 def find_profile(model_fingerprint: str, prompt_sha256: str, backend: str, network_fingerprint: str | None = None,
-                 match: str = "file", root: Path | None = None) -> Profile | None:
-    """Look a profile up; ``match="network"`` also accepts one made on another file of the same network."""
+                 match: str = "file", root: Path | None = None, template: str | None = None) -> Profile | None:
+    """Look a profile up; ``match="network"`` also accepts one made on another file of the same network
+    (same shapes and vocabulary; weights are not compared) with the same chat ``template``."""
     if match not in ("file", "network"):
         raise ProfileError(f"match must be 'file' or 'network', not {match!r}")
     p = profile_path(model_fingerprint, prompt_sha256, backend, root)
     if p.is_file():
-        return Profile.load(p)
+        prof = Profile.load(p)
+        m = prof.meta
+        # the path holds only 16-character prefixes: a profile for another key (copied or swapped in) is a miss
+        if (m.model_fingerprint, m.prompt_sha256, m.backend) == (model_fingerprint, prompt_sha256, backend):
+            return prof
     if match == "network" and network_fingerprint:
         root = root or profiles_dir()
         for cand in sorted(root.glob(f"*/{prompt_sha256[:16]}-{backend}.safetensors")):
@@ -165,6 +183,7 @@ def find_profile(model_fingerprint: str, prompt_sha256: str, backend: str, netwo
                 prof = Profile.load(cand)
             except ProfileError:
                 continue
-            if prof.meta.network_fingerprint == network_fingerprint and prof.meta.prompt_sha256 == prompt_sha256:
+            if (prof.meta.network_fingerprint, prof.meta.prompt_sha256, prof.meta.backend, prof.meta.template) == (
+                    network_fingerprint, prompt_sha256, backend, template):
                 return prof
     return None

@@ -122,6 +122,9 @@ def test_non_ascii_hash_uses_utf8(tmp_path):
          "duplicate id 'a' on lines 1 and 3"),
         ("badid.jsonl", '{"id": [1], "prompt": "x"}\n', "invalid 'id'"),
         ("data.csv", "prompt\nhi\n", "unsupported prompt file type"),
+        ("surrogate.jsonl", '{"prompt": "bad \\ud800 half"}\n', "line 1: 'prompt' is not valid Unicode"),
+        ("bigid.jsonl", '{"id": ' + "9" * 5000 + ', "prompt": "x"}\n', "malformed JSON on line 1: Exceeds the limit"),
+        ("deep.jsonl", "[" * 100000 + "\n", "malformed JSON on line 1: nested too deeply"),
     ],
 )
 def test_bad_files(tmp_path, name, content, message):
@@ -174,3 +177,15 @@ def test_load_harmless_probes():
     assert [r["id"] for r in recs] == [str(r["id"]) for r in raw]
     ps = load_prompt_set(HARMLESS, limit=20)
     assert ps.prompts == [r["prompt"] for r in raw[:20]] and ps.name == "harmless_probes"
+
+
+def test_lines_split_at_newlines_only(tmp_path):
+    """U+2028 / U+0085 / form feeds inside a prompt are not line breaks (str.splitlines would split there);
+    CRLF files read like LF files."""
+    prompts = ["one\u2028two", "three\x85four"]
+    f = prompt_bank.write_jsonl([{"id": f"o{i}", "prompt": p} for i, p in enumerate(prompts)], tmp_path / "odd.jsonl")
+    assert load_prompt_set(f).prompts == prompts
+    t = tmp_path / "odd.txt"
+    t.write_text("alpha\x85beta\r\ngamma\r\n", encoding="utf-8")
+    ps = load_prompt_set(t)
+    assert ps.prompts == ["alpha\x85beta", "gamma"] and ps.ids == ["odd-00001", "odd-00002"]

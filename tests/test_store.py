@@ -24,9 +24,41 @@ def test_store_lookup_file_and_network(tmp_path):
     p.save(profile_path(p.meta.model_fingerprint, p.meta.prompt_sha256, "gguf", tmp_path))
     assert find_profile("f" * 64, "p" * 64, "gguf", root=tmp_path) is not None
     assert find_profile("g" * 64, "p" * 64, "gguf", root=tmp_path) is None  # another file: not by default
-    hit = find_profile("g" * 64, "p" * 64, "gguf", network_fingerprint="n" * 64, match="network", root=tmp_path)
+    hit = find_profile("g" * 64, "p" * 64, "gguf", network_fingerprint="n" * 64, match="network", root=tmp_path,
+                       template="{{x}}")
     assert hit is not None and hit.meta.model_fingerprint == "f" * 64
     assert find_profile("f" * 64, "q" * 64, "gguf", root=tmp_path) is None
+    # same network but another chat template (it decides the profiled token), or none: not reused
+    for other in ("{{y}}", None):
+        assert find_profile("g" * 64, "p" * 64, "gguf", network_fingerprint="n" * 64, match="network",
+                            root=tmp_path, template=other) is None
+
+
+def test_store_checks_the_whole_key(tmp_path):
+    """Paths hold 16-character prefixes: a file there made for another model / prompt set is a miss."""
+    p = make_profile(fp="f" * 16 + "0" * 48, sha="p" * 16 + "0" * 48)
+    p.save(profile_path("f" * 64, "p" * 64, "gguf", tmp_path))  # swapped in under another key's path
+    assert find_profile("f" * 64, "p" * 64, "gguf", root=tmp_path) is None
+    assert find_profile("f" * 16 + "0" * 48, "p" * 16 + "0" * 48, "gguf", root=tmp_path) is not None
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("prompt_sha256", 12345, "prompt_sha256 '12345' is not a string"),
+    ("template", ["x"], "template \"\\['x'\\]\" is not a string or null"),
+    ("seconds", "fast", "seconds 'fast' is not a number"),
+    ("token_counts", [1, "2"], "token_counts must be a list of integers"),
+])
+def test_metadata_types_are_checked(tmp_path, field, value, msg):
+    import json
+
+    from safetensors.numpy import save_file
+
+    p = make_profile()
+    meta = {**p.meta.__dict__, field: value}
+    save_file({f"layer.{i}": x for i, x in enumerate(p.layers)}, str(tmp_path / "m.safetensors"),
+              metadata={"commandv.profile": json.dumps(meta)})
+    with pytest.raises(ProfileError, match=msg):
+        Profile.load(tmp_path / "m.safetensors")
 
 
 def test_bad_profiles(tmp_path):
