@@ -30,16 +30,20 @@ def render_chat(template: str | None, messages: list[dict], add_generation_promp
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
-        x, indent=indent, ensure_ascii=ensure_ascii)
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):  # transformers' signature
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
+    try:  # tools / documents are None, as transformers passes them without tools or RAG documents
         return env.from_string(template).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt,
+            messages=list(messages), tools=None, documents=None, add_generation_prompt=add_generation_prompt,
             bos_token=bos_token, eos_token=eos_token)
-    except TemplateError as exc:
-        raise ChatTemplateError(f"chat template failed to render: {exc}") from None
+    except (TemplateError, TypeError, ValueError, KeyError, AttributeError, IndexError,
+            ZeroDivisionError, RecursionError) as exc:  # a template is a program: any failure is the template's
+        detail = str(exc) if isinstance(exc, TemplateError) else f"{type(exc).__name__}: {exc}"
+        raise ChatTemplateError(f"chat template failed to render: {detail}") from None
 
 
 def user_turn(prompt: str) -> list[dict]:

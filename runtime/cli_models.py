@@ -12,6 +12,7 @@ from typing import Callable
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import zoo
@@ -26,8 +27,8 @@ def _user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except ModelError as exc:  # ZooError is a ModelError
-            _err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False, soft_wrap=True)
+        except (ModelError, OSError) as exc:  # ZooError is a ModelError; OSError: e.g. COMMANDV_HOME is a file
+            _err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

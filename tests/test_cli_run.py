@@ -94,3 +94,23 @@ def test_main_cli_has_run_and_chat():
     res = CliRunner().invoke(main_app, ["run", "--help"])
     assert res.exit_code == 0 and "--compare" in res.stdout
     assert CliRunner().invoke(main_app, ["chat", "--help"]).exit_code == 0
+
+
+def test_names_and_outputs_are_never_markup(app, setup, tmp_path, monkeypatch):
+    """A pack named like rich markup, and model output with brackets, print as they are (no MarkupError,
+    nothing swallowed) in the status lines and in --compare's table."""
+    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.pack import BehaviorPack
+
+    model, pack, *_ = setup
+    p = BehaviorPack.load(pack)
+    p.name = "style[/b] [red]x"
+    odd = p.save(tmp_path / "odd.gguf")
+    base = ["run", str(model), PROMPT, "--pack", str(odd), "--max-tokens", "4", "--ctx", "512", "--threads", "1"]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0, res.output
+    assert "style[/b] [red]x" in res.stderr
+    monkeypatch.setattr(Recipient, "generate", lambda self, *a, **k: "print(arr[i]) see [/note]")
+    res = CliRunner().invoke(app, base + ["--compare"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("print(arr[i]) see [/note]") == 2 and "style[/b] [red]x" in res.stdout

@@ -259,6 +259,8 @@ def test_sampler_distribution():
     hot = Sampler(temperature=2.0, seed=0)
     draws = np.array([hot(np.array([0.0, np.log(9.0)])) for _ in range(4000)])
     assert abs((draws == 1).mean() - 0.75) < 0.03  # 9 ** (1/2) = 3 → 3/4
+    cold = Sampler(temperature=1e-320, seed=0)  # logits / T overflows: still the argmax, no NaN
+    assert {cold(np.array([0.5, 2.0, -1.0, 1.9])) for _ in range(20)} == {1}
 
 
 def test_text_stream_utf8_and_stop():

