@@ -167,6 +167,8 @@ def parse_gguf(data: bytes, source: str, limits: Limits = Limits(),
     out = GGUFFile(version=version)
     for _ in range(n_kv):
         key = cur.string("metadata key name", limits.max_key)
+        if "\x00" in key:  # ggml compares key names as C strings: 'a\x00b' would be read as 'a'
+            raise cur.fail(f"metadata key name {key!r} contains a NUL byte")
         vtype = cur.scalar("<I", f"metadata key {key!r} value type")
         value = _value(cur, vtype, key, limits)
         if key in out.fields:

@@ -207,7 +207,10 @@ def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
         dt = "<f4" if t.ggml_type == 0 else "<f2"
         count = t.n_bytes // np.dtype(dt).itemsize
         arr = np.frombuffer(data, dtype=dt, count=count, offset=t.start).astype(np.float32)
-        tensors[t.name] = arr.reshape(t.shape)
+        try:
+            tensors[t.name] = arr.reshape(t.shape)
+        except ValueError:  # e.g. dims [0, 2^31-1, 2^31-1]: no bytes, but a shape numpy cannot hold
+            raise PackError(f"{path}: tensor {t.name!r} has shape {list(t.shape)}, which no pack tensor can have") from None
     expected = set()
     entries = []
     for i in range(n):

@@ -223,3 +223,6 @@ def test_jni_bridge_runs_through_a_fake_jvm(toolchain, tiny_gguf, tmp_path_facto
     assert out["stopped_calls"] == 2 and len(out["stopped"]) < len(out["edited"])
     assert out["no_model_result_null"] and out["no_model_thrown"]
     assert text["no_model_exception"] == "java/lang/IllegalStateException: no model loaded"
+    assert out["throwing_listener_null"] and out["throwing_listener_pending"]
+    assert text["throwing_listener_exception"] == "java/lang/RuntimeException: listener failed"
+    assert out["jni_calls_with_exception_pending"] == 0  # what CheckJNI enforces on a device

@@ -301,6 +301,44 @@ def test_strength_bound_same_as_python(asan_tool, tmp_path):
     assert [v["msg"] for v in got[2:]] == want[2:]
 
 
+def test_reader_corner_cases_same_as_python(asan_tool, tmp_path):
+    """Corner cases found in review, C reader vs Python: a key name with a NUL byte (ggml would read
+    'general.alignment\\0x' as general.alignment), non-u32 alignments shown by value, newer tensor type names,
+    and the pack name taken from a file name ending in '.'."""
+    from commandv.runtime.pack_gguf import parse_pack
+    from tests.make_bad_corpus import F32, I32, STR, base_pack, describe, encode
+
+    kvs, tensors = describe(base_pack())
+    cases = {
+        "nul_key.gguf": encode(kvs + [("general.alignment\x00x", STR, "x")], tensors).data,
+        "align_i32.gguf": encode(kvs + [("general.alignment", I32, -5)], tensors).data,
+        "align_f32.gguf": encode(kvs + [("general.alignment", F32, 32.0)], tensors).data,
+    }
+    enc = encode(kvs, tensors)
+    ti = enc.off["ti:entry.0.A"] + 8 + len("entry.0.A")
+    cases["nvfp4.gguf"] = enc.data[:ti + 4 + 16] + struct.pack("<I", 40) + enc.data[ti + 4 + 20:]
+    cases["noname."] = encode([kv for kv in kvs if kv[0] != "general.name"], tensors).data
+    files, want = [], []
+    for name, data in cases.items():
+        f = tmp_path / name
+        f.write_bytes(data)
+        files.append(f)
+        try:
+            pack = parse_pack(data, str(f))
+            pack.validate()
+            want.append(pack)
+        except PackError as exc:
+            want.append(str(exc))
+    got = run_pack_tool(asan_tool, files)
+    for f, w, v in zip(files, want, got):
+        if isinstance(w, str):
+            assert v["code"] != 0 and v["msg"] == w, (f.name, w, v)
+        else:
+            assert v["code"] == 0 and v["name"] == w.name, (f.name, w.name, v)
+    assert "contains a NUL byte" in want[0] and "general.alignment -5 is not" in want[1]
+    assert "general.alignment 32.0 is not" in want[2] and "has type NVFP4" in want[3] and want[4].name == "noname."
+
+
 def test_mutated_packs_same_verdict_as_python(asan_tool, tmp_path):
     """Differential fuzz: 600 mutants of valid packs (tests/fuzz_targets.py), C reader under ASan vs Python.
     Same verdict on every file (except the documented ggml-only refusals of odd tensor data layouts) and the

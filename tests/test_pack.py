@@ -139,3 +139,21 @@ def test_save_never_writes_what_load_refuses(tmp_path, case):
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == (["ok.gguf", "p.gguf"] if case == "f16 overflow"
                                                          else ["p.gguf"])
+
+
+def test_zero_size_tensor_with_huge_dims_is_a_pack_error(tmp_path):
+    """A tensor with a zero dimension has no bytes, so the strict parser lets dims up to 2^31-1 through; numpy
+    cannot hold that shape: a PackError, not a ValueError (found by review; the C reader refuses it too)."""
+    import struct
+
+    from tests.make_bad_corpus import base_pack, describe, encode
+
+    kvs, tensors = describe(base_pack())
+    name = "entry.9.x"
+    enc = encode(kvs, tensors + [(name, np.zeros((1, 1, 0), np.float32))])
+    at = enc.off[f"ti:{name}"] + 8 + len(name) + 4  # dims: [0, 1, 1] (GGUF order)
+    data = enc.data[:at + 8] + struct.pack("<QQ", 2**31 - 1, 2**31 - 1) + enc.data[at + 24:]
+    f = tmp_path / "huge.gguf"
+    f.write_bytes(data)
+    with pytest.raises(PackError, match=r"tensor 'entry.9.x' has shape .*2147483647.*which no pack tensor can have"):
+        BehaviorPack.load(f)

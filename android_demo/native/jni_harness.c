@@ -42,7 +42,11 @@ static int g_pending; /* a Java exception is pending */
 static char g_thrown[600];
 static char g_streamed[1 << 16];
 static size_t g_streamed_n;
-static int g_calls, g_stop_after;
+static int g_calls, g_stop_after, g_throw_on;
+static int g_violations; /* JNI calls made while an exception was pending (Android's CheckJNI aborts on them) */
+
+/* Only ExceptionCheck/ExceptionClear/DeleteLocalRef (of what this harness offers) may run with one pending. */
+#define CHECK_JNI() do { if (g_pending) g_violations++; } while (0)
 
 struct _jmethodID { const char *name, *sig; };
 static struct _jmethodID M_GET_BYTES = {"getBytes", "(Ljava/lang/String;)[B"};
@@ -63,9 +67,13 @@ static obj *new_obj(kind k, const char *data, size_t n) {
     return o;
 }
 
-static jclass FindClass(JNIEnv *env, const char *name) { return new_obj(K_CLASS, name, strlen(name)); }
+static jclass FindClass(JNIEnv *env, const char *name) {
+    CHECK_JNI();
+    return new_obj(K_CLASS, name, strlen(name));
+}
 
 static jint ThrowNew(JNIEnv *env, jclass cls, const char *msg) {
+    CHECK_JNI();
     g_pending = 1;
     snprintf(g_thrown, sizeof g_thrown, "%s: %s", ((obj *)cls)->data, msg);
     return 0;
@@ -76,6 +84,7 @@ static void ExceptionClear(JNIEnv *env) { g_pending = 0; }
 static void DeleteLocalRef(JNIEnv *env, jobject o) { (void)o; /* the arena owns everything */ }
 
 static jclass GetObjectClass(JNIEnv *env, jobject o) {
+    CHECK_JNI();
     const obj *x = o;
     const char *name = x->k == K_STRING ? "java/lang/String" : x->k == K_LISTENER ? "dev/commandv/demo/TokenListener"
                                                                                   : "[B";
@@ -83,6 +92,7 @@ static jclass GetObjectClass(JNIEnv *env, jobject o) {
 }
 
 static jmethodID GetMethodID(JNIEnv *env, jclass cls, const char *name, const char *sig) {
+    CHECK_JNI();
     struct _jmethodID *all[] = {&M_GET_BYTES, &M_STRING_INIT, &M_ON_TEXT};
     for (size_t i = 0; i < 3; i++)
         if (strcmp(all[i]->name, name) == 0 && strcmp(all[i]->sig, sig) == 0) return all[i];
@@ -92,6 +102,7 @@ static jmethodID GetMethodID(JNIEnv *env, jclass cls, const char *name, const ch
 }
 
 static jobject NewObject(JNIEnv *env, jclass cls, jmethodID m, ...) {
+    CHECK_JNI();
     if (m != &M_STRING_INIT) abort();
     va_list ap;
     va_start(ap, m);
@@ -103,11 +114,13 @@ static jobject NewObject(JNIEnv *env, jclass cls, jmethodID m, ...) {
 }
 
 static jobject CallObjectMethod(JNIEnv *env, jobject o, jmethodID m, ...) {
+    CHECK_JNI();
     if (m != &M_GET_BYTES || ((obj *)o)->k != K_STRING) abort();
     return new_obj(K_BYTES, ((obj *)o)->data, ((obj *)o)->n);
 }
 
 static jboolean CallBooleanMethod(JNIEnv *env, jobject o, jmethodID m, ...) {
+    CHECK_JNI();
     if (m != &M_ON_TEXT || ((obj *)o)->k != K_LISTENER) abort();
     va_list ap;
     va_start(ap, m);
@@ -117,13 +130,26 @@ static jboolean CallBooleanMethod(JNIEnv *env, jobject o, jmethodID m, ...) {
     memcpy(g_streamed + g_streamed_n, s->data, s->n);
     g_streamed_n += s->n;
     g_calls++;
+    if (g_throw_on > 0 && g_calls == g_throw_on) { /* the listener throws (e.g. a RuntimeException in onText) */
+        g_pending = 1;
+        snprintf(g_thrown, sizeof g_thrown, "java/lang/RuntimeException: listener failed");
+        return JNI_FALSE;
+    }
     return (g_stop_after > 0 && g_calls >= g_stop_after) ? JNI_FALSE : JNI_TRUE;
 }
 
-static jstring NewStringUTF(JNIEnv *env, const char *s) { return new_obj(K_STRING, s, strlen(s)); }
-static jsize GetArrayLength(JNIEnv *env, jarray a) { return (jsize)((obj *)a)->n; }
+static jstring NewStringUTF(JNIEnv *env, const char *s) {
+    CHECK_JNI();
+    return new_obj(K_STRING, s, strlen(s));
+}
+
+static jsize GetArrayLength(JNIEnv *env, jarray a) {
+    CHECK_JNI();
+    return (jsize)((obj *)a)->n;
+}
 
 static jbyteArray NewByteArray(JNIEnv *env, jsize n) {
+    CHECK_JNI();
     obj *o = new_obj(K_BYTES, "", 0);
     free(o->data);
     o->data = calloc((size_t)n + 1, 1);
@@ -133,6 +159,7 @@ static jbyteArray NewByteArray(JNIEnv *env, jsize n) {
 }
 
 static void GetByteArrayRegion(JNIEnv *env, jbyteArray a, jsize start, jsize len, jbyte *buf) {
+    CHECK_JNI();
     const obj *x = a;
     if (start < 0 || len < 0 || (size_t)start + (size_t)len > x->n) abort(); /* ArrayIndexOutOfBounds */
     memcpy(buf, x->data + start, (size_t)len);
@@ -214,6 +241,13 @@ int main(int argc, char **argv) {
     printf(", \"stopped_calls\": %d", g_calls);
     hex_str("stopped", stopped);
 
+    g_throw_on = 1; /* the listener throws on its first call: null result, that exception left pending */
+    jstring thrown = gen(env, thiz, h, prompt, max_tokens, listener, 0);
+    printf(", \"throwing_listener_null\": %s, \"throwing_listener_pending\": %d", thrown ? "false" : "true", g_pending);
+    hex("throwing_listener_exception", g_thrown, strlen(g_thrown));
+    g_throw_on = 0;
+    g_pending = 0;
+
     Java_dev_commandv_demo_NativeBridge_unloadPack(env, thiz, h);
     hex_str("unloaded", gen(env, thiz, h, prompt, max_tokens, NULL, 0));
     hex_str("pack_info_after_unload", Java_dev_commandv_demo_NativeBridge_packInfo(env, thiz, h));
@@ -223,7 +257,7 @@ int main(int argc, char **argv) {
     hex("no_model_exception", g_thrown, strlen(g_thrown));
 
     Java_dev_commandv_demo_NativeBridge_free(env, thiz, h);
-    printf("}\n");
+    printf(", \"jni_calls_with_exception_pending\": %d}\n", g_violations);
     while (g_arena) {
         obj *next = g_arena->next;
         free(g_arena->data);

@@ -193,7 +193,8 @@ static const char *type_name(uint32_t t, char *buf, size_t cap) {
     static const char *names[] = {"F32", "F16", "Q4_0", "Q4_1", NULL, NULL, "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
                                   "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
                                   "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
-                                  "BF16", NULL, NULL, NULL, "TQ1_0", "TQ2_0", NULL, NULL, NULL, "MXFP4"};
+                                  "BF16", NULL, NULL, NULL, "TQ1_0", "TQ2_0", NULL, NULL, NULL, "MXFP4",
+                                  "NVFP4", "Q1_0"};
     if (t < sizeof names / sizeof names[0] && names[t]) return names[t];
     snprintf(buf, cap, "unknown type %" PRIu32, t);
     return buf;
@@ -210,6 +211,10 @@ static int check_kvs(cur_t *c, cmdv_gguf_file *out, const cmdv_gguf_limits *lim)
         if (!ok) break;
         char rk[128], what[160];
         cmdv_py_repr(rk, sizeof rk, kv->key, kv->key_len);
+        if (kv->key_len && memchr(kv->key, 0, kv->key_len)) { /* ggml compares key names as C strings */
+            ok = !fail(c, "metadata key name %s contains a NUL byte", rk);
+            break;
+        }
         snprintf(what, sizeof what, "metadata key %s value type", rk);
         ok = u32(c, what, &kv->type) && value(c, kv->type, rk, lim, false, kv);
         if (!ok) break;
@@ -241,6 +246,27 @@ static int check_alignment(cur_t *c, cmdv_gguf_file *out) {
         snprintf(shown, sizeof shown, "%" PRIu64, a);
     } else if (kv->type == CMDV_GGUF_STRING) {
         cmdv_py_repr(shown, sizeof shown, (const char *)kv->val, kv->val_len);
+    } else if (kv->type <= 12 && kv->type != CMDV_GGUF_ARRAY) { /* the other scalars, shown as Python would */
+        static const int width[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+        const uint64_t u = le(kv->val, width[kv->type]);
+        if (kv->type == 1 || kv->type == 3 || kv->type == CMDV_GGUF_I32 || kv->type == 11) {
+            const int64_t v = kv->type == 1 ? (int8_t)u : kv->type == 3 ? (int16_t)u
+                              : kv->type == CMDV_GGUF_I32 ? (int32_t)u : (int64_t)u;
+            snprintf(shown, sizeof shown, "%" PRId64, v);
+        } else if (kv->type == 7) {
+            snprintf(shown, sizeof shown, "%s", u ? "True" : "False");
+        } else if (kv->type == CMDV_GGUF_F32) {
+            const uint32_t b = (uint32_t)u;
+            float f;
+            memcpy(&f, &b, sizeof f);
+            cmdv_py_float_repr(shown, sizeof shown, f);
+        } else if (kv->type == 12) {
+            double d;
+            memcpy(&d, &u, sizeof d);
+            cmdv_py_float_repr(shown, sizeof shown, d);
+        } else {
+            snprintf(shown, sizeof shown, "%" PRIu64, u);
+        }
     } else {
         snprintf(shown, sizeof shown, "(a value of GGUF type %" PRIu32 ")", kv->type);
     }

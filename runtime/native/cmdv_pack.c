@@ -327,13 +327,13 @@ void cmdv_pack_free(cmdv_pack *p) {
     free(p);
 }
 
-/* Path(path).stem */
+/* Path(path).stem: the name without its last suffix ("x.gguf" -> "x"; ".x", "x." and "x" unchanged) */
 static void path_stem(const char *path, char *out, size_t cap) {
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     size_t n = strlen(base);
     const char *dot = strrchr(base, '.');
-    if (dot && dot != base) n = (size_t)(dot - base);
+    if (dot && dot != base && dot[1] != 0) n = (size_t)(dot - base);
     snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), base);
 }
 

@@ -21,6 +21,8 @@
  * tightly packed (each tensor padded to the alignment), and no empty key name;
  * such files fail with CMDV_PACK_ERR_GGML. JSON nested deeper than
  * CMDV_JSON_MAX_DEPTH is refused (Python's limit depends on its call stack).
+ * A zero-size tensor whose other dimensions numpy cannot hold (e.g. [0, 2^31-1,
+ * 2^31-1]) is refused by both, with different messages.
  * Signatures (<pack>.sig, runtime/signing.py) are not checked here.
  *
  * Thread safety: loading is reentrant except that on a ggml refusal the ggml log

@@ -129,7 +129,7 @@ JNIEXPORT jstring JNICALL Java_dev_commandv_demo_NativeBridge_loadPack(JNIEnv *e
     jni_session *js = from_handle(handle);
     if (!js) return jstring_from_cstr(env, "no model loaded");
     char *p = utf8_from_jstring(env, path);
-    if (!p) return jstring_from_cstr(env, "no pack path");
+    if (!p) return (*env)->ExceptionCheck(env) ? NULL : jstring_from_cstr(env, "no pack path"); /* OOM: let it propagate */
     cmdv_session_clear_packs(js->s);
     cmdv_error err;
     /* fingerprint not checked (the app does not hash the model file): arch, n_layer and d_model are */
@@ -218,7 +218,10 @@ JNIEXPORT jstring JNICALL Java_dev_commandv_demo_NativeBridge_generate(JNIEnv *e
     jni_session *js = from_handle(handle);
     if (!js) { throw_state(env, "no model loaded"); return NULL; }
     char *text = utf8_from_jstring(env, prompt);
-    if (!text) { throw_state(env, "no prompt"); return NULL; }
+    if (!text) {
+        if (!(*env)->ExceptionCheck(env)) throw_state(env, "no prompt"); /* never a JNI call with one pending */
+        return NULL;
+    }
     cmdv_error err;
     int32_t *ids = NULL;
     const int32_t n = cmdv_session_tokenize_chat(js->s, text, &ids, &err);
@@ -246,6 +249,7 @@ JNIEXPORT jstring JNICALL Java_dev_commandv_demo_NativeBridge_generate(JNIEnv *e
             (*env)->CallBooleanMethod(env, listener, st.on_text, s);
             (*env)->DeleteLocalRef(env, s);
         }
+        if ((*env)->ExceptionCheck(env)) { free(st.text); return NULL; } /* the listener threw on the tail */
     }
     jstring out = jstring_from_utf8(env, st.text ? st.text : "", st.n);
     free(st.text);
