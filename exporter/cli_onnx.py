@@ -34,15 +34,28 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         max_rank: int = typer.Option(16, help="pack-input slots: largest rank"),
         max_pq_rank: int = typer.Option(16, help="pack-input slots: largest P·Q rank (0: no P·Q term)"),
         layers: Optional[str] = typer.Option(None, help="pack-input slots only at these layers, e.g. 0,2,4"),
+        slots_per_layer: int = typer.Option(1, help="pack-input slots per layer (packs with several entries "
+                                                   "on one layer need as many)"),
         force: bool = typer.Option(False, "--force", help="bake packs made for another file of the same shape"),
         no_check: bool = typer.Option(False, "--no-check", help="skip the parity check against the torch model"),
     ) -> None:
         """Write MODEL as an ONNX decoder with KV cache; by default with pack inputs at every layer."""
         from .onnx_export import export_onnx
 
-        lay = comma_list(layers, int, "--layers") if layers else None
+        from .cli_args import CliArgumentError
+
+        lay = comma_list(layers, int, "--layers") if layers is not None else None
+        slot_opts = [o for o, on in (("--max-rank", max_rank != 16), ("--max-pq-rank", max_pq_rank != 16),
+                                     ("--layers", layers is not None), ("--slots-per-layer", slots_per_layer != 1))
+                     if on]
+        if plain and pack:
+            raise CliArgumentError("--plain (no pack sites) and --pack (bake packs in) exclude each other")
+        if (plain or pack) and slot_opts:
+            raise CliArgumentError(f"{', '.join(slot_opts)} shape pack-input slots; they do nothing with "
+                                   f"{'--plain' if plain else '--pack'}")
         res = export_onnx(model, out, quant=quant, packs=list(pack or []), pack_inputs=not plain,
-                          max_rank=max_rank, max_pq_rank=max_pq_rank, layers=lay, force=force, check=not no_check)
+                          max_rank=max_rank, max_pq_rank=max_pq_rank, layers=lay, slots_per_layer=slots_per_layer,
+                          force=force, check=not no_check)
         m = res.meta
         _out.print(f"{m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}) → {res.model_path} "
                    f"({res.bytes / 1e6:.1f} MB, {m.quant}, packs: {m.pack_mode}) in {res.seconds:.1f} s")

@@ -60,8 +60,8 @@ def decoder_spec(model) -> DecoderSpec:
     if getattr(cfg, "hidden_act", "silu") != "silu" or getattr(cfg, "use_sliding_window", False):
         raise GraphBuildError(f"unsupported {cfg.model_type} variant (hidden_act {cfg.hidden_act!r}, sliding window)")
     rot = model.model.rotary_emb
-    if getattr(rot, "rope_type", "default") == "dynamic":
-        raise GraphBuildError("dynamic RoPE scaling depends on the sequence length; not supported")
+    if getattr(rot, "rope_type", "default") in ("dynamic", "longrope"):  # frequencies change with the length
+        raise GraphBuildError(f"{rot.rope_type} RoPE scaling depends on the sequence length; not supported")
     n_head = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head)
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
@@ -203,10 +203,15 @@ def export_model(hf, tok, ident, out: str | os.PathLike | None = None, quant: st
                     n_ctx_train=int(getattr(hf.config, "max_position_embeddings", 2048) or 2048))
     write_meta(model, meta)
     folder = Path(out) if out is not None else onnx_export_dir(ident.fingerprint, quant)
-    if folder.exists() and any(folder.iterdir()) and not (folder / MODEL_FILE).is_file():
-        raise OnnxModelError(f"{folder} exists and is not an ONNX export folder; choose another --out")
+    if folder.exists() and not folder.is_dir():
+        raise OnnxModelError(f"{folder} is a file, not an export folder; choose another --out")
+    if folder.is_dir():  # replaced as a whole: only an earlier export's own files may be there
+        others = sorted(f.name for f in folder.iterdir() if not f.name.startswith((MODEL_FILE, TOKENIZER_FILE)))
+        if others:
+            raise OnnxModelError(f"{folder} holds other files ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})"
+                                 "; an export replaces its folder: choose another --out")
     parity: dict = {}
-    with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent) as work:
+    with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory(dir=tmp) as work:  # work files die with tmp
         plain = Path(work) / "plain.onnx"
         _save(model, plain)
         del model

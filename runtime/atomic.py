@@ -44,17 +44,27 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside ``target``; on success rename it onto ``target``."""
+    """Yield a temp folder beside ``target``; on success it replaces ``target`` (made readable like any
+    folder: ``mkdtemp`` makes 0700). Refuses a ``target`` that holds the current working folder."""
     import shutil
 
-    target = Path(target)
+    target = Path(os.path.abspath(os.path.expanduser(target)))
+    cwd = Path.cwd().resolve()
+    real = target.resolve()
+    if real == cwd or real in cwd.parents:
+        raise ValueError(f"refusing to replace {target}: it holds the current folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if target.exists():  # swap, then delete the old one: at no point is there nothing at target for long
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

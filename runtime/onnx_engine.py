@@ -63,7 +63,10 @@ class OnnxRecipient(TextEngine):
             raise OnnxModelError(f"no {TOKENIZER_FILE} next to {self.path}")
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+            raise OnnxModelError(f"{tok_path}: not a usable tokenizer ({str(exc)[:200]})") from None
         self.n_ctx = int(min(4096 if n_ctx is None else n_ctx, self.info.n_ctx_train))
         if self.n_ctx < 1 or int(n_ubatch) < 1:
             raise EngineError(f"n_ctx and n_ubatch must be >= 1, got {n_ctx} and {n_ubatch}")

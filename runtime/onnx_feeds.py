@@ -119,7 +119,8 @@ def pack_feeds(meta: OnnxMeta, packs: Sequence[BehaviorPack], strengths: Sequenc
             site = slots.get((e.layer, j))
             if site is None:
                 raise PackError(f"{at}: no free pack slot at layer {e.layer} in {where} (slots at layers "
-                                f"{sorted({k[0] for k in slots})}, {per_layer} per layer)")
+                                f"{sorted({k[0] for k in slots})}, {per_layer} per layer); re-export with "
+                                "--slots-per-layer / --layers to fit it")
             q = 0 if e.P is None else e.P.shape[1]
             if e.rank > R or q > Q:
                 raise PackError(f"{at}: rank {e.rank} / P·Q rank {q} exceed this file's slots (rank {R}, P·Q rank "

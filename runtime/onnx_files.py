@@ -80,4 +80,15 @@ def check_io(session, info: OnnxMeta, path: Path) -> tuple[set[str], set[str]]:
     if missing:
         raise OnnxModelError(f"ONNX file {path} has no input/output {missing[0]!r} — was it exported with "
                              "cmdv onnx export?")
+    # the metadata sizes what the engine feeds: it must agree with the graph's fixed dimensions
+    shapes = {i.name: list(i.shape) for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
+    want = {"past_key_values.0.key": [None, info.n_kv_head, None, info.head_dim]}
+    if info.pack_mode == "inputs":
+        for st in info.sites:
+            want[f"{st['prefix']}.A"] = [info.d_model, info.max_rank]
+    for name, dims in want.items():
+        got = shapes.get(name, [])
+        if len(got) != len(dims) or any(w is not None and isinstance(g, int) and g != w for g, w in zip(got, dims)):
+            raise OnnxModelError(f"ONNX file {path}: input {name} has shape {got}, but the commandv metadata "
+                                 f"implies {[w if w is not None else '*' for w in dims]} (edited metadata?)")
     return inputs, outputs

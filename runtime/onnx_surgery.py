@@ -99,7 +99,42 @@ class OnnxMeta:
         if meta.format_version != FORMAT_VERSION:
             raise OnnxModelError(f"{where}: commandv ONNX format {meta.format_version}, this version reads "
                                  f"{FORMAT_VERSION}")
+        meta._check(where)
         return meta
+
+    def _check(self, where: str) -> None:
+        """Types and ranges of everything the engine sizes or indexes by (the file may have been edited)."""
+        def bad(what: str) -> OnnxModelError:
+            return OnnxModelError(f"{where}: metadata {what}")
+
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        for k in ("n_layer", "d_model", "n_kv_head", "head_dim", "n_vocab", "n_ctx_train"):
+            if not is_int(getattr(self, k)) or getattr(self, k) < 1:
+                raise bad(f"cmdv.{k} {getattr(self, k)!r} is not a positive integer")
+        for k in ("max_rank", "max_pq_rank"):
+            if not is_int(getattr(self, k)) or getattr(self, k) < 0:
+                raise bad(f"cmdv.{k} {getattr(self, k)!r} is not a non-negative integer")
+        for k in ("fingerprint", "arch", "name", "bos_token", "eos_token", "quant", "pack_mode"):
+            if not isinstance(getattr(self, k), str):
+                raise bad(f"cmdv.{k} is not a string")
+        if self.pack_mode not in ("none", "baked", "inputs"):
+            raise bad(f"cmdv.pack_mode {self.pack_mode!r} is not none, baked or inputs")
+        if not isinstance(self.eog_ids, list) or not all(is_int(t) and 0 <= t < self.n_vocab for t in self.eog_ids):
+            raise bad("cmdv.eog_ids is not a list of token ids")
+        keys = {"inputs": ("layer", "prefix", "mask", "slot"), "baked": ("layer", "prefix", "mask", "pack", "positions")}
+        if not isinstance(self.sites, list) or not isinstance(self.baked, list):
+            raise bad("cmdv.sites / cmdv.baked are not lists")
+        for i, site in enumerate(self.sites):
+            need = keys.get(self.pack_mode, ())
+            if not isinstance(site, dict) or not need or any(k not in site for k in need):
+                raise bad(f"cmdv.sites[{i}] lacks {', '.join(need) or 'a pack mode'}")
+            if not (is_int(site["layer"]) and 0 <= site["layer"] < self.n_layer):
+                raise bad(f"cmdv.sites[{i}] layer {site['layer']!r} out of range")
+            if self.pack_mode == "baked" and not (is_int(site["pack"]) and 0 <= site["pack"] < len(self.baked)):
+                raise bad(f"cmdv.sites[{i}] pack {site['pack']!r} is not an index into cmdv.baked")
+        if any(not isinstance(b, dict) or not isinstance(b.get("digest"), str) or not isinstance(b.get("name"), str)
+               for b in self.baked):
+            raise bad("cmdv.baked items lack a string name / digest")
 
 
 def read_meta(model, where: str = "ONNX file") -> OnnxMeta:
@@ -310,7 +345,7 @@ def add_pack_slots(model, layers: Sequence[int] | None = None, max_rank: int = 1
     d = meta.d_model
     layers = list(range(meta.n_layer)) if layers is None else sorted({int(x) for x in layers})
     bad = [x for x in layers if not 0 <= x < meta.n_layer]
-    if bad or max_rank < 1 or max_pq_rank < 0 or slots_per_layer < 1:
+    if bad or not layers or max_rank < 1 or max_pq_rank < 0 or slots_per_layer < 1:
         raise OnnxModelError(f"bad slot layout: layers {bad or layers} (model has {meta.n_layer}), rank {max_rank}, "
                              f"P·Q rank {max_pq_rank}, {slots_per_layer} slots per layer")
     sites, R, Q = [], int(max_rank), int(max_pq_rank)

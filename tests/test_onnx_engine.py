@@ -374,3 +374,78 @@ def test_baked_packs_keep_their_order(env, tiny_hf, tiny_gguf):
     _, ht = tr.prompt_forward(ids, pack_edits([pa, pb, pc], [1.0, 0.5, 2.0]), record_hidden=True)
     _, ho = rec.prompt_pass(ids, [pc, pa, pb], strengths=[2.0, 1.0, 0.5], record_layers=True)  # c: no common layer
     assert max(rel_err(ho[i], ht[i]) for i in range(4)) < 1e-4
+
+
+def _tampered(env, tmp_path, **props):
+    """A copy of the pack-inputs export with some ``cmdv.*`` metadata values replaced (JSON text)."""
+    import shutil
+
+    folder = tmp_path / "tampered"
+    shutil.copytree(env["inputs"].folder, folder)
+    m = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for p in m.metadata_props:
+        if p.key in props:
+            p.value = props[p.key]
+    onnx.save(m, str(folder / "model.onnx"))
+    return folder
+
+
+@pytest.mark.parametrize("props,msg", [
+    ({"cmdv.n_layer": '"x"'}, "cmdv.n_layer 'x' is not a positive integer"),
+    ({"cmdv.n_ctx_train": "null"}, "cmdv.n_ctx_train None is not a positive integer"),
+    ({"cmdv.sites": "[{}]"}, r"cmdv.sites\[0\] lacks layer, prefix, mask, slot"),
+    ({"cmdv.sites": "5"}, "cmdv.sites / cmdv.baked are not lists"),
+    ({"cmdv.eog_ids": '["a"]'}, "cmdv.eog_ids is not a list of token ids"),
+    ({"cmdv.max_rank": "4"}, r"input cmdv.L0.0.A has shape \[64, 8\], but the commandv metadata implies \[64, 4\]"),
+    ({"cmdv.n_kv_head": "3"}, "input past_key_values.0.key has shape"),
+])
+def test_edited_metadata_is_a_clear_error(env, tmp_path, props, msg):
+    with pytest.raises(OnnxModelError, match=msg):
+        OnnxRecipient(_tampered(env, tmp_path, **props))
+
+
+def test_broken_tokenizer_is_a_clear_error(env, tmp_path):
+    folder = _tampered(env, tmp_path)
+    (folder / "tokenizer.json").write_text('{"version": "1.0", "truncation": null,, }')
+    with pytest.raises(OnnxModelError, match="tokenizer.json: not a usable tokenizer"):
+        OnnxRecipient(folder)
+
+
+def test_export_folder_safety(env, tiny_hf, tiny_gguf, tmp_path, monkeypatch):
+    """An export replaces its folder as a whole: never a folder holding other files or the current folder;
+    nothing left beside it; the folder is readable like any other (not mkdtemp's 0700)."""
+    import stat
+
+    from commandv.exporter.onnx_export import export_model
+    from commandv.profiles.profiler import model_identity
+    from commandv.runtime.model_ref import resolve_model
+
+    model, tok = tiny_hf
+    with _home(env["root"] / "home"):
+        ident = model_identity(resolve_model(str(tiny_gguf)))
+    out = tmp_path / "exp"
+    export_model(model, tok, ident, out, pack_inputs=False, check=False)
+    export_model(model, tok, ident, out, pack_inputs=False, check=False)  # an export folder: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no .partial / tmp / .old leftovers
+    assert stat.S_IMODE(out.stat().st_mode) & 0o055 == 0o055 & ~os.umask(os.umask(0))
+    (out / "NOTES.txt").write_text("mine")
+    with pytest.raises(OnnxModelError, match=r"holds other files \(NOTES.txt\)"):
+        export_model(model, tok, ident, out, pack_inputs=False, check=False)
+    assert (out / "NOTES.txt").read_text() == "mine"
+    (out / "NOTES.txt").unlink()
+    monkeypatch.chdir(out)
+    with pytest.raises(ValueError, match="it holds the current folder"):
+        export_model(model, tok, ident, ".", pack_inputs=False, check=False)
+    assert (out / "model.onnx").is_file()
+
+
+def test_cli_export_option_conflicts(tiny_gguf, tmp_home):
+    from typer.testing import CliRunner
+
+    from commandv.exporter.cli import app
+
+    for extra, msg in ((["--plain", "--pack", "p.gguf"], "--plain (no pack sites) and --pack"),
+                       (["--plain", "--max-rank", "4"], "--max-rank shape pack-input slots; they do nothing with --plain"),
+                       (["--pack", "p.gguf", "--slots-per-layer", "2"], "--slots-per-layer shape pack-input slots")):
+        res = CliRunner().invoke(app, ["onnx", "export", str(tiny_gguf), *extra])
+        assert res.exit_code == 2 and msg in res.output, res.output
