@@ -61,7 +61,6 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
                                  epochs=epochs if epochs is not None else b.defaults.get("epochs", 2), max_steps=steps,
                                  batch_size=batch_size if batch_size is not None else b.defaults.get("batch_size", 8),
                                  seed=seed)
-        settings.validate()  # before loading any model
         cfg = DemoConfig(donor=donor, behavior=behavior, out=out_dir, settings=settings, n_examples=examples,
                          max_prompt_tokens=max_prompt_tokens, n_eval=n_eval)
         res = run_train_demo(cfg, command=_command_line())

@@ -46,6 +46,24 @@ class PairEvalSettings:
     rcond: float | None = None
     include_donor: bool = True
 
+    def validate(self) -> None:
+        """Refuse counts that would silently shrink or empty the report (slices with 0 or -1)."""
+        import math
+
+        if not self.strengths or not all(math.isfinite(float(x)) for x in self.strengths):
+            raise EvalSettingsError(f"strengths must be finite numbers, got {list(self.strengths)}")
+        for name in ("n_expected", "n_unexpected"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise EvalSettingsError(f"{name} (--n) must be >= 1, got {v}")
+        if self.max_tokens < 1 or self.profile_prompts < 1 or self.profile_train_prompts < 0:
+            raise EvalSettingsError(f"max_tokens and profile_prompts must be >= 1 and profile_train_prompts >= 0, "
+                                    f"got {self.max_tokens}, {self.profile_prompts}, {self.profile_train_prompts}")
+
+
+class EvalSettingsError(ValueError):
+    """Evaluation settings that cannot give a meaningful report."""
+
 
 def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0) -> PromptSet:
     """The prompts both models are profiled on: ``general[:n_general]``, then ``n_train`` of the behavior's
@@ -108,6 +126,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     from commandv.runtime.llama_engine import Recipient
 
     s = settings or PairEvalSettings()
+    s.validate()
     beh = get_behavior(behavior)
     adapter = load_adapter(adapter_dir)
     pset = profiling_set(behavior, s.profile_prompts, s.profile_train_prompts)

@@ -153,8 +153,9 @@ class PairReport:
         def over(c: ConfigResult) -> float:  # no prompts where the behavior is unexpected: nothing to rise
             return 100 * (c.unexpected_rate - off.unexpected_rate) if off.n_unexpected else 0.0
 
+        # rates are counts / n: round the points so that exactly at a limit (5.000000000000002) is at it
         ok = [c for c in self.configs if c.label.startswith("recipient+transfer@")
-              and over(c) <= max_over_pts and 100 * (off.utility - c.utility) <= max_utility_drop_pts]
+              and round(over(c), 9) <= max_over_pts and round(100 * (off.utility - c.utility), 9) <= max_utility_drop_pts]
         return max(ok, key=lambda c: (c.expected_rate, -c.strength)) if ok else None
 
     def to_json(self) -> dict:

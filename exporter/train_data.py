@@ -76,6 +76,8 @@ def response_ids(tokenizer, spec: ExampleSpec, answer: Generation | None, max_re
         text, complete = spec.fixed, True
     elif answer is not None:
         text, complete = spec.prefix + answer.text, answer.finished
+        if not complete:  # cut mid-character, the decoded text ends in U+FFFD: do not teach that token
+            text = text.rstrip("\ufffd")
     else:
         raise TrainDataError(f"example {spec.source or spec.prompt[:40]!r} needs the donor's answer but has none")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

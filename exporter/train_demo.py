@@ -23,7 +23,7 @@ import numpy as np
 from .adapters import load_adapter
 from .behaviors import Behavior, EvalPrompt, get_behavior
 from .donor_gen import cached_answers, greedy_generate, prompt_token_ids
-from .train import TrainSettings, TrainStats, live_deltas, save_adapter, train_reft
+from .train import TrainError, TrainSettings, TrainStats, live_deltas, save_adapter, train_reft
 from .train_data import build_examples, select_specs
 
 ANSWERS_FILE = "donor_answers.jsonl"
@@ -44,6 +44,35 @@ class DemoConfig:
     gen_batch: int = 8
     n_eval: int = 10
     eval_new_tokens: int = 24
+
+    def validate(self) -> None:
+        self.settings.validate()
+        for name in ("max_prompt_tokens", "gen_batch", "n_eval", "eval_new_tokens"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_examples", "max_response_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise TrainError(f"{name} must be >= 1, got {v}")
+
+
+ADAPTER_FILES = ("config.json", "training_metadata.json", "README.md", ANSWERS_FILE)
+
+
+def check_out_folder(out: Path) -> None:
+    """``out`` is replaced as a whole by the saved adapter: refuse a file, the current folder or one of its
+    parents, and a folder holding anything but an earlier adapter's files."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} is a file, not a folder")
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise TrainError(f"--out {out} holds the current folder; the adapter replaces its --out folder")
+    if out.is_dir():
+        others = sorted(f.name for f in out.iterdir()
+                        if f.name not in ADAPTER_FILES and not (f.name.startswith("intkey_") and f.suffix == ".bin"))
+        if others:
+            raise TrainError(f"--out {out} holds other files ({', '.join(others[:3])}); the adapter replaces its "
+                             "--out folder: choose another")
 
 
 @dataclass
@@ -142,13 +171,16 @@ def run_train_demo(cfg: DemoConfig, command: str = "", progress: bool = True, lo
 
     behavior = get_behavior(cfg.behavior)
     d = behavior.defaults
-    cfg.settings.validate()
+    cfg.validate()
+    if cfg.out:
+        check_out_folder(Path(cfg.out))  # before minutes of training, not after
     model, tok, ref = loaded or load_hf_model(cfg.donor, progress=progress)
     donor_key = ref.zoo_key or Path(cfg.donor).stem
     model_id = file_fingerprint(ref.path) if ref.kind == "gguf" else str(ref.path)
     out = Path(cfg.out) if cfg.out else default_out(donor_key, behavior.name)
-    n_examples = cfg.n_examples or d.get("n_examples", 96)
-    max_resp = cfg.max_response_tokens or d.get("max_new_tokens", 24)
+    check_out_folder(out)
+    n_examples = d.get("n_examples", 96) if cfg.n_examples is None else cfg.n_examples
+    max_resp = d.get("max_new_tokens", 24) if cfg.max_response_tokens is None else cfg.max_response_tokens
 
     t_data = time.perf_counter()
     chosen = select_specs(tok, behavior.train_specs(), n_examples, cfg.max_prompt_tokens, cfg.settings.seed,

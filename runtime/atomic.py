@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Iterator
 
 
+class AtomicTargetError(ValueError):
+    """A target that must not be replaced (e.g. the folder the process works in)."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -52,7 +56,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     cwd = Path.cwd().resolve()
     real = target.resolve()
     if real == cwd or real in cwd.parents:
-        raise ValueError(f"refusing to replace {target}: it holds the current folder")
+        raise AtomicTargetError(f"refusing to replace {target}: it holds the current folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:

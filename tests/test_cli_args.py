@@ -36,3 +36,40 @@ def test_demo_pack_name_from_a_model_path():
     assert model_label("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert model_label("/models/My Model.Q4_K_M.gguf") == "My_Model.Q4_K_M"
     assert "/" not in model_label("/tmp/x/recip.gguf") and model_label("/tmp/x/recip.gguf") == "recip"
+
+
+def test_train_demo_out_folder_checks(tmp_path, monkeypatch):
+    """train-demo replaces its --out folder: refused up front for the current folder, a file, or a folder with
+    other files (before minutes of training); an earlier adapter's folder is fine."""
+    from commandv.exporter.train import TrainError
+    from commandv.exporter.train_demo import check_out_folder
+
+    (tmp_path / "ad").mkdir()
+    for name in ("config.json", "intkey_layer_0_comp_block_output_unit_pos_nunit_1#0.bin", "donor_answers.jsonl"):
+        (tmp_path / "ad" / name).write_text("x")
+    check_out_folder(tmp_path / "ad")
+    check_out_folder(tmp_path / "new")
+    (tmp_path / "ad" / "thesis.tex").write_text("mine")
+    with pytest.raises(TrainError, match=r"holds other files \(thesis.tex\)"):
+        check_out_folder(tmp_path / "ad")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(TrainError, match="is a file"):
+        check_out_folder(tmp_path / "f")
+    monkeypatch.chdir(tmp_path / "ad")
+    with pytest.raises(TrainError, match="holds the current folder"):
+        check_out_folder(tmp_path)
+    res = CliRunner().invoke(app, ["train-demo", "--donor", "d.gguf", "--behavior", "pirate", "--out", "."])
+    if "No such command" not in res.output:
+        assert res.exit_code == 2 and "holds the current folder" in res.output, res.output
+
+
+def test_eval_counts_are_checked():
+    from commandv.exporter.eval_pair import EvalSettingsError, PairEvalSettings
+
+    PairEvalSettings().validate()
+    for bad in (dict(n_expected=0), dict(n_unexpected=-1), dict(max_tokens=0), dict(strengths=())):
+        with pytest.raises(EvalSettingsError):
+            PairEvalSettings(**bad).validate()
+    res = CliRunner().invoke(app, ["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--n", "0"])
+    if "No such command" not in res.output:
+        assert res.exit_code == 2 and "(--n) must be >= 1, got 0" in res.output, res.output

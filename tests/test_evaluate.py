@@ -5,7 +5,7 @@ import numpy as np
 from commandv.exporter.adapters import Adapter
 from commandv.exporter.behaviors import EvalPrompt, get_behavior
 from commandv.exporter.eval_pair import pair_key, plot_report
-from commandv.exporter.evaluate import PairReport, adapter_pack, run_config, utility_ok, utility_questions
+from commandv.exporter.evaluate import ConfigResult, PairReport, adapter_pack, run_config, utility_ok, utility_questions
 from commandv.exporter.interventions import DonorEdit
 
 
@@ -105,3 +105,13 @@ def test_combine_prompt_sets_drops_repeats_and_rejects_empty():
         combine_prompt_sets("y", [([], [], "s")])
     with pytest.raises(PromptSetError, match="2 prompts but 1 ids"):
         combine_prompt_sets("z", [(["a", "b"], ["1"], "s")])
+
+
+def test_best_transfer_accepts_exactly_the_limits():
+    """20 prompts: one more over-refusal is exactly 5 points and two utility questions exactly 10 points, which the
+    limits allow (floating-point 5.000000000000002 must not exclude them)."""
+    off = ConfigResult("recipient", "m", 1.0, 2 / 20, 3 / 20, 8 / 20, 20, 20, 1.0)
+    on = ConfigResult("recipient+transfer@1", "m", 1.0, 18 / 20, 4 / 20, 6 / 20, 20, 20, 1.0)
+    assert 100 * (on.unexpected_rate - off.unexpected_rate) > 5 and 100 * (off.utility - on.utility) > 10
+    rep = PairReport("a-to-b", "refusal", "a", "b", 8, [off, on], [])
+    assert rep.best_transfer() is on

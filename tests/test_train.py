@@ -253,3 +253,16 @@ def test_committed_adapter_matches_pyreft(folder):
             live = (iv.eval()(torch.from_numpy(h)) - torch.from_numpy(h)).double().numpy()
         np.testing.assert_allclose(e.delta(h.astype(np.float64)), live, rtol=1e-4, atol=1e-5)
     assert all(ev["with_adapter"] >= ev["without_adapter"] if ev["expect"] else True for ev in meta["eval"])
+
+
+def test_unfinished_answer_cut_mid_character_teaches_no_replacement_char(tiny_hf):
+    """A donor answer cut at the token cap can end inside a UTF-8 character: its decoded text ends in U+FFFD,
+    which must not become the training target's last token."""
+    from commandv.exporter.train_data import response_ids
+
+    _, tok = tiny_hf
+    spec = ExampleSpec("hello", None, "", "t:0", "x")
+    cut = response_ids(tok, spec, Generation("caf\ufffd", [], finished=False), 32)
+    assert cut == tok("caf", add_special_tokens=False)["input_ids"]
+    done = response_ids(tok, spec, Generation("caf\ufffd", [], finished=True), 32)  # a finished answer: as given
+    assert done[:-1] == tok("caf\ufffd", add_special_tokens=False)["input_ids"] and done[-1] == tok.eos_token_id
