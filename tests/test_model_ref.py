@@ -139,7 +139,9 @@ def fake_zoo(monkeypatch, tmp_path):
 
     def fake_fetch(key, force=False, progress=True, verify=False):
         fetched.append(key)
-        return write_gguf(zoo.target_path(key))
+        path = write_gguf(zoo.target_path(key))
+        zoo._write_stamp(path, ZOO[key].sha256)  # what fetch does once the sha256 matched
+        return path
 
     target = zoo.target_path("fakekey")
     target.parent.mkdir(parents=True)
