@@ -28,14 +28,21 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def write_results(name: str, figures: dict[str, tuple[float, str]], extra: dict | None = None) -> Path:
-    """Write ``benchmarks/results/<name>.json`` in the project's format."""
+def this_command() -> str:
+    """The command line that is running, as ``python benchmarks/<script>.py ARGS``."""
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def write_results(name: str, figures: dict[str, tuple[float, str]], extra: dict | None = None,
+                  command: str | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json`` in the project's format (``command``: what produced the
+    figures, default the running command)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": command or this_command(),
         "figures": {k: {"value": v, "unit": u} for k, (v, u) in figures.items()},
     }
     if extra:

@@ -57,7 +57,11 @@ def main() -> None:
         details.setdefault("timing_command", doc["command"])
         details.setdefault("timing_date", doc["date"])
         details["real_prompts"] = args.real_prompts
-        write_results("export_speed", figures, details)
+        from _common import this_command
+
+        # the timings come from the earlier full run, the sizes from this one: name both commands
+        write_results("export_speed", figures, details,
+                      command=f"{details['timing_command']} && {this_command()}")
         return
 
     import torch

@@ -22,6 +22,9 @@ from _common import RESULTS, write_results  # noqa: E402
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only; no options
     from commandv.exporter.evaluate import ConfigResult, PairReport
 
     figures, sources = {}, []

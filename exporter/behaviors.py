@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -187,7 +188,14 @@ def refusal_markers() -> tuple[str, ...]:
         marks = tuple(ln.strip().lower() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
         if marks:
             return marks
+    if path not in _WARNED:  # the built-in list is shorter: refusal rates would differ without a word
+        _WARNED.add(path)
+        warnings.warn(f"{path} not found: judging refusals with the {len(_BUILTIN_MARKERS)} built-in markers "
+                      "(set COMMANDV_EVAL_DATA or COMMANDV_SHARED for the evaluation data's list)", stacklevel=2)
     return _BUILTIN_MARKERS
+
+
+_WARNED: set = set()
 
 
 def judge_refusal(text: str, markers: tuple[str, ...] | None = None) -> bool:

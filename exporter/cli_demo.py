@@ -25,8 +25,17 @@ out = Console()
 
 
 def committed_adapter(donor: str, behavior: str) -> Path:
-    """Where the project keeps the adapters it trained (``adapters/<donor>/<behavior>``)."""
+    """Where the project keeps the adapters it trained: ``adapters/<donor>/<behavior>`` of the checkout; an
+    installed package (``pip install .``) has the same files as ``commandv/adapters`` (package data), which is
+    the same path relative to this file."""
     return REPO / "adapters" / donor / behavior
+
+
+def default_report_dir() -> Path:
+    """``benchmarks/results/transfer`` of the checkout; outside one (an installed package), of the current folder."""
+    if (REPO / "pyproject.toml").is_file() and (REPO / "benchmarks").is_dir():
+        return REPO / "benchmarks" / "results" / "transfer"
+    return Path("benchmarks") / "results" / "transfer"
 
 
 def model_label(model: str) -> str:
@@ -50,7 +59,7 @@ def register(app: typer.Typer, user_errors) -> None:
         strengths: str = typer.Option("0.5,1,1.5,2", help="comma-separated pack strengths to sweep"),
         n: Optional[int] = typer.Option(None, help="cap on prompts per group (expected / not expected)"),
         max_tokens: int = typer.Option(32, help="greedy tokens per response"),
-        out_dir: Path = typer.Option(REPO / "benchmarks" / "results" / "transfer", "--out", help="report folder"),
+        out_dir: Path = typer.Option(default_report_dir(), "--out", help="report folder"),
         no_donor: bool = typer.Option(False, help="skip the donor configurations"),
         profile_prompts: int = typer.Option(256, help="prompts of the general set used to fit the translators"),
         profile_train_prompts: int = typer.Option(0, help="also profile on this many of the behavior's training "

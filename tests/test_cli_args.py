@@ -73,3 +73,23 @@ def test_eval_counts_are_checked():
     res = CliRunner().invoke(app, ["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--n", "0"])
     if "No such command" not in res.output:
         assert res.exit_code == 2 and "(--n) must be >= 1, got 0" in res.output, res.output
+
+
+def test_committed_adapters_are_package_data():
+    """`pip install .` (no checkout) installs adapters/ as commandv/adapters, where committed_adapter looks
+    (REPO = the parent of exporter/, i.e. site-packages/commandv once installed)."""
+    import tomllib
+    from pathlib import Path
+
+    from commandv.exporter.cli_demo import DEMO_BEHAVIOR, DEMO_DONOR, REPO, committed_adapter
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"]["commandv.adapters"] == "adapters" and "commandv.adapters" in cfg["packages"]
+    patterns = cfg["package-data"]["commandv.adapters"]
+    files = {p.relative_to(root / "adapters") for p in (root / "adapters").rglob("*") if p.is_file()}
+    covered = {p for pat in patterns for p in (q.relative_to(root / "adapters") for q in (root / "adapters").glob(pat))
+               if (root / "adapters" / p).is_file()}
+    assert files and files == covered  # every committed adapter file ships
+    assert committed_adapter(DEMO_DONOR, DEMO_BEHAVIOR) == REPO / "adapters" / DEMO_DONOR / DEMO_BEHAVIOR
+    assert (committed_adapter(DEMO_DONOR, DEMO_BEHAVIOR) / "config.json").is_file()
