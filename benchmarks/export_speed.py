@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import this_command, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -57,8 +57,6 @@ def main() -> None:
         details.setdefault("timing_command", doc["command"])
         details.setdefault("timing_date", doc["date"])
         details["real_prompts"] = args.real_prompts
-        from _common import this_command
-
         # the timings come from the earlier full run, the sizes from this one: name both commands
         write_results("export_speed", figures, details,
                       command=f"{details['timing_command']} && {this_command()}")

@@ -183,17 +183,17 @@ def load_adapter(
         if component not in SUPPORTED_COMPONENTS:
             raise AdapterError(f"{file.name}: component {component!r} not supported (only {SUPPORTED_COMPONENTS})")
         saved = types_by_key.get(key)
-        if saved and not kind:
-            saved = normalize_type(saved)
-        elif saved:  # an explicit type may name one config.json's type string does not; it may not contradict it
+        if not kind:
+            k = normalize_type(saved) if saved else None
+        else:  # an explicit type may name one config.json's type string does not; it may not contradict it
+            k = normalize_type(kind)
             try:
-                saved = normalize_type(saved)
+                known = normalize_type(saved) if saved else None
             except AdapterError:
-                saved = None
-        k = normalize_type(kind) if kind else saved
-        if kind and saved and k != saved:
-            raise AdapterError(f"{file.name}: config.json says {saved} but the type given is {k}; drop the type "
-                               "(config.json decides) or fix config.json")
+                known = None
+            if known and known != k:
+                raise AdapterError(f"{file.name}: config.json says {known} but the type given is {k}; drop the "
+                                   "type (config.json decides) or fix config.json")
         try:
             edits.append(from_state_dict(_load_state(file), k, layer, act))
         except AdapterError as exc:

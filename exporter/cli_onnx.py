@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
-from .cli_args import comma_list
+from .cli_args import CliArgumentError, comma_list
 
 _out = Console(highlight=False)
 
@@ -41,8 +41,6 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     ) -> None:
         """Write MODEL as an ONNX decoder with KV cache; by default with pack inputs at every layer."""
         from .onnx_export import export_onnx
-
-        from .cli_args import CliArgumentError
 
         lay = comma_list(layers, int, "--layers") if layers is not None else None
         slot_opts = [o for o, on in (("--max-rank", max_rank != 16), ("--max-pq-rank", max_pq_rank != 16),

@@ -187,7 +187,7 @@ def export_model(hf, tok, ident, out: str | os.PathLike | None = None, quant: st
     slots (``pack_inputs``; see :func:`~commandv.runtime.onnx_surgery.add_pack_slots`), else a plain decoder."""
     import onnx
 
-    from commandv.runtime.atomic import atomic_dir
+    from commandv.runtime.atomic import atomic_dir, replace_problem
 
     if quant not in QUANTS:
         raise OnnxModelError(f"quant must be one of {', '.join(QUANTS)}, got {quant!r}")
@@ -203,13 +203,11 @@ def export_model(hf, tok, ident, out: str | os.PathLike | None = None, quant: st
                     n_ctx_train=int(getattr(hf.config, "max_position_embeddings", 2048) or 2048))
     write_meta(model, meta)
     folder = Path(out) if out is not None else onnx_export_dir(ident.fingerprint, quant)
-    if folder.exists() and not folder.is_dir():
-        raise OnnxModelError(f"{folder} is a file, not an export folder; choose another --out")
-    if folder.is_dir():  # replaced as a whole: only an earlier export's own files may be there
-        others = sorted(f.name for f in folder.iterdir() if not f.name.startswith((MODEL_FILE, TOKENIZER_FILE)))
-        if others:
-            raise OnnxModelError(f"{folder} holds other files ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})"
-                                 "; an export replaces its folder: choose another --out")
+    # replaced as a whole: only an earlier export's own files may be there
+    problem = replace_problem(folder, lambda name: name.startswith((MODEL_FILE, TOKENIZER_FILE)))
+    if problem:
+        raise OnnxModelError(f"refusing to replace {folder}: {problem}; an export replaces its folder: "
+                             "choose another --out")
     parity: dict = {}
     with atomic_dir(folder) as tmp, tempfile.TemporaryDirectory(dir=tmp) as work:  # work files die with tmp
         plain = Path(work) / "plain.onnx"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from commandv.runtime.atomic import replace_problem
+
 from .adapters import load_adapter
 from .behaviors import Behavior, EvalPrompt, get_behavior
 from .donor_gen import cached_answers, greedy_generate, prompt_token_ids
@@ -62,17 +64,9 @@ ADAPTER_FILES = ("config.json", "training_metadata.json", "README.md", ANSWERS_F
 def check_out_folder(out: Path) -> None:
     """``out`` is replaced as a whole by the saved adapter: refuse a file, the current folder or one of its
     parents, and a folder holding anything but an earlier adapter's files."""
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"--out {out} is a file, not a folder")
-    cwd = Path.cwd().resolve()
-    if out.resolve() == cwd or out.resolve() in cwd.parents:
-        raise TrainError(f"--out {out} holds the current folder; the adapter replaces its --out folder")
-    if out.is_dir():
-        others = sorted(f.name for f in out.iterdir()
-                        if f.name not in ADAPTER_FILES and not (f.name.startswith("intkey_") and f.suffix == ".bin"))
-        if others:
-            raise TrainError(f"--out {out} holds other files ({', '.join(others[:3])}); the adapter replaces its "
-                             "--out folder: choose another")
+    problem = replace_problem(out, lambda n: n in ADAPTER_FILES or (n.startswith("intkey_") and n.endswith(".bin")))
+    if problem:
+        raise TrainError(f"--out {out}: {problem}; the adapter replaces its --out folder: choose another")
 
 
 @dataclass

@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class AtomicTargetError(ValueError):
@@ -46,6 +46,25 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def _holds_cwd(target: Path) -> bool:
+    cwd, real = Path.cwd().resolve(), target.resolve()
+    return real == cwd or real in cwd.parents
+
+
+def replace_problem(target: str | os.PathLike, is_own: Callable[[str], bool]) -> str | None:
+    """Why replacing the folder ``target`` as a whole (:func:`atomic_dir`) would lose something, or None:
+    it is a file, it holds the current folder, or it holds entries whose names ``is_own`` does not accept."""
+    target = Path(os.path.abspath(os.path.expanduser(target)))
+    if target.exists() and not target.is_dir():
+        return "it is a file, not a folder"
+    if _holds_cwd(target):
+        return "it holds the current folder"
+    others = sorted(f.name for f in target.iterdir() if not is_own(f.name)) if target.is_dir() else []
+    if others:
+        return f"it holds other files ({', '.join(others[:3])}{', …' if len(others) > 3 else ''})"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` (made readable like any
@@ -53,9 +72,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     import shutil
 
     target = Path(os.path.abspath(os.path.expanduser(target)))
-    cwd = Path.cwd().resolve()
-    real = target.resolve()
-    if real == cwd or real in cwd.parents:
+    if _holds_cwd(target):
         raise AtomicTargetError(f"refusing to replace {target}: it holds the current folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
