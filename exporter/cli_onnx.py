@@ -90,14 +90,16 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
 
     @onnx_app.command("info")
     @user_errors
-    def info_cmd(model: str = typer.Argument(..., help=".onnx file, export folder or exported zoo key")) -> None:
+    def info_cmd(model: str = typer.Argument(..., help=".onnx file, export folder or exported zoo key"),
+                 quant: str = typer.Option("fp32", help="with a zoo key / GGUF: which of its exports (fp32, int8, "
+                                                        "int4)")) -> None:
         """Print what an ONNX export holds (source model, quantization, pack sites)."""
         from commandv.runtime.onnx_files import find_onnx_model
         from commandv.runtime.onnx_surgery import read_meta
 
         import onnx
 
-        path = find_onnx_model(model)
+        path = find_onnx_model(model, quant)
         m = read_meta(onnx.load(str(path), load_external_data=False), str(path))
         _out.print(f"{path}: {m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}), {m.quant}, "
                    f"model {m.fingerprint[:16]}…")

@@ -51,10 +51,15 @@ def utility_questions() -> list[dict]:
 
 
 def utility_ok(text: str, answer: str) -> bool:
-    """The expected answer appears as a word in the response (case-insensitive)."""
+    """The expected answer appears as a word in the response (case-insensitive).
+
+    A number must stand alone: ``12.5``, ``0.12``, ``12,000`` and ``120`` do not answer ``12``; ``12.``,
+    ``12.0`` and ``12°`` do.
+    """
     import re
 
-    return re.search(rf"(?<![\w.]){re.escape(answer.lower())}(?![\w])", text.lower()) is not None
+    after = r"(?!\w)(?!,\d)(?!\.\d*[1-9])"  # not a longer word, a thousands/decimal comma, or a non-zero fraction
+    return re.search(rf"(?<![\w.]){re.escape(answer.lower())}{after}", text.lower()) is not None
 
 
 def adapter_pack(adapter: Adapter, fingerprint: str, arch: str, n_layer: int, name: str) -> BehaviorPack:

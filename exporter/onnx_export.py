@@ -27,13 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
-from commandv.runtime.onnx_files import MODEL_FILE, TOKENIZER_FILE, onnx_export_dir
+from commandv.runtime.onnx_files import MODEL_FILE, QUANTS, TOKENIZER_FILE, onnx_export_dir
 from commandv.runtime.onnx_surgery import OnnxMeta, OnnxModelError, add_pack_slots, bake_packs, write_meta
 from commandv.runtime.pack import BehaviorPack
 
 from .onnx_graph import DecoderSpec, GraphBuildError, build_decoder
 
-QUANTS = ("fp32", "int8", "int4")
 ARCHS = ("llama", "qwen2")
 EXTERNAL_DATA_BYTES = 1_500_000_000
 PROBE = "Hello! Please describe, in two sentences, a river at dawn."
@@ -118,11 +117,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
 
     if quant not in ("int8", "int4"):
         raise OnnxModelError(f"quant must be int8 or int4, got {quant!r}")
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError as exc:  # onnxruntime >= 1.22 needs onnx-ir for it
-        raise OnnxModelError(f"weight quantization needs onnxruntime's MatMulNBits quantizer ({exc}); "
-                             "pip install onnx-ir") from None
+    MatMulNBitsQuantizer = _import_quantizer()
     model = onnx.load(str(src))
     skip = [n.name for n in model.graph.node if n.name.startswith("cmdv/")]
     head = [n.name for n in model.graph.node if "logits" in n.output]
@@ -137,6 +132,29 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
                              op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
     q.process()
     _save(q.model.model, dst)
+
+
+def _import_quantizer():
+    """ONNX Runtime's ``MatMulNBitsQuantizer``, without the side effect of importing its module.
+
+    The module calls ``logging.basicConfig(level=INFO)`` on import, which would give the *root* logger a
+    handler and turn on every library's INFO messages for the rest of the process; the root logger's level
+    and handlers are put back, and the quantizer's own logger keeps to warnings.
+    """
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:  # onnxruntime >= 1.22 needs onnx-ir for it
+        raise OnnxModelError(f"weight quantization needs onnxruntime's MatMulNBits quantizer ({exc}); "
+                             "pip install onnx-ir") from None
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)
+    return MatMulNBitsQuantizer
 
 
 def check_parity(hf_model, onnx_path: Path, ids: Sequence[int]) -> dict:

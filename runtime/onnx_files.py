@@ -17,6 +17,8 @@ from .onnx_surgery import OnnxMeta, OnnxModelError
 from .paths import cache_home
 
 MODEL_FILE, TOKENIZER_FILE = "model.onnx", "tokenizer.json"
+QUANTS = ("fp32", "int8", "int4")
+"""Weight precisions `cmdv onnx export --quant` writes (one export folder each)."""
 
 
 def onnx_export_dir(fingerprint: str, quant: str = "fp32") -> Path:
@@ -25,7 +27,10 @@ def onnx_export_dir(fingerprint: str, quant: str = "fp32") -> Path:
 
 
 def find_onnx_model(spec: str | os.PathLike, quant: str = "fp32") -> Path:
-    """The ``.onnx`` file for ``spec``: a ``.onnx`` file, an export folder, or a zoo key / GGUF already exported."""
+    """The ``.onnx`` file for ``spec``: a ``.onnx`` file, an export folder, or a zoo key / GGUF already exported
+    (``quant``: which of its exports)."""
+    if quant not in QUANTS:
+        raise OnnxModelError(f"unknown ONNX quantization {quant!r}; use one of {', '.join(QUANTS)}")
     p = Path(spec)
     if p.is_file() and p.suffix == ".onnx":
         return p

@@ -18,6 +18,13 @@ def test_utility_questions_and_judge():
     assert not utility_ok("Comparison", "paris")
 
 
+def test_utility_ok_numbers_stand_alone():
+    for text in ("12.5", "It is 12.05.", "0.12", "12,000", "12,5", "120", "112"):
+        assert not utility_ok(text, "12"), text
+    for text in ("12", "12.", "The root is 12.0!", "12°", "12, since 12·12 = 144", "(12)", "twelve or 12"):
+        assert utility_ok(text, "12"), text
+
+
 def test_adapter_pack_is_the_adapter():
     rng = np.random.default_rng(0)
     e = DonorEdit(2, "NodiReFT", rng.standard_normal((16, 4)), rng.standard_normal(4), rng.standard_normal((4, 16)))

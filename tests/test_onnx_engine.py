@@ -4,6 +4,7 @@ torch reference, zero-pack exactness, default masks, quantized variants, bad inp
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -449,3 +450,32 @@ def test_cli_export_option_conflicts(tiny_gguf, tmp_home):
                        (["--pack", "p.gguf", "--slots-per-layer", "2"], "--slots-per-layer shape pack-input slots")):
         res = CliRunner().invoke(app, ["onnx", "export", str(tiny_gguf), *extra])
         assert res.exit_code == 2 and msg in res.output, res.output
+
+
+def test_cli_info_finds_each_quantized_export(tiny_gguf, tmp_home):
+    """`cmdv onnx info KEY --quant …` reads the export `cmdv onnx export KEY --quant …` wrote; bad values are named."""
+    from typer.testing import CliRunner
+
+    from commandv.exporter.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["onnx", "export", str(tiny_gguf), "--quant", "int8", "--plain", "--no-check"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["onnx", "info", str(tiny_gguf), "--quant", "int8"])
+    assert res.exit_code == 0, res.output
+    assert "-int8/model.onnx" in res.output.replace("\n", "") and ", int8," in res.output and "no pack sites" in res.output
+    res = runner.invoke(app, ["onnx", "info", str(tiny_gguf)])
+    assert res.exit_code == 2 and "no fp32 ONNX export" in res.output, res.output
+    res = runner.invoke(app, ["onnx", "info", str(tiny_gguf), "--quant", "int9"])
+    assert res.exit_code == 2 and "unknown ONNX quantization 'int9'" in res.output, res.output
+
+
+def test_quantizer_import_leaves_logging_alone():
+    """ONNX Runtime's quantizer module calls logging.basicConfig(INFO) on import; ours keeps the root logger."""
+    code = ("import logging\n"
+            "from commandv.exporter.onnx_export import _import_quantizer\n"
+            "q = _import_quantizer()\n"
+            "root = logging.getLogger()\n"
+            "print(len(root.handlers), root.level, logging.getLogger(q.__module__).getEffectiveLevel())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", str(logging.WARNING), str(logging.WARNING)]
