@@ -4,7 +4,8 @@ Same model (SmolLM2-135M-Instruct: the Q4_1 GGUF and its dequantized HF copy),
 same prompts, each backend with its own best setting (HF: batches of ``--batch``
 with left padding; GGUF: ``capture_gguf``'s default, one prompt at a time with
 the shared chat-template prefix decoded once — ``--gguf-batch`` > 1 batches
-instead). Each run is a fresh subprocess (so peak RSS is its own); runs
+instead). Both models are loaded and warmed up off the clock; the clock covers chat-template
+rendering, tokenization and capture. Each run is a fresh subprocess (so peak RSS is its own); runs
 alternate hf, gguf, hf, gguf, …; figures are medians. Also the per-layer
 agreement of the two profiles (mean cosine over prompts, min over layers).
 
@@ -46,11 +47,12 @@ def worker(backend: str, n: int, out: str, batch: int) -> None:
         res = capture_hf(model, tok, prompts, batch_size=batch, progress=False)
     else:
         from commandv.profiles.capture_gguf import capture_gguf
+        from commandv.runtime.llama_lowlevel import LlamaModel
 
-        path = zoo.path(MODEL)
-        capture_gguf(path, prompts[:4], batch_prompts=batch, progress=False)  # warm-up (page cache)
+        model = LlamaModel(zoo.path(MODEL))  # loaded off the clock, like the HF model
+        capture_gguf(model, prompts[:4], batch_prompts=batch, progress=False)  # warm-up
         c0, t0 = time.process_time(), time.perf_counter()
-        res = capture_gguf(path, prompts, batch_prompts=batch, progress=False)
+        res = capture_gguf(model, prompts, batch_prompts=batch, progress=False)
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     np.savez(out, *res.layers)

@@ -46,7 +46,11 @@ __all__ = ["Recipient", "GenerationStats", "EngineError", "EmptyPromptError", "P
 
 @dataclass
 class GenerationStats:
-    """Timing of the last request: prompt tokens and seconds, generated tokens and decode seconds."""
+    """Timing of the last request: prompt tokens and seconds, generated tokens and decode seconds.
+
+    The prompt phase is ``prepare_s`` (checking the packs and preparing their edits or feeds for this
+    prompt) then ``prompt_s`` (the prompt pass); ``prompt_tps`` counts both, as the wait for the first token.
+    """
 
     n_prompt: int
     prompt_s: float
@@ -57,10 +61,33 @@ class GenerationStats:
     native: bool = False
     prompt_cpu_s: float = 0.0  # process CPU time (all threads) of the prompt pass
     decode_cpu_s: float = 0.0  # process CPU time of sampling + decoding
+    prepare_s: float = 0.0  # wall seconds before the prompt pass: request and pack checks, edit preparation
+    prepare_cpu_s: float = 0.0
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        """``(wall, process CPU)`` seconds, for the phase clocks."""
+        return time.perf_counter(), time.process_time()
+
+    @classmethod
+    def after_prompt(cls, n_prompt: int, start: tuple[float, float] | None, prefill: tuple[float, float],
+                     **kw) -> "GenerationStats":
+        """Stats for a prompt pass that began at ``prefill`` (its preparation at ``start``) and ended now."""
+        end = cls.now()
+        start = start or prefill
+        return cls(n_prompt, end[0] - prefill[0], prompt_cpu_s=end[1] - prefill[1],
+                   prepare_s=prefill[0] - start[0], prepare_cpu_s=prefill[1] - start[1], **kw)
 
     @property
     def prompt_tps(self) -> float:
-        return self.n_prompt / self.prompt_s if self.prompt_s > 0 else float("nan")
+        s = self.prepare_s + self.prompt_s
+        return self.n_prompt / s if s > 0 else float("nan")
+
+    @property
+    def prompt_cpu_tps(self) -> float:
+        """Prompt tokens per process-CPU second of the prompt phase (preparation included)."""
+        s = self.prepare_cpu_s + self.prompt_cpu_s
+        return self.n_prompt / s if s > 0 else float("nan")
 
     @property
     def decode_tps(self) -> float:
@@ -209,14 +236,14 @@ class Recipient(TextEngine):
 
     # ------------------------------------------------------------------ generation
     def _tokens(self, ids: list[int], entries, sampler: Sampler, max_tokens: int,
-                stop_at_eog: bool = True) -> Iterator[int]:
-        """Prefill now; return a generator of new token ids (EOG excluded)."""
+                stop_at_eog: bool = True, start: tuple[float, float] | None = None) -> Iterator[int]:
+        """Prefill now; return a generator of new token ids (EOG excluded). ``start``: when the request's
+        preparation began (:meth:`GenerationStats.now`)."""
         if int(max_tokens) < 0:
             raise EngineError(f"max_tokens must be >= 0, got {max_tokens}")
-        t0, c0 = time.perf_counter(), time.process_time()
+        prefill = GenerationStats.now()
         logits = self._prefill(ids, entries, None, False)[-1]
-        stats = GenerationStats(len(ids), time.perf_counter() - t0, native=self.native,
-                                prompt_cpu_s=time.process_time() - c0)
+        stats = GenerationStats.after_prompt(len(ids), start, prefill, native=self.native)
         self.last_stats = stats
         req = self._request
 
@@ -235,15 +262,17 @@ class Recipient(TextEngine):
                      force: bool | None = None, stop_at_eog: bool = True) -> list[int]:
         """New token ids after ``token_ids`` (stops at an end-of-generation token, not included, unless
         ``stop_at_eog`` is False: then exactly ``max_tokens`` unless the context fills up — benchmarks)."""
+        start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         ids, entries = self._prepare(token_ids, packs, strengths, force)
-        return list(self._tokens(ids, entries, sampler, max_tokens, stop_at_eog))
+        return list(self._tokens(ids, entries, sampler, max_tokens, stop_at_eog, start))
 
     def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
+        start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         stops = check_stops(stop)
         ids, entries = self._prepare(ids, packs, strengths, force)
-        toks = self._tokens(ids, entries, sampler, max_tokens)
+        toks = self._tokens(ids, entries, sampler, max_tokens, start=start)
         return self._stream(toks, (self._piece(t) for t in toks), stops, stream)
 
     def close(self) -> None:

@@ -19,7 +19,6 @@ Not thread-safe: one request at a time.
 from __future__ import annotations
 
 import os
-import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -177,14 +176,16 @@ class OnnxRecipient(TextEngine):
 
     # ------------------------------------------------------------------ generation
     def _tokens(self, ids: list[int], feeds: dict, sampler: Sampler, max_tokens: int,
-                stop_at_eog: bool = True) -> Iterator[int]:
+                stop_at_eog: bool = True, start: tuple[float, float] | None = None) -> Iterator[int]:
+        """Prefill now; return a generator of new token ids. ``start``: when the request's preparation (pack
+        checks, feeds) began."""
         if int(max_tokens) < 0:
             raise EngineError(f"max_tokens must be >= 0, got {max_tokens}")
         want = ["logits", *(b for _, b in self._kv)]
-        t0, c0 = time.perf_counter(), time.process_time()
+        prefill = GenerationStats.now()
         logits, _, past = self._prefill(ids, feeds, [], False)
         logits = logits[-1]
-        stats = GenerationStats(len(ids), time.perf_counter() - t0, prompt_cpu_s=time.process_time() - c0)
+        stats = GenerationStats.after_prompt(len(ids), start, prefill)
         self.last_stats = stats
 
         state = {"past": past}
@@ -201,15 +202,18 @@ class OnnxRecipient(TextEngine):
                      temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                      force: bool | None = None, stop_at_eog: bool = True) -> list[int]:
         """New token ids after ``token_ids`` (EOG ends it, not included, unless ``stop_at_eog`` is False)."""
+        start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         ids, loaded, s = self._prepare(token_ids, packs, strengths, force)
-        return list(self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, stop_at_eog))
+        return list(self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, stop_at_eog,
+                                 start))
 
     def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
+        start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         stops = check_stops(stop)
         ids, loaded, s = self._prepare(ids, packs, strengths, force)
-        toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens)
+        toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, start=start)
 
         def token_bytes() -> Iterator[bytes]:
             """The text each token adds (tokenizers decode whole sequences), held while a character is incomplete."""

@@ -332,6 +332,28 @@ def test_stats_and_raw_prompts(rec):
     assert rec.encode("plain text", template=False) == rec.model.tokenize("plain text", add_special=True)
 
 
+def test_prompt_clock_includes_pack_preparation(rec, monkeypatch):
+    """prompt_tps is the wait for the first token: checking and compiling the pack counts (a slowed one shows)."""
+    import time
+
+    prepare = rec._prepare
+
+    def slow_prepare(*a, **kw):
+        time.sleep(0.2)
+        return prepare(*a, **kw)
+
+    monkeypatch.setattr(rec, "_prepare", slow_prepare)
+    for stream in (False, True):
+        "".join(rec.generate(PROMPT, max_tokens=2, stream=stream))
+        st = rec.last_stats
+        assert st.prepare_s >= 0.2 and st.prepare_cpu_s < 0.1, st
+        assert st.prompt_tps == pytest.approx(st.n_prompt / (st.prepare_s + st.prompt_s))
+        assert st.prompt_tps < st.n_prompt / 0.2
+        assert st.prompt_cpu_tps == pytest.approx(st.n_prompt / (st.prepare_cpu_s + st.prompt_cpu_s))
+    rec.generate_ids(rec.encode(PROMPT), max_tokens=1)
+    assert rec.last_stats.prepare_s >= 0.2
+
+
 # ---------------------------------------------------------------- native build and fallback
 def test_native_build_into_cache_and_fallback(tmp_home, monkeypatch):
     from commandv.runtime import llama_edit

@@ -200,6 +200,26 @@ def test_sampling_streaming_and_stops(env):
     assert isinstance(reply, str)
 
 
+def test_prompt_clock_includes_pack_preparation(env, monkeypatch):
+    """prompt_tps is the wait for the first token: building the pack feeds counts (a slowed one shows)."""
+    import time
+
+    rec, pack = env["rec"]["inputs"], env["pack"]
+    feeds = rec.pack_feeds
+
+    def slow_feeds(*a, **kw):
+        time.sleep(0.2)
+        return feeds(*a, **kw)
+
+    monkeypatch.setattr(rec, "pack_feeds", slow_feeds)
+    for stream in (False, True):
+        "".join(rec.generate(PROMPT, packs=[pack], max_tokens=2, stream=stream))
+        st = rec.last_stats
+        assert st.prepare_s >= 0.2 and st.prompt_s < st.prepare_s, st
+        assert st.prompt_tps == pytest.approx(st.n_prompt / (st.prepare_s + st.prompt_s))
+        assert st.prompt_tps < st.n_prompt / 0.2
+
+
 def test_bad_inputs_are_named(env, tmp_path):
     fp, inputs, plain, baked = env["fp"], env["rec"]["inputs"], env["rec"]["plain"], env["rec"]["baked"]
     ids = inputs.encode(PROMPT)
