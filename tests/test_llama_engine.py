@@ -20,7 +20,7 @@ from commandv.runtime.llama_engine import (  # noqa: E402
 from commandv.runtime.llama_sampling import Sampler, SamplingError, TextStream  # noqa: E402
 from commandv.runtime.model_ref import ModelError  # noqa: E402
 from commandv.runtime.pack import PackError  # noqa: E402
-from tests.helpers import rel_err  # noqa: E402
+from tests.helpers import check_prompt_clock, rel_err  # noqa: E402
 from tests.test_llama_parity import random_pack  # noqa: E402
 from tests.tiny_models import read_gguf_weights  # noqa: E402
 
@@ -333,25 +333,8 @@ def test_stats_and_raw_prompts(rec):
 
 
 def test_prompt_clock_includes_pack_preparation(rec, monkeypatch):
-    """prompt_tps is the wait for the first token: checking and compiling the pack counts (a slowed one shows)."""
-    import time
-
-    prepare = rec._prepare
-
-    def slow_prepare(*a, **kw):
-        time.sleep(0.2)
-        return prepare(*a, **kw)
-
-    monkeypatch.setattr(rec, "_prepare", slow_prepare)
-    for stream in (False, True):
-        "".join(rec.generate(PROMPT, max_tokens=2, stream=stream))
-        st = rec.last_stats
-        assert st.prepare_s >= 0.2 and st.prepare_cpu_s < 0.1, st
-        assert st.prompt_tps == pytest.approx(st.n_prompt / (st.prepare_s + st.prompt_s))
-        assert st.prompt_tps < st.n_prompt / 0.2
-        assert st.prompt_cpu_tps == pytest.approx(st.n_prompt / (st.prepare_cpu_s + st.prompt_cpu_s))
-    rec.generate_ids(rec.encode(PROMPT), max_tokens=1)
-    assert rec.last_stats.prepare_s >= 0.2
+    """Checking the packs and compiling their edits counts on the prompt clock."""
+    check_prompt_clock(rec, monkeypatch, "_prepare", PROMPT)
 
 
 # ---------------------------------------------------------------- native build and fallback

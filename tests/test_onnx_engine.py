@@ -27,7 +27,7 @@ from commandv.runtime.onnx_engine import OnnxModelError, OnnxRecipient, find_onn
 from commandv.runtime.onnx_surgery import add_pack_slots, bake_packs  # noqa: E402
 from commandv.runtime.pack import BehaviorPack, PackEntry, PackError  # noqa: E402
 from commandv.runtime.torch_engine import TorchRecipient, pack_edits  # noqa: E402
-from tests.helpers import rel_err  # noqa: E402
+from tests.helpers import check_prompt_clock, rel_err  # noqa: E402
 
 PROMPT = "Tell me something nice about rivers."
 
@@ -201,23 +201,8 @@ def test_sampling_streaming_and_stops(env):
 
 
 def test_prompt_clock_includes_pack_preparation(env, monkeypatch):
-    """prompt_tps is the wait for the first token: building the pack feeds counts (a slowed one shows)."""
-    import time
-
-    rec, pack = env["rec"]["inputs"], env["pack"]
-    feeds = rec.pack_feeds
-
-    def slow_feeds(*a, **kw):
-        time.sleep(0.2)
-        return feeds(*a, **kw)
-
-    monkeypatch.setattr(rec, "pack_feeds", slow_feeds)
-    for stream in (False, True):
-        "".join(rec.generate(PROMPT, packs=[pack], max_tokens=2, stream=stream))
-        st = rec.last_stats
-        assert st.prepare_s >= 0.2 and st.prompt_s < st.prepare_s, st
-        assert st.prompt_tps == pytest.approx(st.n_prompt / (st.prepare_s + st.prompt_s))
-        assert st.prompt_tps < st.n_prompt / 0.2
+    """Building the pack feeds counts on the prompt clock."""
+    check_prompt_clock(env["rec"]["inputs"], monkeypatch, "pack_feeds", PROMPT, [env["pack"]])
 
 
 def test_bad_inputs_are_named(env, tmp_path):
