@@ -181,6 +181,9 @@ def _french_eval() -> list[EvalPrompt]:
 
 # ----------------------------------------------------------------------------- refusal
 
+_WARNED: set = set()  # marker files already warned about (once per process)
+
+
 def refusal_markers() -> tuple[str, ...]:
     """Lower-case refusal phrases: ``refusal_markers.txt`` from the data folder, else a built-in list."""
     path = eval_data_dir() / "refusal_markers.txt"
@@ -193,9 +196,6 @@ def refusal_markers() -> tuple[str, ...]:
         warnings.warn(f"{path} not found: judging refusals with the {len(_BUILTIN_MARKERS)} built-in markers "
                       "(set COMMANDV_EVAL_DATA or COMMANDV_SHARED for the evaluation data's list)", stacklevel=2)
     return _BUILTIN_MARKERS
-
-
-_WARNED: set = set()
 
 
 def judge_refusal(text: str, markers: tuple[str, ...] | None = None) -> bool:

@@ -70,11 +70,10 @@ class GenerationStats:
         return time.perf_counter(), time.process_time()
 
     @classmethod
-    def after_prompt(cls, n_prompt: int, start: tuple[float, float] | None, prefill: tuple[float, float],
+    def after_prompt(cls, n_prompt: int, start: tuple[float, float], prefill: tuple[float, float],
                      **kw) -> "GenerationStats":
         """Stats for a prompt pass that began at ``prefill`` (its preparation at ``start``) and ended now."""
         end = cls.now()
-        start = start or prefill
         return cls(n_prompt, end[0] - prefill[0], prompt_cpu_s=end[1] - prefill[1],
                    prepare_s=prefill[0] - start[0], prepare_cpu_s=prefill[1] - start[1], **kw)
 
@@ -235,8 +234,8 @@ class Recipient(TextEngine):
         return (logits if all_logits else logits[-1]), hidden
 
     # ------------------------------------------------------------------ generation
-    def _tokens(self, ids: list[int], entries, sampler: Sampler, max_tokens: int,
-                stop_at_eog: bool = True, start: tuple[float, float] | None = None) -> Iterator[int]:
+    def _tokens(self, ids: list[int], entries, sampler: Sampler, max_tokens: int, start: tuple[float, float],
+                stop_at_eog: bool = True) -> Iterator[int]:
         """Prefill now; return a generator of new token ids (EOG excluded). ``start``: when the request's
         preparation began (:meth:`GenerationStats.now`)."""
         if int(max_tokens) < 0:
@@ -265,14 +264,14 @@ class Recipient(TextEngine):
         start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         ids, entries = self._prepare(token_ids, packs, strengths, force)
-        return list(self._tokens(ids, entries, sampler, max_tokens, stop_at_eog, start))
+        return list(self._tokens(ids, entries, sampler, max_tokens, start, stop_at_eog))
 
     def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
         start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         stops = check_stops(stop)
         ids, entries = self._prepare(ids, packs, strengths, force)
-        toks = self._tokens(ids, entries, sampler, max_tokens, start=start)
+        toks = self._tokens(ids, entries, sampler, max_tokens, start)
         return self._stream(toks, (self._piece(t) for t in toks), stops, stream)
 
     def close(self) -> None:

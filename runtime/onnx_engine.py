@@ -175,8 +175,8 @@ class OnnxRecipient(TextEngine):
         return (logits if all_logits else logits[-1]), hidden
 
     # ------------------------------------------------------------------ generation
-    def _tokens(self, ids: list[int], feeds: dict, sampler: Sampler, max_tokens: int,
-                stop_at_eog: bool = True, start: tuple[float, float] | None = None) -> Iterator[int]:
+    def _tokens(self, ids: list[int], feeds: dict, sampler: Sampler, max_tokens: int, start: tuple[float, float],
+                stop_at_eog: bool = True) -> Iterator[int]:
         """Prefill now; return a generator of new token ids. ``start``: when the request's preparation (pack
         checks, feeds) began."""
         if int(max_tokens) < 0:
@@ -205,15 +205,15 @@ class OnnxRecipient(TextEngine):
         start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         ids, loaded, s = self._prepare(token_ids, packs, strengths, force)
-        return list(self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, stop_at_eog,
-                                 start))
+        return list(self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, start,
+                                 stop_at_eog))
 
     def _text(self, ids, packs, strengths, max_tokens, temperature, top_p, seed, stop, stream, force):
         start = GenerationStats.now()
         sampler = Sampler(temperature, top_p, seed)
         stops = check_stops(stop)
         ids, loaded, s = self._prepare(ids, packs, strengths, force)
-        toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, start=start)
+        toks = self._tokens(ids, self.pack_feeds(loaded, s, len(ids)), sampler, max_tokens, start)
 
         def token_bytes() -> Iterator[bytes]:
             """The text each token adds (tokenizers decode whole sequences), held while a character is incomplete."""

@@ -50,10 +50,11 @@ def _baked(meta: OnnxMeta, packs, strengths, n, rows, where, mask) -> None:
             names = ", ".join(b["name"] for b in meta.baked)
             raise PackError(f"pack {pack.name!r} is not baked into {where} (it holds: {names}); use a "
                             "pack-inputs export (the default of cmdv onnx export) to run any pack")
-        if digests.index(dg) in order:
+        k = digests.index(dg)
+        if k in order:
             raise PackError(f"pack {pack.name!r} is given twice, but {where} has it baked in once; use a "
                             "pack-inputs export to apply a pack more than once")
-        order.append(digests.index(dg))
+        order.append(k)
     for i, a in enumerate(packs):
         for j in range(i + 1, len(packs)):
             common = sorted(set(a.layers) & set(packs[j].layers))
