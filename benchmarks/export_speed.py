@@ -10,15 +10,16 @@ Also reports the pack size for a real pair (Qwen1.5B → Qwen0.5B, rank 8, every
 when both zoo models are fetched (``--real``).
 
 Cold = empty factor cache (Gram + factorization of every profile layer, then fold);
-warm = the same export again (factors cached: only the fold): ``warm_seconds`` is the
-median of 7 whole 16-pair exports run back to back after the cold passes (so
-``warm_speedup`` is a ratio of medians); ``warm_seconds_paired`` sums, per pass,
-each pair's warm fold timed right after that pair's reference and cold runs
-(median of 3), like cold, with ``warm_speedup_paired_median`` the median of the
-per-pair ratios. Floors measured in the
-same run: cold_floor_seconds (the float32 Gram products alone), warm_floor_seconds
-(the fold's two one-pass BLAS products alone), warm_memory_floor_seconds (streaming
-the profiles once); ``*_ceiling`` = ref_seconds / floor.
+warm = the same export again (factors cached: only the fold, every pair in one batch as
+``export_pack`` does, through the native kernels when they build): ``warm_seconds`` is the
+median of 7 whole 16-pair exports after the cold passes (so ``warm_speedup`` is a ratio of
+medians), alternating with the same export through numpy (``warm_seconds_numpy``), each
+after a 0.3 s pause; ``warm_seconds_paired`` sums, per pass, each pair's warm fold (one
+pair per call) timed right after that pair's reference and cold runs (median of 3), like
+cold, with ``warm_speedup_paired_median`` the median of the per-pair ratios. Also measured in the same run: cold_floor_seconds (the float32 Gram
+products alone; ``cold_speedup_ceiling`` = ref_seconds / that), numpy_products_seconds
+(the fold's two one-pass products through numpy/OpenBLAS alone, what the numpy warm path
+cannot beat), warm_memory_floor_seconds (streaming the profiles once).
 
     python benchmarks/export_speed.py [--layers 16] [--passes 3] [--real]
 """
@@ -69,9 +70,10 @@ def main() -> None:
 
     import torch
 
-    from commandv.exporter.fold import fold_edit
-    from commandv.exporter.interventions import DonorEdit
+    from commandv.exporter import fold_native
     from commandv.exporter.export import cached_factor, clear_factor_cache
+    from commandv.exporter.fold import FoldItem, fold_edits
+    from commandv.exporter.interventions import DonorEdit
 
     torch.set_num_threads(torch.get_num_threads())
     rng = np.random.default_rng(0)
@@ -89,10 +91,15 @@ def main() -> None:
         C = torch.from_numpy(edits[i].C.astype(np.float32)) @ C_dr
         return A.numpy(), C.numpy()
 
-    def ours(i):
-        fR = cached_factor(("bench-R", i), XR[i])
-        fD = cached_factor(("bench-D", i), XD[i])
-        return fold_edit(edits[i], fR, fD, i)
+    def items(pairs):
+        return [FoldItem(edits[i], cached_factor(("bench-R", i), XR[i]), cached_factor(("bench-D", i), XD[i]), i)
+                for i in pairs]
+
+    def ours(i):  # one layer pair: its two factors (computed once, then cached) and the fold
+        return fold_edits(items([i]))[0]
+
+    def ours_all():  # a whole export: every pair's cached factors, folded in one batch (as export_pack does)
+        return fold_edits(items(range(L)))
 
     # Paired and alternating: per layer pair, the reference and our cold export run back to back
     # (order swapped every pair), so load from other processes hits both alike. The whole cold
@@ -118,7 +125,8 @@ def main() -> None:
                     cold[i] = ours(i)
                     cold_t[p][i] = time.perf_counter() - t0
             # Warm, paired with this pair's reference: the same pair again with its factors now cached
-            # (median of 3), right after the reference/cold runs above.
+            # (median of 3), right after the reference/cold runs above (after the same 0.3 s pause).
+            time.sleep(0.3)
             reps = []
             for _ in range(3):
                 t0 = time.perf_counter()
@@ -132,16 +140,25 @@ def main() -> None:
     paired = [a / b for ra, ca in zip(ref_t, cold_t) for a, b in zip(ra, ca)]
     warm_pair_s = float(np.median([sum(t) for t in warm_pair_t]))
     warm_paired = [a / b for ra, wa in zip(ref_t, warm_pair_t) for a, b in zip(ra, wa)]
-    warm_times = []
+    # Whole warm exports, alternating with the same exports through numpy (native kernels off), each
+    # after a 0.3 s pause: a numpy run leaves OpenBLAS worker threads spinning for ~0.1 s.
+    warm_times, numpy_times = [], []
+    real_batch = fold_native.fold_batch
     for _ in range(7):
-        t0 = time.perf_counter()
-        warm = [ours(i) for i in range(L)]
-        warm_times.append(time.perf_counter() - t0)
+        for which in ("native", "numpy"):
+            fold_native.fold_batch = real_batch if which == "native" else (lambda pairs: None)
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            got = ours_all()
+            (warm_times if which == "native" else numpy_times).append(time.perf_counter() - t0)
+            if which == "native":
+                warm = got
+    fold_native.fold_batch = real_batch
     warm_s = float(np.median(warm_times))
     # Floors, measured on the same arrays. Cold cannot beat forming the two float32 Gram matrices
-    # (numpy's X @ X.T is a BLAS ssyrk). Warm cannot beat the two one-pass products of the fold,
-    # X_D @ [A | Cᵀ] and Zᵀ @ X_R (16 columns each, BLAS sgemm); below that, streaming the profiles
-    # once (float32 gemv) is the memory floor.
+    # (numpy's X @ X.T is a BLAS ssyrk). The numpy warm path cannot beat the two one-pass products
+    # of the fold, X_D @ [A | Cᵀ] and Zᵀ @ X_R (16 columns each, BLAS sgemm); no warm fold can beat
+    # streaming the profiles once (float32 gemv), the memory floor.
     gram_t, prod_t, stream_t = [], [], []
     for i in range(L):
         t0 = time.perf_counter()
@@ -175,8 +192,10 @@ def main() -> None:
         "warm_seconds_paired": (warm_pair_s, "s"), "warm_speedup_paired": (ref_s / warm_pair_s, "x"),
         "warm_speedup_paired_median": (float(np.median(warm_paired)), "x"),
         "cold_floor_seconds": (gram_s, "s"), "cold_speedup_ceiling": (ref_s / gram_s, "x"),
-        "warm_floor_seconds": (prod_s, "s"), "warm_speedup_ceiling": (ref_s / prod_s, "x"),
+        "numpy_products_seconds": (prod_s, "s"),
         "warm_memory_floor_seconds": (stream_s, "s"),
+        "warm_seconds_numpy": (float(np.median(numpy_times)), "s"),
+        "warm_speedup_numpy": (ref_s / float(np.median(numpy_times)), "x"),
     }
     print({k: round(v[0], 6) for k, v in figures.items()}, flush=True)
     if args.real:
@@ -186,6 +205,10 @@ def main() -> None:
                                             "warm_seconds_per_pair": warm_pair_t,
                                             "gram_seconds_per_pair": gram_t, "fold_product_seconds_runs": prod_t,
                                             "stream_seconds_runs": stream_t, "warm_seconds_runs": warm_times,
+                                            "warm_seconds_numpy_runs": numpy_times,
+                                            "native_kernels": fold_native.available(),
+                                            "native_unavailable_reason": fold_native.unavailable_reason(),
+                                            "native_threads": fold_native.threads(),
                                             "gram_precision": grams,
                                             "load_avg_end": os.getloadavg()})
 

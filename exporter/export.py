@@ -18,7 +18,7 @@ from commandv.runtime import __version__
 from commandv.runtime.pack import BehaviorPack
 
 from .adapters import Adapter
-from .fold import fold_edit
+from .fold import FoldItem, fold_edits
 from .layermap import DEFAULT_LAYER_RULE, build_layer_map
 from .translators import GramFactor, factorize, fit_diagnostics
 
@@ -32,11 +32,13 @@ _MAX_FACTORS = 256
 
 
 def _sample_digest(X: np.ndarray) -> str:
-    """Cheap digest of a strided ~64×64 sample of ``X`` plus its shape (guards the cache key)."""
+    """Cheap digest of ~16 rows × 3 runs of 64 columns of ``X`` plus its shape (guards the cache key;
+    contiguous runs: a strided 64×64 sample is 4096 cache misses, ~0.1 ms per warm lookup)."""
     import hashlib
 
     n, d = X.shape
-    sample = np.ascontiguousarray(X[:: max(1, n // 64), :: max(1, d // 64)])
+    rows = X[:: max(1, n // 16)]
+    sample = np.concatenate([rows[:, :64], rows[:, d // 2: d // 2 + 64], rows[:, -64:]], axis=1)
     return hashlib.blake2b(sample.tobytes() + str(X.shape).encode(), digest_size=16).hexdigest()
 
 
@@ -110,23 +112,29 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         raise ExportError(f"adapter layers {bad} out of range for the donor's {dm.n_layer} layers")
     lmap = build_layer_map(adapter.layers, dm.n_layer, rm.n_layer, layer_rule)
     fit, held = holdout_rows(dm.n_prompts, holdout)
-    entries, diags = [], []
     rows_key = (len(fit), int(fit.sum()))
     to_recipient = dict(lmap.pairs)
+    items, held_rows = [], []
     for edit in sorted(adapter.edits, key=lambda e: e.layer):  # donor-layer order, whatever the list's order
         l_d, l_r = edit.layer, to_recipient[edit.layer]
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
         fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit], rcond)
         fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit], rcond)
-        entry = fold_edit(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength)
-        entries.append(entry)
-        d = {"donor_layer": l_d, "recipient_layer": l_r, "rank_fit_R": fR.rank, "rank_fit_D": fD.rank}
-        if len(held):
-            d.update(fit_diagnostics(fR, fD, XR[held], XD[held]))
-            hr = XR[held].astype(np.float32)
+        items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
+        held_rows.append((XR[held], XD[held]) if len(held) else None)
+    entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
+    diags = []
+    for it, entry, rows in zip(items, entries, held_rows):
+        edit, fR, fD = it.edit, it.fR, it.fD
+        d = {"donor_layer": edit.layer, "recipient_layer": it.recipient_layer, "rank_fit_R": fR.rank,
+             "rank_fit_D": fD.rank}
+        if rows is not None:
+            XR_held, XD_held = rows
+            d.update(fit_diagnostics(fR, fD, XR_held, XD_held))
+            hr = XR_held.astype(np.float32)
             d["delta_energy"] = float(np.linalg.norm(entry.delta(hr), axis=1).mean()
                                       / max(np.linalg.norm(hr, axis=1).mean(), 1e-30))
-            hd = XD[held].astype(np.float64)
+            hd = XD_held.astype(np.float64)
             d["donor_delta_energy"] = float(np.linalg.norm(edit.delta(hd), axis=1).mean()
                                             / max(np.linalg.norm(hd, axis=1).mean(), 1e-30))
         diags.append(d)

@@ -63,6 +63,11 @@ def _ggml_base(lib_dir: Path) -> Path:
     raise NativeBuildError(f"libggml-base not found in {lib_dir}")
 
 
+def disabled_by_env() -> bool:
+    """True when ``COMMANDV_NATIVE`` says no (``0``/``false``/``no``/``off``): use the Python/numpy paths."""
+    return os.environ.get("COMMANDV_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def compiler() -> str | None:
     """Path of the C compiler to use, or None."""
     cand = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
@@ -159,7 +164,7 @@ def _check(core: NativeCore) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _load_cached() -> NativeCore | None:
-    if os.environ.get("COMMANDV_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if disabled_by_env():
         _REASON.append("disabled by COMMANDV_NATIVE=0")
         return None
     try:

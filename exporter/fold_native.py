@@ -1,0 +1,250 @@
+"""Native float32 kernels for the warm fold (``fold_kernels.c``): a batch of layer pairs in one call.
+
+A warm fold (factors cached) is, per layer pair, two products (``X_D [N, d_D]`` and ``X_R [N, d_R]``
+against 16-32 columns) and two Cholesky solves with ``N×N`` factors. Through numpy, OpenBLAS repacks
+``X`` for every skinny product and numpy has no ``trsm``, so the solves are many small products.
+``fold_kernels.c`` streams each ``X`` once with 16-float vector registers, solves straight from the
+row-major float32 factor, and folds every pair of an export in one call, so the threads start once
+and no OpenBLAS worker thread spins between the steps (measured on the paper's shapes, 2-core EPYC:
+16 pairs in ~31-37 ms against ~75-95 ms through numpy; ``benchmarks/export_speed.py``).
+
+Built on first use with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``;
+``-O3 -march=native`` when the compiler takes it, else ``-O3``) into
+``cache_home()/native/fold_kernels-<hash>.so``; the hash covers the source, compiler, flags and this
+CPU's flag list, so a cache shared between machines never loads code built for another CPU. A freshly
+loaded library must reproduce numpy float64 results on ragged random problems or it is not used.
+Without a compiler, after a failed build or self-test, or with ``COMMANDV_NATIVE=0``,
+:func:`available` is False, :func:`unavailable_reason` says why, and callers use numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from commandv.runtime.atomic import atomic_path
+from commandv.runtime.native.build import compiler, disabled_by_env
+from commandv.runtime.paths import cache_home
+
+SOURCE = Path(__file__).with_name("fold_kernels.c")
+CFLAGS = ("-std=c11", "-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread", "-Wall")
+TUNE = ("-march=native",)
+"""Tried first; dropped when the compiler refuses it."""
+
+MAX_THREADS = 8
+"""Threads per batch at most (each batch starts its threads afresh, ~50 µs each)."""
+
+_REASON: list[str] = []
+
+
+class FoldKernelError(RuntimeError):
+    """The fold kernels could not be built, loaded or trusted."""
+
+
+class _Job(ctypes.Structure):
+    """``cmdv_fold_job`` in fold_kernels.c (one layer pair)."""
+
+    _fields_ = [("XD", ctypes.c_void_p), ("dD", ctypes.c_long), ("ldd", ctypes.c_long),
+                ("XR", ctypes.c_void_p), ("dR", ctypes.c_long), ("ldr", ctypes.c_long),
+                ("LR", ctypes.c_void_p), ("LD", ctypes.c_void_p), ("ldlr", ctypes.c_long), ("ldld", ctypes.c_long),
+                ("M", ctypes.c_void_p), ("kp", ctypes.c_long), ("g1", ctypes.c_long), ("g2", ctypes.c_long),
+                ("Y", ctypes.c_void_p), ("out", ctypes.c_void_p)]
+
+
+@dataclass
+class PairFold:
+    """One layer pair for :func:`fold_batch`: ``X_Rᵀ G_R⁻¹ X_D M`` for each ``M`` in ``to_r`` and
+    ``X_Rᵀ G_D⁻¹ X_D M`` for each in ``to_d``.
+
+    ``XD [N, d_D]``, ``XR [N, d_R]``: float32 with contiguous rows (any row stride); ``LR``, ``LD``:
+    lower Cholesky factors ``[N, N]`` (float32, C-contiguous) of ``X_R X_Rᵀ`` and ``X_D X_Dᵀ``;
+    each ``M [d_D, w]``.
+    """
+
+    XD: np.ndarray
+    XR: np.ndarray
+    LR: np.ndarray
+    LD: np.ndarray
+    to_r: Sequence[np.ndarray]
+    to_d: Sequence[np.ndarray]
+
+
+def _cpu_id() -> bytes:
+    """What ``-march=native`` depends on: the machine and, on Linux, the CPU model and flags."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features", "model name")):
+                parts.append(line)
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        pass
+    return "\n".join(parts).encode()
+
+
+def library_path(cc: str) -> Path:
+    """Where the library built from the current source with compiler ``cc`` for this CPU lives."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS + TUNE).encode(), _cpu_id(),
+                 sys.platform.encode()):
+        h.update(hashlib.sha256(part).digest())
+    ext = ".dylib" if sys.platform == "darwin" else ".so"
+    return cache_home() / "native" / f"fold_kernels-{h.hexdigest()[:16]}{ext}"
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``fold_kernels.c`` (unless built already) → library path; :class:`FoldKernelError` on failure."""
+    if sys.platform not in ("linux", "darwin"):
+        raise FoldKernelError(f"native build not supported on {sys.platform}")
+    cc = compiler()
+    if cc is None:
+        raise FoldKernelError("no C compiler found (set CC or install cc/gcc/clang)")
+    target = library_path(cc)
+    if target.is_file() and not force:
+        return target
+    flags = ["-dynamiclib" if f == "-shared" and sys.platform == "darwin" else f for f in CFLAGS]
+    error = None
+    for tune in (list(TUNE), []):  # -march=native first; some compilers (Apple clang on arm64) refuse it
+        try:
+            with atomic_path(target, suffix=target.suffix) as tmp:  # a failed compile leaves no file behind
+                proc = subprocess.run([cc, *flags, *tune, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+                    raise FoldKernelError(f"compiling {SOURCE.name} failed: {tail}")
+            return target
+        except FoldKernelError as exc:
+            error = exc
+    raise error
+
+
+def threads() -> int:
+    """Threads for a batch: the CPUs this process may run on, at most :data:`MAX_THREADS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """Whole batches against numpy float64 on ragged shapes (1 and 3 threads; whole-job and phased paths)."""
+    rng = np.random.default_rng(7)
+    n, dD, dR = 29, 45, 37
+    pairs, wants = [], []
+    for _ in range(3):
+        XD = rng.standard_normal((n, dD)).astype(np.float32)
+        XR = rng.standard_normal((n, dR)).astype(np.float32)
+        GR, GD = (X.astype(np.float64) @ X.T.astype(np.float64) for X in (XR, XD))
+        LR, LD = (np.linalg.cholesky(G).astype(np.float32) for G in (GR, GD))
+        M = rng.standard_normal((dD, 19))
+        pairs.append(PairFold(XD, XR, LR, LD, [M[:, :2], M[:, 2:11]], [M[:, 11:]]))
+        Y = XD.astype(np.float64) @ M
+        wants.append(XR.T.astype(np.float64) @ np.concatenate([np.linalg.solve(GR, Y[:, :11]),
+                                                               np.linalg.solve(GD, Y[:, 11:])], 1))
+    for nt in (1, 3, 2):  # 2 threads, 3 jobs: two whole jobs, then one phase by phase
+        got = _fold_batch(lib, pairs, nt)
+        for outs, want in zip(got, wants):
+            a = np.concatenate(outs, axis=1)
+            if not np.allclose(a, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max())):
+                raise FoldKernelError("fold kernels disagree with numpy on the self-test; not used")
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    if disabled_by_env():
+        _REASON.append("disabled by COMMANDV_NATIVE=0")
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+        lib.cmdv_fold_batch.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        lib.cmdv_fold_batch.restype = ctypes.c_int
+        lib.cmdv_fold_job_size.restype = ctypes.c_long
+        if lib.cmdv_fold_job_size() != ctypes.sizeof(_Job):
+            raise FoldKernelError(f"cmdv_fold_job is {lib.cmdv_fold_job_size()} bytes in C, "
+                                  f"{ctypes.sizeof(_Job)} in Python")
+        _self_test(lib)
+        return lib
+    except (FoldKernelError, OSError, AttributeError) as exc:
+        _REASON.append(str(exc))
+        return None
+
+
+def available() -> bool:
+    """True when the kernels are built, loaded and passed their self-test."""
+    return _lib() is not None
+
+
+def unavailable_reason() -> str | None:
+    return _REASON[-1] if _REASON else None
+
+
+def _rows_ok(X: np.ndarray) -> bool:
+    """float32 ``[N, d]`` with contiguous, 4-byte aligned rows (any row stride)."""
+    return (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and X.shape[0] > 0
+            and X.shape[1] > 0 and X.strides[1] == 4 and X.strides[0] >= 4 * X.shape[1]
+            and X.strides[0] % 4 == 0 and X.flags.aligned)
+
+
+def _factor_ok(L: np.ndarray, n: int) -> bool:
+    return (isinstance(L, np.ndarray) and L.dtype == np.float32 and L.shape == (n, n)
+            and L.flags.c_contiguous and L.flags.aligned)
+
+
+def suits(p: PairFold) -> bool:
+    """Whether the kernels take this pair (float32 operands of agreeing shapes, see :class:`PairFold`)."""
+    n = p.XD.shape[0] if isinstance(p.XD, np.ndarray) and p.XD.ndim == 2 else -1
+    return (_rows_ok(p.XD) and _rows_ok(p.XR) and p.XR.shape[0] == n and _factor_ok(p.LR, n)
+            and _factor_ok(p.LD, n) and len(p.to_r) + len(p.to_d) > 0
+            and all(np.ndim(m) == 2 and np.shape(m)[0] == p.XD.shape[1] for m in list(p.to_r) + list(p.to_d)))
+
+
+def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> list[list[np.ndarray]]:
+    n = pairs[0].XD.shape[0]
+    pad8 = lambda w: -(-w // 8) * 8  # noqa: E731
+    jobs = (_Job * len(pairs))()
+    keep, layout = [], []
+    for b, p in enumerate(pairs):
+        dD, dR = p.XD.shape[1], p.XR.shape[1]
+        s1 = pad8(sum(m.shape[1] for m in p.to_r))  # G_R⁻¹ columns, then G_D⁻¹ ones, each group of 8 whole
+        s2 = s1 + pad8(sum(m.shape[1] for m in p.to_d))
+        kp = -(-s2 // 16) * 16
+        M = np.zeros((dD, kp), np.float32)
+        offsets, off = [], 0
+        for i, m in enumerate(list(p.to_r) + list(p.to_d)):
+            off = s1 if i == len(p.to_r) else off
+            M[:, off:off + m.shape[1]] = m
+            offsets.append((off, m.shape[1]))
+            off += m.shape[1]
+        Y = np.empty(kp * n, np.float32)
+        out = np.empty((dR, kp), np.float32)
+        jobs[b] = _Job(p.XD.ctypes.data, dD, p.XD.strides[0] // 4, p.XR.ctypes.data, dR, p.XR.strides[0] // 4,
+                       p.LR.ctypes.data, p.LD.ctypes.data, n, n, M.ctypes.data, kp, s1 // 8, s2 // 8,
+                       Y.ctypes.data, out.ctypes.data)
+        keep += [M, Y]
+        layout.append((out, offsets))
+    if lib.cmdv_fold_batch(jobs, len(pairs), n, nthreads) != 0:
+        raise FoldKernelError("fold kernels could not start their threads (mutex/condition variable)")
+    return [[out[:, o:o + w] for o, w in offsets] for out, offsets in layout]
+
+
+def fold_batch(pairs: Sequence[PairFold]) -> list[list[np.ndarray]] | None:
+    """Fold every pair in one native call → per pair, float32 ``[d_R, w]`` arrays for ``to_r`` then
+    ``to_d`` (in order); ``None`` when the kernels are unavailable or a pair does not :func:`suits`
+    them or the pairs' prompt counts differ (the caller then uses numpy)."""
+    lib = _lib()
+    if lib is None or not pairs or not all(suits(p) for p in pairs):
+        return None
+    if len({p.XD.shape[0] for p in pairs}) != 1:
+        return None
+    return _fold_batch(lib, pairs, threads())

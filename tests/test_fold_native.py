@@ -1,0 +1,190 @@
+"""Native fold kernels (exporter/fold_kernels.c) against numpy float64, and their fallbacks."""
+
+import numpy as np
+import pytest
+
+from commandv.exporter import fold_native
+from commandv.exporter.fold import FoldItem, fold_edit, fold_edits
+from commandv.exporter.interventions import DonorEdit
+from commandv.exporter.translators import factorize
+from commandv.runtime.native.build import compiler
+
+needs_kernels = pytest.mark.skipif(compiler() is None, reason="no C compiler")
+
+
+def _pair(rng, n, dR, dD, widths_r, widths_d, strided=False):
+    wide = rng.standard_normal((n, dD + 5)).astype(np.float32)
+    XD = wide[:, 2:dD + 2] if strided else np.ascontiguousarray(wide[:, :dD])  # a view: row stride != d
+    XR = rng.standard_normal((n, dR)).astype(np.float32)
+    GR, GD = (X.astype(np.float64) @ X.T.astype(np.float64) for X in (XR, XD))
+    LR, LD = (np.linalg.cholesky(G).astype(np.float32) for G in (GR, GD))
+    to_r = [rng.standard_normal((dD, w)) for w in widths_r]
+    to_d = [rng.standard_normal((dD, w)) for w in widths_d]
+    # Reference: X_Rᵀ G⁻¹ X_D M per block, float64 with numpy's dense solve (independent of the kernels).
+    XD64, XR64 = XD.astype(np.float64), XR.astype(np.float64)
+    want = ([XR64.T @ np.linalg.solve(GR, XD64 @ m) for m in to_r]
+            + [XR64.T @ np.linalg.solve(GD, XD64 @ m) for m in to_d])
+    return fold_native.PairFold(XD, XR, LR, LD, to_r, to_d), want
+
+
+@needs_kernels
+def test_kernels_build_and_pass_their_self_test():
+    assert fold_native.available(), fold_native.unavailable_reason()
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,dR,dD,widths_r,widths_d,threads,jobs", [
+    (29, 37, 45, (2, 3), (6,), 1, 1),         # ragged everything, one thread
+    (64, 80, 96, (8,), (8,), 2, 1),           # the benchmark's layout: 8 + 8 columns, one pair phase by phase
+    (64, 80, 96, (8,), (8,), 2, 4),           # … four pairs, whole pairs per thread
+    (41, 300, 257, (4, 4), (4, 4, 1), 3, 5),  # LoReFT/NoReFT-like blocks, 3 threads: 3 whole pairs + 2 phased
+    (9, 10, 11, (1,), (1,), 7, 2),            # more threads than row blocks
+    (100, 130, 120, (17,), (15,), 2, 3),      # more than one 16-column panel
+])
+def test_fold_batch_matches_numpy(n, dR, dD, widths_r, widths_d, threads, jobs, monkeypatch):
+    rng = np.random.default_rng(n + jobs)
+    pairs, wants = zip(*[_pair(rng, n, dR, dD, widths_r, widths_d, strided=j % 2 == 0) for j in range(jobs)])
+    monkeypatch.setattr(fold_native, "threads", lambda: threads)
+    got = fold_native.fold_batch(list(pairs))
+    assert got is not None and len(got) == jobs
+    for outs, want in zip(got, wants):
+        assert [g.shape for g in outs] == [w.shape for w in want]
+        for g, w in zip(outs, want):
+            assert g.dtype == np.float32
+            assert np.abs(g - w).max() / np.abs(w).max() < 1e-4
+
+
+@needs_kernels
+def test_batch_gives_the_same_bits_as_single_pairs(monkeypatch):
+    """Whole pairs per thread (a batch) and one pair phase by phase do the same float32 arithmetic."""
+    monkeypatch.setattr(fold_native, "threads", lambda: 2)
+    rng = np.random.default_rng(4)
+    pairs = [_pair(rng, 70, 90, 110, (8,), (8,))[0] for _ in range(4)]
+    batch = fold_native.fold_batch(pairs)
+    for p, outs in zip(pairs, batch):
+        single = fold_native.fold_batch([p])
+        assert all(np.array_equal(a, b) for a, b in zip(outs, single[0]))
+
+
+@needs_kernels
+def test_unsuitable_operands_are_refused():
+    rng = np.random.default_rng(2)
+    p, _ = _pair(rng, 20, 30, 40, (3,), (3,))
+    assert fold_native.suits(p)
+    bad = [
+        fold_native.PairFold(p.XD.astype(np.float64), p.XR, p.LR, p.LD, p.to_r, p.to_d),  # float64 profile
+        fold_native.PairFold(p.XD, p.XR[:19], p.LR, p.LD, p.to_r, p.to_d),  # prompt counts differ
+        fold_native.PairFold(np.asfortranarray(p.XD), p.XR, p.LR, p.LD, p.to_r, p.to_d),  # rows not contiguous
+        fold_native.PairFold(p.XD, p.XR, p.LR.T, p.LD, p.to_r, p.to_d),  # factor not C-contiguous
+        fold_native.PairFold(p.XD, p.XR, p.LR[:10, :10], p.LD, p.to_r, p.to_d),  # factor of another size
+        fold_native.PairFold(p.XD, p.XR, p.LR, p.LD, [np.zeros((39, 3))], p.to_d),  # M rows != d_D
+        fold_native.PairFold(p.XD, p.XR, p.LR, p.LD, [], []),  # nothing to fold
+    ]
+    for q in bad:
+        assert not fold_native.suits(q)
+        assert fold_native.fold_batch([p, q]) is None  # the caller then folds through numpy
+    other_n, _ = _pair(rng, 21, 30, 40, (3,), (3,))
+    assert fold_native.fold_batch([p, other_n]) is None
+
+
+def _edit(rng, kind, dD, r=4):
+    A, C = rng.standard_normal((dD, r)) / 12, rng.standard_normal((r, dD))
+    R = np.linalg.qr(rng.standard_normal((dD, r)))[0]
+    extra = {"LoReFT": dict(P=R, Q=R.T), "NoReFT": dict(P=C.T, Q=C, e=rng.standard_normal(dD))}.get(kind, {})
+    return DonorEdit(2, kind, A, rng.standard_normal(r), C, "relu", **extra)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["LoReFT", "NoReFT", "NodiReFT"])
+def test_native_and_numpy_folds_agree(kind, monkeypatch):
+    """The same edits through the native batch and through numpy (native switched off)."""
+    rng = np.random.default_rng(11)
+    n, dR, dD = 50, 120, 140
+    items = []
+    for layer in range(3):
+        fR = factorize(rng.standard_normal((n, dR)).astype(np.float32))
+        fD = factorize(rng.standard_normal((n, dD)).astype(np.float32))
+        assert fR.gram == fD.gram == "float32"
+        items.append(FoldItem(_edit(rng, kind, dD), fR, fD, layer))
+    calls = []
+    real = fold_native.fold_batch
+    monkeypatch.setattr(fold_native, "fold_batch", lambda pairs: calls.append(len(pairs)) or real(pairs))
+    native = fold_edits(items)
+    assert calls == [3]  # one native call for the whole batch, and it was taken
+    monkeypatch.setattr(fold_native, "fold_batch", lambda pairs: None)
+    numpy = fold_edits(items)
+    assert [e.layer for e in native] == [0, 1, 2]
+    for a_entry, b_entry in zip(native, numpy):
+        for name in ("A", "C", "P", "Q", "e"):
+            a, b = getattr(a_entry, name), getattr(b_entry, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.shape == b.shape and np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+def test_float64_factors_stay_on_numpy(monkeypatch):
+    rng = np.random.default_rng(5)
+    XR, XD = rng.standard_normal((20, 30)), rng.standard_normal((20, 40))
+    fR, fD = factorize(XR), factorize(XD)
+    assert fR.L is None or fR.L.dtype == np.float64
+    monkeypatch.setattr(fold_native, "fold_batch", lambda pairs: pytest.fail("native path taken"))
+    edit = DonorEdit(0, "NodiReFT", rng.standard_normal((40, 2)), rng.standard_normal(2),
+                     rng.standard_normal((2, 40)), "linear")
+    entry = fold_edit(edit, fR, fD, 0)
+    want = XR.T @ np.linalg.solve(XR @ XR.T, XD @ edit.A)
+    assert np.abs(entry.A - want).max() / np.abs(want).max() < 1e-5
+
+
+def test_disabled_by_env(monkeypatch):
+    monkeypatch.setenv("COMMANDV_NATIVE", "0")
+    fold_native._lib.cache_clear()
+    try:
+        assert not fold_native.available()
+        assert "COMMANDV_NATIVE" in fold_native.unavailable_reason()
+        rng = np.random.default_rng(1)
+        XR, XD = (rng.standard_normal((12, d)).astype(np.float32) for d in (30, 40))
+        fR, fD = factorize(XR), factorize(XD)
+        assert fR.gram == "float32"
+        edit = DonorEdit(0, "NodiReFT", rng.standard_normal((40, 2)), rng.standard_normal(2),
+                         rng.standard_normal((2, 40)), "linear")
+        entry = fold_edit(edit, fR, fD, 0)  # numpy triangular solves instead
+        X64 = XR.astype(np.float64)
+        want = X64.T @ np.linalg.solve(X64 @ X64.T, XD.astype(np.float64) @ edit.A)
+        assert np.abs(entry.A - want).max() / np.abs(want).max() < 1e-4
+    finally:
+        monkeypatch.delenv("COMMANDV_NATIVE")
+        fold_native._lib.cache_clear()
+
+
+def test_failed_compile_leaves_no_library(tmp_home, monkeypatch, tmp_path):
+    bad_cc = tmp_path / "cc"
+    bad_cc.write_text("#!/bin/sh\necho 'cc: error: no such thing' >&2\nexit 1\n")
+    bad_cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(bad_cc))
+    with pytest.raises(fold_native.FoldKernelError, match="compiling fold_kernels.c failed: cc: error"):
+        fold_native.build(force=True)
+    native_dir = tmp_home / "native"
+    assert not native_dir.exists() or not any(native_dir.iterdir())
+
+
+def test_export_folds_every_pair_in_one_call(monkeypatch):
+    from commandv.exporter.adapters import Adapter
+    from commandv.exporter.export import clear_factor_cache, export_pack
+    from tests.test_store import make_profile
+
+    rng = np.random.default_rng(8)
+    donor = make_profile(n=40, d=48, L=4, fp="d" * 64, net="x" * 64)
+    recip = make_profile(n=40, d=44, L=3, fp="r" * 64, net="y" * 64)
+    donor.layers = [rng.standard_normal((40, 48)).astype(np.float32) for _ in range(4)]
+    recip.layers = [rng.standard_normal((40, 44)).astype(np.float32) for _ in range(3)]
+    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((48, 4)) / 6, rng.standard_normal(4),
+                       rng.standard_normal((4, 48)) / 6, "linear") for l in (3, 0, 2)]
+    ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="a" * 64, source="t")
+    calls = []
+    real = fold_native.fold_batch
+    monkeypatch.setattr(fold_native, "fold_batch", lambda pairs: calls.append(len(pairs)) or real(pairs))
+    clear_factor_cache()
+    res = export_pack(ad, donor, recip, holdout=0.2)
+    assert calls == [3]
+    assert [e.donor_layer for e in res.pack.entries] == [0, 2, 3]  # donor-layer order
+    assert [d["donor_layer"] for d in res.diagnostics] == [0, 2, 3]
