@@ -11,12 +11,15 @@ when both zoo models are fetched (``--real``).
 
 Cold = empty factor cache (Gram + factorization of every profile layer, then fold);
 warm = the same export again (factors cached: only the fold, every pair in one batch as
-``export_pack`` does, through the native kernels when they build): ``warm_seconds`` is the
-median of 7 whole 16-pair exports after the cold passes (so ``warm_speedup`` is a ratio of
-medians), alternating with the same export through numpy (``warm_seconds_numpy``), each
-after a 0.3 s pause; ``warm_seconds_paired`` sums, per pass, each pair's warm fold (one
-pair per call) timed right after that pair's reference and cold runs (median of 3), like
-cold, with ``warm_speedup_paired_median`` the median of the per-pair ratios. Also measured in the same run: cold_floor_seconds (the float32 Gram
+``export_pack`` does, through the native kernels when they build). After each pass's
+references, --warm-rounds whole 16-pair warm exports run, alternating with the same export
+through numpy (``warm_seconds_numpy``), each after a 0.3 s pause: ``warm_seconds`` is the
+median of all of them (``warm_speedup`` = ref_seconds / warm_seconds, a ratio of medians) and
+``warm_speedup_pass_median`` the median over passes of that pass's reference total over its
+median warm export. ``warm_seconds_paired`` sums, per pass, each pair's warm fold alone (one
+pair per call, phase by phase on all threads) timed right after that pair's reference and
+cold runs (median of 3), like cold, with ``warm_speedup_paired_median`` the median of the
+per-pair ratios. Also measured in the same run: cold_floor_seconds (the float32 Gram
 products alone; ``cold_speedup_ceiling`` = ref_seconds / that), numpy_products_seconds
 (the fold's two one-pass products through numpy/OpenBLAS alone, what the numpy warm path
 cannot beat), warm_memory_floor_seconds (streaming the profiles once).
@@ -46,6 +49,8 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--passes", type=int, default=3, help="repeat the alternating cold comparison (median)")
+    ap.add_argument("--warm-rounds", type=int, default=5,
+                    help="whole warm exports (native and numpy, alternating) after each pass")
     ap.add_argument("--real", action="store_true", help="also measure the Qwen1.5B→Qwen0.5B pack size")
     ap.add_argument("--real-prompts", type=int, default=128)
     ap.add_argument("--real-only", action="store_true",
@@ -112,6 +117,9 @@ def main() -> None:
     ref_t = [[0.0] * L for _ in range(args.passes)]
     cold_t = [[0.0] * L for _ in range(args.passes)]
     warm_pair_t = [[0.0] * L for _ in range(args.passes)]
+    warm_t = [[] for _ in range(args.passes)]
+    numpy_t = [[] for _ in range(args.passes)]
+    real_batch = fold_native.fold_batch
     for p in range(args.passes):
         clear_factor_cache()
         for i in range(L):
@@ -135,26 +143,30 @@ def main() -> None:
             warm_pair_t[p][i] = float(np.median(reps))
             print(f"  pass {p} pair {i}: ref {ref_t[p][i]:.2f} s, ours cold {cold_t[p][i]:.3f} s, "
                   f"warm {warm_pair_t[p][i] * 1e3:.1f} ms", flush=True)
+        # Whole warm exports right after this pass's references (paired in time with them), alternating
+        # with the same export through numpy (native kernels off), each after a 0.3 s pause: a numpy run
+        # leaves OpenBLAS worker threads spinning for ~0.1 s.
+        for _ in range(args.warm_rounds):
+            for which in ("native", "numpy"):
+                fold_native.fold_batch = real_batch if which == "native" else (lambda pairs: None)
+                time.sleep(0.3)
+                t0 = time.perf_counter()
+                got = ours_all()
+                (warm_t if which == "native" else numpy_t)[p].append(time.perf_counter() - t0)
+                if which == "native":
+                    warm = got
+            fold_native.fold_batch = real_batch
+        print(f"  pass {p}: ref {sum(ref_t[p]):.1f} s, whole warm export {np.median(warm_t[p]) * 1e3:.1f} ms "
+              f"(numpy {np.median(numpy_t[p]) * 1e3:.1f} ms)", flush=True)
     ref_s = float(np.median([sum(t) for t in ref_t]))
     cold_s = float(np.median([sum(t) for t in cold_t]))
     paired = [a / b for ra, ca in zip(ref_t, cold_t) for a, b in zip(ra, ca)]
     warm_pair_s = float(np.median([sum(t) for t in warm_pair_t]))
     warm_paired = [a / b for ra, wa in zip(ref_t, warm_pair_t) for a, b in zip(ra, wa)]
-    # Whole warm exports, alternating with the same exports through numpy (native kernels off), each
-    # after a 0.3 s pause: a numpy run leaves OpenBLAS worker threads spinning for ~0.1 s.
-    warm_times, numpy_times = [], []
-    real_batch = fold_native.fold_batch
-    for _ in range(7):
-        for which in ("native", "numpy"):
-            fold_native.fold_batch = real_batch if which == "native" else (lambda pairs: None)
-            time.sleep(0.3)
-            t0 = time.perf_counter()
-            got = ours_all()
-            (warm_times if which == "native" else numpy_times).append(time.perf_counter() - t0)
-            if which == "native":
-                warm = got
-    fold_native.fold_batch = real_batch
+    warm_times = [t for ts in warm_t for t in ts]
+    numpy_times = [t for ts in numpy_t for t in ts]
     warm_s = float(np.median(warm_times))
+    warm_per_pass = [sum(r) / float(np.median(w)) for r, w in zip(ref_t, warm_t)]
     # Floors, measured on the same arrays. Cold cannot beat forming the two float32 Gram matrices
     # (numpy's X @ X.T is a BLAS ssyrk). The numpy warm path cannot beat the two one-pass products
     # of the fold, X_D @ [A | Cᵀ] and Zᵀ @ X_R (16 columns each, BLAS sgemm); no warm fold can beat
@@ -194,6 +206,7 @@ def main() -> None:
         "cold_floor_seconds": (gram_s, "s"), "cold_speedup_ceiling": (ref_s / gram_s, "x"),
         "numpy_products_seconds": (prod_s, "s"),
         "warm_memory_floor_seconds": (stream_s, "s"),
+        "warm_speedup_pass_median": (float(np.median(warm_per_pass)), "x"),
         "warm_seconds_numpy": (float(np.median(numpy_times)), "s"),
         "warm_speedup_numpy": (ref_s / float(np.median(numpy_times)), "x"),
     }
@@ -204,8 +217,9 @@ def main() -> None:
                                             "ref_seconds_per_pair": ref_t, "cold_seconds_per_pair": cold_t,
                                             "warm_seconds_per_pair": warm_pair_t,
                                             "gram_seconds_per_pair": gram_t, "fold_product_seconds_runs": prod_t,
-                                            "stream_seconds_runs": stream_t, "warm_seconds_runs": warm_times,
-                                            "warm_seconds_numpy_runs": numpy_times,
+                                            "stream_seconds_runs": stream_t,
+                                            "warm_seconds_runs_per_pass": warm_t,
+                                            "warm_seconds_numpy_runs_per_pass": numpy_t,
                                             "native_kernels": fold_native.available(),
                                             "native_unavailable_reason": fold_native.unavailable_reason(),
                                             "native_threads": fold_native.threads(),

@@ -42,15 +42,20 @@ def _sample_digest(X: np.ndarray) -> str:
     return hashlib.blake2b(sample.tobytes() + str(X.shape).encode(), digest_size=16).hexdigest()
 
 
-def cached_factor(key: tuple, X: np.ndarray, rtol: float | None = None) -> GramFactor:
-    """Factor ``X`` once per ``key`` (profile fingerprint, prompts, backend, layer, rows) per process.
+def cached_factor(key: tuple, X: np.ndarray, rtol: float | None = None,
+                  rows: np.ndarray | None = None) -> GramFactor:
+    """Factor ``X`` (or ``X[rows]``) once per ``key`` (profile fingerprint, prompts, backend, layer, …) per process.
 
-    A digest of a sample of ``X`` joins the key, so two different matrices under one key never collide.
+    A digest of a sample of ``X`` (and of ``rows``) joins the key, so two different matrices under one key
+    never collide. ``X[rows]`` is only formed on a cache miss (a warm export copies no profile rows).
     """
-    key = key + (_sample_digest(X), rtol)
+    import hashlib
+
+    rows_digest = None if rows is None else hashlib.blake2b(np.asarray(rows).tobytes(), digest_size=16).hexdigest()
+    key = key + (_sample_digest(X), rows_digest, rtol)
     f = _FACTORS.get(key)
     if f is None:
-        f = factorize(X, rtol)
+        f = factorize(X if rows is None else X[rows], rtol)
         _FACTORS[key] = f
         while len(_FACTORS) > _MAX_FACTORS:
             _FACTORS.popitem(last=False)
@@ -118,8 +123,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     for edit in sorted(adapter.edits, key=lambda e: e.layer):  # donor-layer order, whatever the list's order
         l_d, l_r = edit.layer, to_recipient[edit.layer]
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
-        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD[fit], rcond)
-        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR[fit], rcond)
+        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD, rcond, rows=fit)
+        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR, rcond, rows=fit)
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         held_rows.append((XR[held], XD[held]) if len(held) else None)
     entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)

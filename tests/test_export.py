@@ -92,3 +92,22 @@ def test_edit_order_in_the_adapter_does_not_matter():
         (e.donor_layer, e.layer) for e in want.pack.entries]
     for a, b in zip(got.pack.entries, want.pack.entries):
         assert np.array_equal(a.A, b.A) and np.array_equal(a.C, b.C)
+
+
+def test_factor_cache_keys_on_matrix_and_rows():
+    from commandv.exporter.export import cached_factor
+
+    clear_factor_cache()
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((30, 40)).astype(np.float32)
+    fit_a, fit_b = np.arange(0, 25), np.arange(5, 30)
+    fa = cached_factor(("k",), X, rows=fit_a)
+    assert cached_factor(("k",), X, rows=fit_a.copy()) is fa  # same rows: a hit
+    fb = cached_factor(("k",), X, rows=fit_b)  # other rows under the same key: not the cached factor
+    assert fb is not fa
+    np.testing.assert_array_equal(fb.X, X[fit_b])
+    Y = X.copy()
+    Y[::2] += 1.0  # another matrix under the same key
+    assert cached_factor(("k",), Y, rows=fit_a) is not fa
+    whole = cached_factor(("k",), X)
+    assert whole is not fa and whole.n == 30
