@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import subprocess
@@ -33,8 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime.atomic import atomic_path
-from commandv.runtime.native.build import compiler, disabled_by_env
-from commandv.runtime.paths import cache_home
+from commandv.runtime.native.build import cached_library_path, compiler, disabled_by_env
 
 SOURCE = Path(__file__).with_name("fold_kernels.c")
 CFLAGS = ("-std=c11", "-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread", "-Wall")
@@ -95,12 +93,8 @@ def _cpu_id() -> bytes:
 
 def library_path(cc: str) -> Path:
     """Where the library built from the current source with compiler ``cc`` for this CPU lives."""
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS + TUNE).encode(), _cpu_id(),
-                 sys.platform.encode()):
-        h.update(hashlib.sha256(part).digest())
-    ext = ".dylib" if sys.platform == "darwin" else ".so"
-    return cache_home() / "native" / f"fold_kernels-{h.hexdigest()[:16]}{ext}"
+    return cached_library_path("fold_kernels", (SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS + TUNE).encode(),
+                                                _cpu_id(), sys.platform.encode()))
 
 
 def build(force: bool = False) -> Path:

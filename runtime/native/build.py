@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ..atomic import atomic_path
 from ..paths import cache_home
@@ -78,16 +79,23 @@ def compiler() -> str | None:
     return None
 
 
+def cached_library_path(stem: str, parts: Iterable[bytes]) -> Path:
+    """``cache_home()/native/<stem>-<hash>.so`` (``.dylib`` on macOS); the hash covers every part
+    (source, headers, compiler, flags, …), so a change to any of them builds a new library."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    ext = ".dylib" if sys.platform == "darwin" else ".so"
+    return cache_home() / "native" / f"{stem}-{h.hexdigest()[:16]}{ext}"
+
+
 def library_path() -> Path:
     """Where the built library for the current source / compiler / ggml lives."""
     inc, lib_dir = _llama_dirs()
     cc = compiler() or "none"
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), HEADER.read_bytes(), (inc / "ggml.h").read_bytes(), cc.encode(),
-                 " ".join(CFLAGS).encode(), str(lib_dir.resolve()).encode(), sys.platform.encode()):
-        h.update(hashlib.sha256(part).digest())
-    ext = ".dylib" if sys.platform == "darwin" else ".so"
-    return cache_home() / "native" / f"cmdv_core-{h.hexdigest()[:16]}{ext}"
+    return cached_library_path("cmdv_core", (SOURCE.read_bytes(), HEADER.read_bytes(), (inc / "ggml.h").read_bytes(),
+                                             cc.encode(), " ".join(CFLAGS).encode(), str(lib_dir.resolve()).encode(),
+                                             sys.platform.encode()))
 
 
 def build(force: bool = False) -> Path:
