@@ -234,11 +234,15 @@ def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> l
 
 def fold_batch(pairs: Sequence[PairFold]) -> list[list[np.ndarray]] | None:
     """Fold every pair in one native call → per pair, float32 ``[d_R, w]`` arrays for ``to_r`` then
-    ``to_d`` (in order); ``None`` when the kernels are unavailable or a pair does not :func:`suits`
-    them or the pairs' prompt counts differ (the caller then uses numpy)."""
+    ``to_d`` (in order); ``None`` when the kernels are unavailable, a pair does not :func:`suits`
+    them, the pairs' prompt counts differ, or the call could not start (the caller then uses numpy)."""
     lib = _lib()
     if lib is None or not pairs or not all(suits(p) for p in pairs):
         return None
     if len({p.XD.shape[0] for p in pairs}) != 1:
         return None
-    return _fold_batch(lib, pairs, threads())
+    try:
+        return _fold_batch(lib, pairs, threads())
+    except FoldKernelError as exc:  # the kernels could not start their threads: numpy folds instead
+        _REASON.append(str(exc))
+        return None
