@@ -6,7 +6,7 @@ against 16-32 columns) and two Cholesky solves with ``N×N`` factors. Through nu
 ``fold_kernels.c`` streams each ``X`` once with 16-float vector registers, solves straight from the
 row-major float32 factor, and folds every pair of an export in one call, so the threads start once
 and no OpenBLAS worker thread spins between the steps (measured on the paper's shapes, 2-core EPYC:
-16 pairs in ~31-37 ms against ~75-95 ms through numpy; ``benchmarks/export_speed.py``).
+16 pairs in ~34-40 ms per export against ~83-95 ms through numpy; ``benchmarks/export_speed.py``).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``;
 ``-O3 -march=native`` when the compiler takes it, else ``-O3``) into
