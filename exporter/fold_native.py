@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime.atomic import atomic_path
-from commandv.runtime.native.build import cached_library_path, compiler, disabled_by_env
+from commandv.runtime.native.build import cached_library_path, disabled_by_env, toolchain
 
 SOURCE = Path(__file__).with_name("fold_kernels.c")
 CFLAGS = ("-std=c11", "-O3", "-ffp-contract=fast", "-fPIC", "-shared", "-pthread", "-Wall")
@@ -99,11 +99,7 @@ def library_path(cc: str) -> Path:
 
 def build(force: bool = False) -> Path:
     """Compile ``fold_kernels.c`` (unless built already) → library path; :class:`FoldKernelError` on failure."""
-    if sys.platform not in ("linux", "darwin"):
-        raise FoldKernelError(f"native build not supported on {sys.platform}")
-    cc = compiler()
-    if cc is None:
-        raise FoldKernelError("no C compiler found (set CC or install cc/gcc/clang)")
+    cc = toolchain(FoldKernelError)
     target = library_path(cc)
     if target.is_file() and not force:
         return target

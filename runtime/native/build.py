@@ -98,13 +98,19 @@ def library_path() -> Path:
                                              sys.platform.encode()))
 
 
-def build(force: bool = False) -> Path:
-    """Compile ``cmdv_core.c`` (if not built yet) and return the library path; :class:`NativeBuildError` on failure."""
+def toolchain(error: type[Exception]) -> str:
+    """The C compiler for a native build on this platform, or ``error`` saying why there is none."""
     if sys.platform not in ("linux", "darwin"):
-        raise NativeBuildError(f"native build not supported on {sys.platform}")
+        raise error(f"native build not supported on {sys.platform}")
     cc = compiler()
     if cc is None:
-        raise NativeBuildError("no C compiler found (set CC or install cc/gcc/clang)")
+        raise error("no C compiler found (set CC or install cc/gcc/clang)")
+    return cc
+
+
+def build(force: bool = False) -> Path:
+    """Compile ``cmdv_core.c`` (if not built yet) and return the library path; :class:`NativeBuildError` on failure."""
+    cc = toolchain(NativeBuildError)
     inc, lib_dir = _llama_dirs()
     base = _ggml_base(lib_dir)
     target = library_path()
