@@ -87,9 +87,10 @@ def _native_folds(items: Sequence[FoldItem], blocks: list) -> list[list[np.ndarr
     (the verified float32-Gram path), else ``None``."""
     pairs = []
     for it, (to_r, to_d) in zip(items, blocks):
-        if it.fR.L is None or it.fD.L is None or it.fR.L.dtype != np.float32 or it.fD.L.dtype != np.float32:
+        PR, PD = it.fR.panels(), it.fD.panels()
+        if PR is None or PD is None:
             return None
-        pairs.append(fold_native.PairFold(it.fD.X, it.fR.X, it.fR.L, it.fD.L, to_r, to_d))
+        pairs.append(fold_native.PairFold(it.fD.X, it.fR.X, PR, PD, to_r, to_d))
     return fold_native.fold_batch(pairs)
 
 

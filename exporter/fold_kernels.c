@@ -2,8 +2,9 @@
  *
  * cmdv_fold_batch folds a batch of layer pairs in one call. For each job (one layer pair) with
  * profiles X_D [n, dD] and X_R [n, dR] (row-major, row strides ldd / ldr floats), the lower
- * Cholesky factors L_R, L_D [n, n] of their Gram matrices (row-major float32, G = L Lᵀ), and the
- * donor edit's columns M [dD, kp] (row-major, kp a multiple of 16, unused columns zero):
+ * Cholesky factors L_R, L_D [n, n] of their Gram matrices (G = L Lᵀ, float32, packed into panels by
+ * cmdv_pack_panels), and the donor edit's columns M [dD, kp] (row-major, kp a multiple of 16, unused
+ * columns zero):
  *
  *   phase 1   Y = X_D @ M                            [n, kp]   rows of X_D split over the threads
  *   phase 2   Y[:, 8g:8g+8] <- G_R⁻¹ Y[:, 8g:8g+8]  for groups g < g1,
@@ -18,6 +19,8 @@
  *
  * Products: one 16-float vector per 16 columns against 8 rows of X at a time (GCC/Clang vector
  * extensions: AVX-512, AVX2 pairs or NEON, as the build machine allows), with the rows read ahead.
+ * Solves: forward substitution with a panel's 16 rows as the vector lanes, back substitution with
+ * the 8 right-hand sides as the lanes (cmdv_chol_solve: the same solve for any [groups][n][8] B).
  * All accumulation is float32, like BLAS sgemm/strsm. Returns 0, or -1 when a mutex or condition
  * variable cannot be initialised.
  */
@@ -37,8 +40,7 @@ typedef struct {
     long dD, ldd;
     const float *XR;
     long dR, ldr;
-    const float *LR, *LD;
-    long ldlr, ldld;
+    const float *PR, *PD;
     const float *M;
     long kp, g1, g2;
     float *Y;
@@ -86,55 +88,82 @@ static void x_times_m(const cmdv_fold_job *j, long n, long lo, long hi) {
     }
 }
 
-/* ------------------------------------------------------------------ phase 2: B <- (L Lᵀ)⁻¹ B, B [n][8] */
+/* ------------------------------------------------------------------ phase 2: B <- (L Lᵀ)⁻¹ B, B [n][8]
+ * Packed factor ("panels"): panel b holds rows i0 = SB·b … i0+SB-1 of L as P_b[k][r] = L[i0+r, k] for
+ * k < i0+SB (zero above the diagonal and for rows >= n), so both solves read one contiguous stream per
+ * panel, and the back substitution finds in cache what the forward one just read. Panel b starts at
+ * SB·SB·b(b+1)/2 floats.
+ */
 
-#define RB 8
+#define SB 16
 
-static void chol_solve8(const float *L, long ld, long n, float *B) {
-    v8 *b = (v8 *)B;
-    for (long i0 = 0; i0 < n; i0 += RB) { /* L y = b, top down, RB rows at a time */
-        long rows = min_l(RB, n - i0);
-        const float *l = L + i0 * ld;
-        v8 acc[RB];
-        for (int r = 0; r < RB; r++) acc[r] = (v8){0};
-        if (rows == RB) {
-            for (long k = 0; k < i0; k++)
-                for (int r = 0; r < RB; r++) acc[r] += l[r * ld + k] * b[k];
-        } else {
-            for (long k = 0; k < i0; k++)
-                for (int r = 0; r < rows; r++) acc[r] += l[r * ld + k] * b[k];
+static long panel_offset(long b) { return SB * SB * b * (b + 1) / 2; }
+
+long cmdv_panels_size(long n) { return panel_offset((n + SB - 1) / SB); }
+
+int cmdv_pack_panels(const float *L, long ld, long n, float *P) {
+    long nb = (n + SB - 1) / SB;
+    for (long b = 0; b < nb; b++) {
+        long i0 = b * SB;
+        float *pb = P + panel_offset(b);
+        for (long k = 0; k < i0 + SB; k++)
+            for (int r = 0; r < SB; r++) {
+                long i = i0 + r;
+                pb[k * SB + r] = (i < n && k <= i) ? L[i * ld + k] : 0.0f;
+            }
+    }
+    return 0;
+}
+
+static void chol_solve8(const float *P, long n, float *B) {
+    v8 *y = (v8 *)B;
+    const long nb = (n + SB - 1) / SB;
+    for (long b = 0; b < nb; b++) { /* L y = b, top down: the panel's 16 rows as the 16 lanes */
+        const long i0 = b * SB, rows = min_l(SB, n - i0);
+        const float *pb = P + panel_offset(b);
+        v16 acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = (v16){0};
+        for (long k = 0; k < i0; k++) {
+            v16 l;
+            memcpy(&l, pb + k * SB, 64);
+            const float *yk = B + k * 8;
+            for (int c = 0; c < 8; c++) acc[c] += l * yk[c];
         }
+        float t[8][SB];
+        memcpy(t, acc, sizeof t);
         for (int r = 0; r < rows; r++) {
-            v8 v = b[i0 + r] - acc[r];
-            for (int c = 0; c < r; c++) v -= l[r * ld + i0 + c] * b[i0 + c];
-            b[i0 + r] = v / l[r * ld + i0 + r];
+            v8 v = y[i0 + r];
+            for (int c = 0; c < 8; c++) v[c] -= t[c][r];
+            for (int q = 0; q < r; q++) v -= pb[(i0 + q) * SB + r] * y[i0 + q];
+            y[i0 + r] = v / pb[(i0 + r) * SB + r];
         }
     }
-    long last = ((n - 1) / RB) * RB;
-    for (long i0 = last; i0 >= 0; i0 -= RB) { /* Lᵀ x = y, bottom up; then b[k] -= L[i0+r, k] x[r], k < i0 */
-        long rows = min_l(RB, n - i0);
-        const float *l = L + i0 * ld;
-        v8 x[RB];
+    for (long b = nb - 1; b >= 0; b--) { /* Lᵀ x = y, bottom up; then y[k] -= Σ_r L[i0+r, k] x[r] for k < i0 */
+        const long i0 = b * SB, rows = min_l(SB, n - i0);
+        const float *pb = P + panel_offset(b);
+        v8 x[SB];
         for (int r = rows - 1; r >= 0; r--) {
-            v8 v = b[i0 + r];
-            for (int c = r + 1; c < rows; c++) v -= l[c * ld + i0 + r] * x[c];
-            x[r] = v / l[r * ld + i0 + r];
-            b[i0 + r] = x[r];
+            v8 v = y[i0 + r];
+            for (int q = r + 1; q < rows; q++) v -= pb[(i0 + r) * SB + q] * x[q];
+            x[r] = v / pb[(i0 + r) * SB + r];
+            y[i0 + r] = x[r];
         }
-        if (rows == RB) {
-            for (long k = 0; k < i0; k++) {
-                v8 a = b[k];
-                for (int r = 0; r < RB; r++) a -= l[r * ld + k] * x[r];
-                b[k] = a;
+        for (int r = rows; r < SB; r++) x[r] = (v8){0};
+        for (long k = 0; k < i0; k++) {
+            const float *l = pb + k * SB;
+            v8 a = y[k], a2 = (v8){0}; /* two chains: half the dependent-FMA latency per k */
+            for (int r = 0; r < SB; r += 2) {
+                a -= l[r] * x[r];
+                a2 -= l[r + 1] * x[r + 1];
             }
-        } else {
-            for (long k = 0; k < i0; k++) {
-                v8 a = b[k];
-                for (int r = 0; r < rows; r++) a -= l[r * ld + k] * x[r];
-                b[k] = a;
-            }
+            y[k] = a + a2;
         }
     }
+}
+
+int cmdv_chol_solve(const float *P, long n, float *B, long groups) {
+    for (long g = 0; g < groups; g++) chol_solve8(P, n, B + g * n * 8);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ phase 3: out[c0:c1] = X_R[:, c0:c1]ᵀ @ Y */
@@ -208,8 +237,7 @@ static void barrier_wait(batch_t *q) {
 }
 
 static void solve_group(const cmdv_fold_job *j, long n, long g) {
-    if (g < j->g1) chol_solve8(j->LR, j->ldlr, n, j->Y + g * n * 8);
-    else chol_solve8(j->LD, j->ldld, n, j->Y + g * n * 8);
+    chol_solve8(g < j->g1 ? j->PR : j->PD, n, j->Y + g * n * 8);
 }
 
 static void *batch_job(void *arg) {

@@ -3,8 +3,9 @@
 A warm fold (factors cached) is, per layer pair, two products (``X_D [N, d_D]`` and ``X_R [N, d_R]``
 against 16-32 columns) and two Cholesky solves with ``N×N`` factors. Through numpy, OpenBLAS repacks
 ``X`` for every skinny product and numpy has no ``trsm``, so the solves are many small products.
-``fold_kernels.c`` streams each ``X`` once with 16-float vector registers, solves straight from the
-row-major float32 factor, and folds every pair of an export in one call, so the threads start once
+``fold_kernels.c`` streams each ``X`` once with 16-float vector registers, solves with the float32
+factor packed into 16-row panels (:func:`pack_factor`, once per factor: ~0.5 ms at N=1030), and folds
+every pair of an export in one call, so the threads start once
 and no OpenBLAS worker thread spins between the steps (measured on the paper's shapes, 2-core EPYC:
 16 pairs in ~34-40 ms per export against ~83-95 ms through numpy; ``benchmarks/export_speed.py``).
 
@@ -54,7 +55,7 @@ class _Job(ctypes.Structure):
 
     _fields_ = [("XD", ctypes.c_void_p), ("dD", ctypes.c_long), ("ldd", ctypes.c_long),
                 ("XR", ctypes.c_void_p), ("dR", ctypes.c_long), ("ldr", ctypes.c_long),
-                ("LR", ctypes.c_void_p), ("LD", ctypes.c_void_p), ("ldlr", ctypes.c_long), ("ldld", ctypes.c_long),
+                ("PR", ctypes.c_void_p), ("PD", ctypes.c_void_p),
                 ("M", ctypes.c_void_p), ("kp", ctypes.c_long), ("g1", ctypes.c_long), ("g2", ctypes.c_long),
                 ("Y", ctypes.c_void_p), ("out", ctypes.c_void_p)]
 
@@ -64,15 +65,15 @@ class PairFold:
     """One layer pair for :func:`fold_batch`: ``X_Rᵀ G_R⁻¹ X_D M`` for each ``M`` in ``to_r`` and
     ``X_Rᵀ G_D⁻¹ X_D M`` for each in ``to_d``.
 
-    ``XD [N, d_D]``, ``XR [N, d_R]``: float32 with contiguous rows (any row stride); ``LR``, ``LD``:
-    lower Cholesky factors ``[N, N]`` (float32, C-contiguous) of ``X_R X_Rᵀ`` and ``X_D X_Dᵀ``;
+    ``XD [N, d_D]``, ``XR [N, d_R]``: float32 with contiguous rows (any row stride); ``PR``, ``PD``:
+    the lower Cholesky factors of ``X_R X_Rᵀ`` and ``X_D X_Dᵀ`` packed by :func:`pack_factor`;
     each ``M [d_D, w]``.
     """
 
     XD: np.ndarray
     XR: np.ndarray
-    LR: np.ndarray
-    LD: np.ndarray
+    PR: np.ndarray
+    PD: np.ndarray
     to_r: Sequence[np.ndarray]
     to_d: Sequence[np.ndarray]
 
@@ -136,18 +137,23 @@ def _self_test(lib: ctypes.CDLL) -> None:
         XD = rng.standard_normal((n, dD)).astype(np.float32)
         XR = rng.standard_normal((n, dR)).astype(np.float32)
         GR, GD = (X.astype(np.float64) @ X.T.astype(np.float64) for X in (XR, XD))
-        LR, LD = (np.linalg.cholesky(G).astype(np.float32) for G in (GR, GD))
+        PR, PD = (_pack(lib, np.linalg.cholesky(G).astype(np.float32)) for G in (GR, GD))
         M = rng.standard_normal((dD, 19))
-        pairs.append(PairFold(XD, XR, LR, LD, [M[:, :2], M[:, 2:11]], [M[:, 11:]]))
+        pairs.append(PairFold(XD, XR, PR, PD, [M[:, :2], M[:, 2:11]], [M[:, 11:]]))
         Y = XD.astype(np.float64) @ M
         wants.append(XR.T.astype(np.float64) @ np.concatenate([np.linalg.solve(GR, Y[:, :11]),
                                                                np.linalg.solve(GD, Y[:, 11:])], 1))
     for nt in (1, 3, 2):  # 2 threads, 3 jobs: two whole jobs, then one phase by phase
         got = _fold_batch(lib, pairs, nt)
         for outs, want in zip(got, wants):
-            a = np.concatenate(outs, axis=1)
-            if not np.allclose(a, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max())):
-                raise FoldKernelError("fold kernels disagree with numpy on the self-test; not used")
+            _agree(np.concatenate(outs, axis=1), want)
+    Yw = rng.standard_normal((n, 11))
+    _agree(_solve(lib, pairs[-1].PD, n, Yw), np.linalg.solve(GD, Yw))  # GD: the last pair's
+
+
+def _agree(got: np.ndarray, want: np.ndarray) -> None:
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max())):
+        raise FoldKernelError("fold kernels disagree with numpy on the self-test; not used")
 
 
 @functools.lru_cache(maxsize=1)
@@ -160,6 +166,9 @@ def _lib() -> ctypes.CDLL | None:
         lib.cmdv_fold_batch.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_int]
         lib.cmdv_fold_batch.restype = ctypes.c_int
         lib.cmdv_fold_job_size.restype = ctypes.c_long
+        lib.cmdv_panels_size.argtypes, lib.cmdv_panels_size.restype = [ctypes.c_long], ctypes.c_long
+        lib.cmdv_pack_panels.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
+        lib.cmdv_chol_solve.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long]
         if lib.cmdv_fold_job_size() != ctypes.sizeof(_Job):
             raise FoldKernelError(f"cmdv_fold_job is {lib.cmdv_fold_job_size()} bytes in C, "
                                   f"{ctypes.sizeof(_Job)} in Python")
@@ -186,16 +195,58 @@ def _rows_ok(X: np.ndarray) -> bool:
             and X.strides[0] % 4 == 0 and X.flags.aligned)
 
 
-def _factor_ok(L: np.ndarray, n: int) -> bool:
-    return (isinstance(L, np.ndarray) and L.dtype == np.float32 and L.shape == (n, n)
-            and L.flags.c_contiguous and L.flags.aligned)
+def _packed_ok(lib: ctypes.CDLL, P: np.ndarray, n: int) -> bool:
+    """The C code reads ``cmdv_panels_size(n)`` floats of a packed factor: anything else is refused (this
+    guards memory; that the factor belongs to these profiles is the caller's, as with any solve)."""
+    return (isinstance(P, np.ndarray) and P.dtype == np.float32 and P.ndim == 1 and P.flags.c_contiguous
+            and P.flags.aligned and n > 0 and P.size == lib.cmdv_panels_size(n))
+
+
+def _pack(lib: ctypes.CDLL, L: np.ndarray) -> np.ndarray:
+    L = np.ascontiguousarray(L, dtype=np.float32)
+    P = np.empty(lib.cmdv_panels_size(L.shape[0]), np.float32)
+    lib.cmdv_pack_panels(L.ctypes.data, L.shape[0], L.shape[0], P.ctypes.data)
+    return P
+
+
+def _solve(lib: ctypes.CDLL, P: np.ndarray, n: int, Y: np.ndarray) -> np.ndarray:
+    k = Y.shape[1]
+    groups = -(-k // 8)
+    Yp = np.zeros((n, groups * 8), np.float32)
+    Yp[:, :k] = Y
+    B = np.ascontiguousarray(Yp.reshape(n, groups, 8).transpose(1, 0, 2))  # column groups of 8, each [n][8]
+    lib.cmdv_chol_solve(P.ctypes.data, n, B.ctypes.data, groups)
+    return B.transpose(1, 0, 2).reshape(n, groups * 8)[:, :k]
+
+
+def pack_factor(L: np.ndarray) -> np.ndarray | None:
+    """The lower-triangular float32 Cholesky factor ``L [N, N]`` packed for the kernels (16-row panels,
+    ~N²/2 floats), or ``None`` when the kernels are unavailable or ``L`` is not a float32 square matrix."""
+    lib = _lib()
+    if lib is None or not isinstance(L, np.ndarray) or L.dtype != np.float32 or L.ndim != 2 or L.shape[0] != L.shape[1]:
+        return None
+    return _pack(lib, L)
+
+
+def chol_solve(P: np.ndarray, n: int, Y: np.ndarray) -> np.ndarray:
+    """``(L Lᵀ)⁻¹ Y`` for ``Y [N, k]`` with ``P = pack_factor(L)`` → float32 ``[N, k]``."""
+    lib = _lib()
+    if lib is None:
+        raise FoldKernelError(f"fold kernels unavailable: {unavailable_reason()}")
+    Y = np.asarray(Y)
+    if Y.ndim != 2 or Y.shape[0] != n:
+        raise ValueError(f"right-hand sides must be [{n}, k], got {Y.shape}")
+    if not _packed_ok(lib, P, n):
+        raise ValueError(f"not a packed factor for N={n} (use pack_factor)")
+    return _solve(lib, P, n, Y)
 
 
 def suits(p: PairFold) -> bool:
     """Whether the kernels take this pair (float32 operands of agreeing shapes, see :class:`PairFold`)."""
+    lib = _lib()
     n = p.XD.shape[0] if isinstance(p.XD, np.ndarray) and p.XD.ndim == 2 else -1
-    return (_rows_ok(p.XD) and _rows_ok(p.XR) and p.XR.shape[0] == n and _factor_ok(p.LR, n)
-            and _factor_ok(p.LD, n) and len(p.to_r) + len(p.to_d) > 0
+    return (lib is not None and _rows_ok(p.XD) and _rows_ok(p.XR) and p.XR.shape[0] == n
+            and _packed_ok(lib, p.PR, n) and _packed_ok(lib, p.PD, n) and len(p.to_r) + len(p.to_d) > 0
             and all(np.ndim(m) == 2 and np.shape(m)[0] == p.XD.shape[1] for m in list(p.to_r) + list(p.to_d)))
 
 
@@ -219,7 +270,7 @@ def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> l
         Y = np.empty(kp * n, np.float32)
         out = np.empty((dR, kp), np.float32)
         jobs[b] = _Job(p.XD.ctypes.data, dD, p.XD.strides[0] // 4, p.XR.ctypes.data, dR, p.XR.strides[0] // 4,
-                       p.LR.ctypes.data, p.LD.ctypes.data, n, n, M.ctypes.data, kp, s1 // 8, s2 // 8,
+                       p.PR.ctypes.data, p.PD.ctypes.data, M.ctypes.data, kp, s1 // 8, s2 // 8,
                        Y.ctypes.data, out.ctypes.data)
         keep += [M, Y]
         layout.append((out, offsets))

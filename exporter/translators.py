@@ -33,6 +33,10 @@ provably does not bite:
 Otherwise (ill-conditioned or rank-deficient profiles, which real LLM profiles
 usually are) the Gram is recomputed in float64 and eigendecomposed as above,
 so the fast path never changes what the translators mean.
+
+Solves with the float32 factor run in the native fold kernels (:mod:`.fold_native`, the factor packed
+into panels once) when they are available, else as blocked numpy products
+(:class:`.triangular.TriangularSolver`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import fold_native
 from .triangular import TriangularSolver, tril_inv
 
 
@@ -67,6 +72,7 @@ class GramFactor:
     L: np.ndarray | None = None
     gram: str = "float64"
     _tri: "TriangularSolver | None" = field(default=None, repr=False, compare=False)
+    _panels: "np.ndarray | None" = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -76,13 +82,24 @@ class GramFactor:
     def d(self) -> int:
         return int(self.X.shape[1])
 
+    def panels(self) -> np.ndarray | None:
+        """The float32 Cholesky factor packed for the native fold kernels (built once), or ``None`` (no
+        float32 factor, or the kernels are unavailable: see :mod:`.fold_native`)."""
+        if self._panels is None and self.L is not None and self.L.dtype == np.float32:
+            self._panels = fold_native.pack_factor(self.L)
+        return self._panels
+
     def solve(self, Y: np.ndarray) -> np.ndarray:
         """``G⁺ @ Y`` for ``Y [N, m]`` (or ``[N]``) → same shape, float64 (solved in ``L``'s dtype)."""
         if self.L is not None:
-            if self._tri is None:
-                self._tri = TriangularSolver(self.L)
             Yl = np.asarray(Y, dtype=self.L.dtype)
-            Z = self._tri.solve_upper(self._tri.solve_lower(Yl.reshape(self.n, -1)))
+            P = self.panels()
+            if P is not None:
+                Z = fold_native.chol_solve(P, self.n, Yl.reshape(self.n, -1))
+            else:
+                if self._tri is None:
+                    self._tri = TriangularSolver(self.L)
+                Z = self._tri.solve_upper(self._tri.solve_lower(Yl.reshape(self.n, -1)))
             return Z.reshape(Yl.shape).astype(np.float64, copy=False)
         Y = np.asarray(Y, dtype=np.float64)
         Z = self.U.T @ Y

@@ -17,14 +17,14 @@ def _pair(rng, n, dR, dD, widths_r, widths_d, strided=False):
     XD = wide[:, 2:dD + 2] if strided else np.ascontiguousarray(wide[:, :dD])  # a view: row stride != d
     XR = rng.standard_normal((n, dR)).astype(np.float32)
     GR, GD = (X.astype(np.float64) @ X.T.astype(np.float64) for X in (XR, XD))
-    LR, LD = (np.linalg.cholesky(G).astype(np.float32) for G in (GR, GD))
+    PR, PD = (fold_native.pack_factor(np.linalg.cholesky(G).astype(np.float32)) for G in (GR, GD))
     to_r = [rng.standard_normal((dD, w)) for w in widths_r]
     to_d = [rng.standard_normal((dD, w)) for w in widths_d]
     # Reference: X_Rᵀ G⁻¹ X_D M per block, float64 with numpy's dense solve (independent of the kernels).
     XD64, XR64 = XD.astype(np.float64), XR.astype(np.float64)
     want = ([XR64.T @ np.linalg.solve(GR, XD64 @ m) for m in to_r]
             + [XR64.T @ np.linalg.solve(GD, XD64 @ m) for m in to_d])
-    return fold_native.PairFold(XD, XR, LR, LD, to_r, to_d), want
+    return fold_native.PairFold(XD, XR, PR, PD, to_r, to_d), want
 
 
 @needs_kernels
@@ -71,20 +71,40 @@ def test_unsuitable_operands_are_refused():
     rng = np.random.default_rng(2)
     p, _ = _pair(rng, 20, 30, 40, (3,), (3,))
     assert fold_native.suits(p)
+    other, _ = _pair(rng, 21, 30, 40, (3,), (3,))
+    bigger, _ = _pair(rng, 33, 40, 40, (3,), (3,))  # three 16-row panels instead of two
     bad = [
-        fold_native.PairFold(p.XD.astype(np.float64), p.XR, p.LR, p.LD, p.to_r, p.to_d),  # float64 profile
-        fold_native.PairFold(p.XD, p.XR[:19], p.LR, p.LD, p.to_r, p.to_d),  # prompt counts differ
-        fold_native.PairFold(np.asfortranarray(p.XD), p.XR, p.LR, p.LD, p.to_r, p.to_d),  # rows not contiguous
-        fold_native.PairFold(p.XD, p.XR, p.LR.T, p.LD, p.to_r, p.to_d),  # factor not C-contiguous
-        fold_native.PairFold(p.XD, p.XR, p.LR[:10, :10], p.LD, p.to_r, p.to_d),  # factor of another size
-        fold_native.PairFold(p.XD, p.XR, p.LR, p.LD, [np.zeros((39, 3))], p.to_d),  # M rows != d_D
-        fold_native.PairFold(p.XD, p.XR, p.LR, p.LD, [], []),  # nothing to fold
+        fold_native.PairFold(p.XD.astype(np.float64), p.XR, p.PR, p.PD, p.to_r, p.to_d),  # float64 profile
+        fold_native.PairFold(p.XD, p.XR[:19], p.PR, p.PD, p.to_r, p.to_d),  # prompt counts differ
+        fold_native.PairFold(np.asfortranarray(p.XD), p.XR, p.PR, p.PD, p.to_r, p.to_d),  # rows not contiguous
+        fold_native.PairFold(p.XD, p.XR, p.PR[:-1], p.PD, p.to_r, p.to_d),  # packed factor cut short
+        fold_native.PairFold(p.XD, p.XR, bigger.PR, p.PD, p.to_r, p.to_d),  # a factor of another size
+        fold_native.PairFold(p.XD, p.XR, p.PR.astype(np.float64), p.PD, p.to_r, p.to_d),  # not float32
+        fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, [np.zeros((39, 3))], p.to_d),  # M rows != d_D
+        fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, [], []),  # nothing to fold
     ]
     for q in bad:
         assert not fold_native.suits(q)
         assert fold_native.fold_batch([p, q]) is None  # the caller then folds through numpy
-    other_n, _ = _pair(rng, 21, 30, 40, (3,), (3,))
-    assert fold_native.fold_batch([p, other_n]) is None
+    assert fold_native.fold_batch([p, other]) is None
+
+
+@needs_kernels
+def test_chol_solve_matches_numpy():
+    rng = np.random.default_rng(3)
+    for n in (70, 16, 17, 5):  # whole panels, one panel, a ragged last panel
+        X = rng.standard_normal((n, 90)).astype(np.float32)
+        G = X.astype(np.float64) @ X.T.astype(np.float64)
+        P = fold_native.pack_factor(np.linalg.cholesky(G).astype(np.float32))
+        for k in (1, 8, 13):
+            Y = rng.standard_normal((n, k))
+            got = fold_native.chol_solve(P, n, Y)
+            want = np.linalg.solve(G, Y)
+            assert got.shape == (n, k) and np.abs(got - want).max() / np.abs(want).max() < 1e-4
+    with pytest.raises(ValueError, match="packed factor for N=90"):
+        fold_native.chol_solve(P, 90, np.zeros((90, 1)))
+    with pytest.raises(ValueError, match=r"\[5, k\]"):
+        fold_native.chol_solve(P, 5, np.zeros((4, 1)))
 
 
 def _edit(rng, kind, dD, r=4):
@@ -104,7 +124,7 @@ def test_native_and_numpy_folds_agree(kind, monkeypatch):
     for layer in range(3):
         fR = factorize(rng.standard_normal((n, dR)).astype(np.float32))
         fD = factorize(rng.standard_normal((n, dD)).astype(np.float32))
-        assert fR.gram == fD.gram == "float32"
+        assert fR.gram == fD.gram == "float32" and fR.panels() is not None
         items.append(FoldItem(_edit(rng, kind, dD), fR, fD, layer))
     calls = []
     real = fold_native.fold_batch
@@ -144,7 +164,7 @@ def test_disabled_by_env(monkeypatch):
         rng = np.random.default_rng(1)
         XR, XD = (rng.standard_normal((12, d)).astype(np.float32) for d in (30, 40))
         fR, fD = factorize(XR), factorize(XD)
-        assert fR.gram == "float32"
+        assert fR.gram == "float32" and fR.panels() is None  # numpy's blocked solves
         edit = DonorEdit(0, "NodiReFT", rng.standard_normal((40, 2)), rng.standard_normal(2),
                          rng.standard_normal((2, 40)), "linear")
         entry = fold_edit(edit, fR, fD, 0)  # numpy triangular solves instead
