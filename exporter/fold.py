@@ -73,13 +73,15 @@ def fold_edits(items: Sequence[FoldItem]) -> list[PackEntry]:
 
 
 def _numpy_fold(fR: GramFactor, fD: GramFactor, to_r: list[np.ndarray], to_d: list[np.ndarray]) -> list[np.ndarray]:
+    """The fold through numpy: ``[d_R, w]`` for each ``to_r`` block, then ``[w, d_R]`` for each ``to_d`` one."""
     cols = to_r + to_d
     M = np.concatenate(cols, axis=1)
     k1 = sum(m.shape[1] for m in to_r)
     Y = fD.x_times(M)  # [N, k]: X_D @ M (one pass over X_D)
     Z = np.concatenate([fR.solve(Y[:, :k1]), fD.solve(Y[:, k1:])], axis=1)
     out = fR.times_x(Z.T).T  # [d_R, k]: X_Rᵀ @ Z (one pass over X_R)
-    return np.split(out, np.cumsum([m.shape[1] for m in cols])[:-1], axis=1)
+    parts = np.split(out, np.cumsum([m.shape[1] for m in cols])[:-1], axis=1)
+    return parts[: len(to_r)] + [q.T for q in parts[len(to_r):]]  # the to_d results as [w, d_R], like the kernels
 
 
 def _native_folds(items: Sequence[FoldItem], blocks: list) -> list[list[np.ndarray]] | None:
@@ -98,11 +100,11 @@ def _entry(it: FoldItem, outs: list[np.ndarray]) -> PackEntry:
     edit = it.edit
     parts = iter(outs)
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    A = f32(next(parts))
+    A = f32(next(parts))  # [d_R, r]
     P = None if edit.P is None else f32(next(parts))
-    C = f32(next(parts).T)
-    Q = None if edit.Q is None else f32(next(parts).T)
-    e = None if edit.e is None else f32(next(parts)[:, 0])
+    C = f32(next(parts))  # [r, d_R]
+    Q = None if edit.Q is None else f32(next(parts))
+    e = None if edit.e is None else f32(next(parts)[0])
     return PackEntry(layer=it.recipient_layer, donor_layer=edit.layer, A=A, b=f32(edit.b), C=C, P=P, Q=Q, e=e,
                      act=edit.act, positions=it.positions, strength=it.strength)
 

@@ -9,7 +9,8 @@
  *   phase 1   Y = X_D @ M                            [n, kp]   rows of X_D split over the threads
  *   phase 2   Y[:, 8g:8g+8] <- G_R⁻¹ Y[:, 8g:8g+8]  for groups g < g1,
  *                                 G_D⁻¹ …            for g1 <= g < g2   (one group per task)
- *   phase 3   out = X_Rᵀ @ Y                         [dR, kp]  columns of X_R split over the threads
+ *   phase 3   out = X_Rᵀ @ Y                         [dR, kp]  columns of X_R split over the threads,
+ *             then columns [0, wa) copied to outA [dR, wa] and [8·g1, 8·g1 + wc) transposed to outC [wc, dR]
  *
  * With at least as many jobs as threads, each thread takes whole jobs in turn (all three phases);
  * the jobs left over (njobs % threads, e.g. a single pair) run each phase on all threads.
@@ -45,6 +46,8 @@ typedef struct {
     long kp, g1, g2;
     float *Y;
     float *out;
+    float *outA, *outC;
+    long wa, wc;
 } cmdv_fold_job;
 
 static long min_l(long a, long b) { return a < b ? a : b; }
@@ -205,6 +208,14 @@ static void xt_times_y(const cmdv_fold_job *j, long n, long c0, long c1) {
                 memcpy(o + k * kp, &acc, 64);
             }
         }
+    }
+    /* The results in their final layouts: columns [0, wa) row-major into outA [dR, wa], columns
+       [8·g1, 8·g1 + wc) transposed into outC [wc, dR]. */
+    const long cC = j->g1 * 8;
+    for (long k = c0; k < c1; k++) {
+        const float *row = j->out + k * kp;
+        if (j->wa > 0) memcpy(j->outA + k * j->wa, row, (size_t)j->wa * sizeof(float));
+        for (long c = 0; c < j->wc; c++) j->outC[c * j->dR + k] = row[cC + c];
     }
 }
 

@@ -57,13 +57,14 @@ class _Job(ctypes.Structure):
                 ("XR", ctypes.c_void_p), ("dR", ctypes.c_long), ("ldr", ctypes.c_long),
                 ("PR", ctypes.c_void_p), ("PD", ctypes.c_void_p),
                 ("M", ctypes.c_void_p), ("kp", ctypes.c_long), ("g1", ctypes.c_long), ("g2", ctypes.c_long),
-                ("Y", ctypes.c_void_p), ("out", ctypes.c_void_p)]
+                ("Y", ctypes.c_void_p), ("out", ctypes.c_void_p), ("outA", ctypes.c_void_p),
+                ("outC", ctypes.c_void_p), ("wa", ctypes.c_long), ("wc", ctypes.c_long)]
 
 
 @dataclass
 class PairFold:
-    """One layer pair for :func:`fold_batch`: ``X_Rᵀ G_R⁻¹ X_D M`` for each ``M`` in ``to_r`` and
-    ``X_Rᵀ G_D⁻¹ X_D M`` for each in ``to_d``.
+    """One layer pair for :func:`fold_batch`: ``X_Rᵀ G_R⁻¹ X_D M`` ``[d_R, w]`` for each ``M`` in ``to_r``
+    and ``(X_Rᵀ G_D⁻¹ X_D M)ᵀ`` ``[w, d_R]`` for each in ``to_d``.
 
     ``XD [N, d_D]``, ``XR [N, d_R]``: float32 with contiguous rows (any row stride); ``PR``, ``PD``:
     the lower Cholesky factors of ``X_R X_Rᵀ`` and ``X_D X_Dᵀ`` packed by :func:`pack_factor`;
@@ -145,8 +146,8 @@ def _self_test(lib: ctypes.CDLL) -> None:
                                                                np.linalg.solve(GD, Y[:, 11:])], 1))
     for nt in (1, 3, 2):  # 2 threads, 3 jobs: two whole jobs, then one phase by phase
         got = _fold_batch(lib, pairs, nt)
-        for outs, want in zip(got, wants):
-            _agree(np.concatenate(outs, axis=1), want)
+        for outs, want in zip(got, wants):  # two to_r blocks [d_R, w], then one to_d block [w, d_R]
+            _agree(np.concatenate([outs[0], outs[1], outs[2].T], axis=1), want)
     Yw = rng.standard_normal((n, 11))
     _agree(_solve(lib, pairs[-1].PD, n, Yw), np.linalg.solve(GD, Yw))  # GD: the last pair's
 
@@ -257,31 +258,40 @@ def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> l
     keep, layout = [], []
     for b, p in enumerate(pairs):
         dD, dR = p.XD.shape[1], p.XR.shape[1]
-        s1 = pad8(sum(m.shape[1] for m in p.to_r))  # G_R⁻¹ columns, then G_D⁻¹ ones, each group of 8 whole
-        s2 = s1 + pad8(sum(m.shape[1] for m in p.to_d))
+        wa, wc = sum(m.shape[1] for m in p.to_r), sum(m.shape[1] for m in p.to_d)
+        s1 = pad8(wa)  # G_R⁻¹ columns, then G_D⁻¹ ones, each group of 8 whole
+        s2 = s1 + pad8(wc)
         kp = -(-s2 // 16) * 16
-        M = np.zeros((dD, kp), np.float32)
-        offsets, off = [], 0
-        for i, m in enumerate(list(p.to_r) + list(p.to_d)):
-            off = s1 if i == len(p.to_r) else off
+        M = (np.empty if (wa, wc, kp) == (s1, s2 - s1, s2) else np.zeros)((dD, kp), np.float32)
+        off = 0
+        for m in p.to_r:
             M[:, off:off + m.shape[1]] = m
-            offsets.append((off, m.shape[1]))
+            off += m.shape[1]
+        off = s1
+        for m in p.to_d:
+            M[:, off:off + m.shape[1]] = m
             off += m.shape[1]
         Y = np.empty(kp * n, np.float32)
         out = np.empty((dR, kp), np.float32)
+        outA, outC = np.empty((dR, wa), np.float32), np.empty((wc, dR), np.float32)
         jobs[b] = _Job(p.XD.ctypes.data, dD, p.XD.strides[0] // 4, p.XR.ctypes.data, dR, p.XR.strides[0] // 4,
                        p.PR.ctypes.data, p.PD.ctypes.data, M.ctypes.data, kp, s1 // 8, s2 // 8,
-                       Y.ctypes.data, out.ctypes.data)
-        keep += [M, Y]
-        layout.append((out, offsets))
+                       Y.ctypes.data, out.ctypes.data, outA.ctypes.data, outC.ctypes.data, wa, wc)
+        keep += [M, Y, out]
+        layout.append((outA, [m.shape[1] for m in p.to_r], outC, [m.shape[1] for m in p.to_d]))
     if lib.cmdv_fold_batch(jobs, len(pairs), n, nthreads) != 0:
         raise FoldKernelError("fold kernels could not start their threads (mutex/condition variable)")
-    return [[out[:, o:o + w] for o, w in offsets] for out, offsets in layout]
+    results = []
+    for outA, widths_a, outC, widths_c in layout:
+        bounds_a, bounds_c = np.cumsum([0] + widths_a), np.cumsum([0] + widths_c)
+        results.append([outA[:, a:b] for a, b in zip(bounds_a[:-1], bounds_a[1:])]
+                       + [outC[a:b] for a, b in zip(bounds_c[:-1], bounds_c[1:])])
+    return results
 
 
 def fold_batch(pairs: Sequence[PairFold]) -> list[list[np.ndarray]] | None:
     """Fold every pair in one native call → per pair, float32 ``[d_R, w]`` arrays for ``to_r`` then
-    ``to_d`` (in order); ``None`` when the kernels are unavailable, a pair does not :func:`suits`
+    ``[w, d_R]`` arrays for ``to_d`` (in order); ``None`` when the kernels are unavailable, a pair does not :func:`suits`
     them, the pairs' prompt counts differ, or the call could not start (the caller then uses numpy)."""
     lib = _lib()
     if lib is None or not pairs or not all(suits(p) for p in pairs):
