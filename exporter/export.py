@@ -117,14 +117,13 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         raise ExportError(f"adapter layers {bad} out of range for the donor's {dm.n_layer} layers")
     lmap = build_layer_map(adapter.layers, dm.n_layer, rm.n_layer, layer_rule)
     fit, held = holdout_rows(dm.n_prompts, holdout)
-    rows_key = (len(fit), int(fit.sum()))
     to_recipient = dict(lmap.pairs)
     items, held_rows = [], []
     for edit in sorted(adapter.edits, key=lambda e: e.layer):  # donor-layer order, whatever the list's order
         l_d, l_r = edit.layer, to_recipient[edit.layer]
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
-        fD = cached_factor(_profile_key(donor) + (l_d,) + rows_key, XD, rcond, rows=fit)
-        fR = cached_factor(_profile_key(recipient) + (l_r,) + rows_key, XR, rcond, rows=fit)
+        fD = cached_factor(_profile_key(donor) + (l_d,), XD, rcond, rows=fit)  # the rows join the key
+        fR = cached_factor(_profile_key(recipient) + (l_r,), XR, rcond, rows=fit)
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         held_rows.append((XR[held], XD[held]) if len(held) else None)
     entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)

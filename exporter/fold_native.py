@@ -133,7 +133,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
     """Whole batches against numpy float64 on ragged shapes (1 and 3 threads; whole-job and phased paths)."""
     rng = np.random.default_rng(7)
     n, dD, dR = 29, 45, 37
-    pairs, wants = [], []
+    pairs, wants, grams_d = [], [], []
     for _ in range(3):
         XD = rng.standard_normal((n, dD)).astype(np.float32)
         XR = rng.standard_normal((n, dR)).astype(np.float32)
@@ -141,6 +141,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
         PR, PD = (_pack(lib, np.linalg.cholesky(G).astype(np.float32)) for G in (GR, GD))
         M = rng.standard_normal((dD, 19))
         pairs.append(PairFold(XD, XR, PR, PD, [M[:, :2], M[:, 2:11]], [M[:, 11:]]))
+        grams_d.append(GD)
         Y = XD.astype(np.float64) @ M
         wants.append(XR.T.astype(np.float64) @ np.concatenate([np.linalg.solve(GR, Y[:, :11]),
                                                                np.linalg.solve(GD, Y[:, 11:])], 1))
@@ -149,7 +150,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
         for outs, want in zip(got, wants):  # two to_r blocks [d_R, w], then one to_d block [w, d_R]
             _agree(np.concatenate([outs[0], outs[1], outs[2].T], axis=1), want)
     Yw = rng.standard_normal((n, 11))
-    _agree(_solve(lib, pairs[-1].PD, n, Yw), np.linalg.solve(GD, Yw))  # GD: the last pair's
+    _agree(_solve(lib, pairs[0].PD, n, Yw), np.linalg.solve(grams_d[0], Yw))
 
 
 def _agree(got: np.ndarray, want: np.ndarray) -> None:
