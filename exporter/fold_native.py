@@ -58,7 +58,15 @@ class _Job(ctypes.Structure):
                 ("PR", ctypes.c_void_p), ("PD", ctypes.c_void_p),
                 ("M", ctypes.c_void_p), ("kp", ctypes.c_long), ("g1", ctypes.c_long), ("g2", ctypes.c_long),
                 ("Y", ctypes.c_void_p), ("out", ctypes.c_void_p), ("outA", ctypes.c_void_p),
-                ("outC", ctypes.c_void_p), ("wa", ctypes.c_long), ("wc", ctypes.c_long)]
+                ("outC", ctypes.c_void_p), ("wa", ctypes.c_long), ("wc", ctypes.c_long),
+                ("blocks", ctypes.c_void_p), ("nblocks", ctypes.c_long)]
+
+
+class _Block(ctypes.Structure):
+    """``cmdv_block`` in fold_kernels.c: columns of ``M`` that the kernels fill from an edit's array."""
+
+    _fields_ = [("src", ctypes.c_void_p), ("rs", ctypes.c_long), ("cs", ctypes.c_long), ("w", ctypes.c_long),
+                ("col", ctypes.c_long), ("f64", ctypes.c_long)]
 
 
 @dataclass
@@ -263,25 +271,36 @@ def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> l
         s1 = pad8(wa)  # G_R⁻¹ columns, then G_D⁻¹ ones, each group of 8 whole
         s2 = s1 + pad8(wc)
         kp = -(-s2 // 16) * 16
-        M = (np.empty if (wa, wc, kp) == (s1, s2 - s1, s2) else np.zeros)((dD, kp), np.float32)
-        off = 0
+        srcs, cols, off = [], [], 0
         for m in p.to_r:
-            M[:, off:off + m.shape[1]] = m
+            srcs.append(m), cols.append(off)
             off += m.shape[1]
         off = s1
         for m in p.to_d:
-            M[:, off:off + m.shape[1]] = m
+            srcs.append(m), cols.append(off)
             off += m.shape[1]
+        blocks = (_Block * len(srcs))()
+        for i, (m, col) in enumerate(zip(srcs, cols)):
+            m = np.asarray(m)
+            size = m.itemsize
+            if m.dtype not in (np.float64, np.float32) or any(st % size for st in m.strides):
+                m = np.ascontiguousarray(m, dtype=np.float64)
+                size = m.itemsize
+            blocks[i] = _Block(m.ctypes.data, m.strides[0] // size, m.strides[1] // size, m.shape[1], col,
+                               int(m.dtype == np.float64))
+            keep.append(m)
+        M = np.empty((dD, kp), np.float32)  # filled by the kernels from the blocks
         Y = np.empty(kp * n, np.float32)
         out = np.empty((dR, kp), np.float32)
         outA, outC = np.empty((dR, wa), np.float32), np.empty((wc, dR), np.float32)
         jobs[b] = _Job(p.XD.ctypes.data, dD, p.XD.strides[0] // 4, p.XR.ctypes.data, dR, p.XR.strides[0] // 4,
                        p.PR.ctypes.data, p.PD.ctypes.data, M.ctypes.data, kp, s1 // 8, s2 // 8,
-                       Y.ctypes.data, out.ctypes.data, outA.ctypes.data, outC.ctypes.data, wa, wc)
-        keep += [M, Y, out]
+                       Y.ctypes.data, out.ctypes.data, outA.ctypes.data, outC.ctypes.data, wa, wc,
+                       ctypes.addressof(blocks), len(srcs))
+        keep += [M, Y, out, blocks]
         layout.append((outA, [m.shape[1] for m in p.to_r], outC, [m.shape[1] for m in p.to_d]))
     if lib.cmdv_fold_batch(jobs, len(pairs), n, nthreads) != 0:
-        raise FoldKernelError("fold kernels could not start their threads (mutex/condition variable)")
+        raise FoldKernelError("fold kernels could not allocate their task counters")
     results = []
     for outA, widths_a, outC, widths_c in layout:
         bounds_a, bounds_c = np.cumsum([0] + widths_a), np.cumsum([0] + widths_c)

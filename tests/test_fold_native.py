@@ -35,9 +35,9 @@ def test_kernels_build_and_pass_their_self_test():
 @needs_kernels
 @pytest.mark.parametrize("n,dR,dD,widths_r,widths_d,threads,jobs", [
     (29, 37, 45, (2, 3), (6,), 1, 1),         # ragged everything, one thread
-    (64, 80, 96, (8,), (8,), 2, 1),           # the benchmark's layout: 8 + 8 columns, one pair phase by phase
+    (64, 80, 96, (8,), (8,), 2, 1),           # the benchmark's layout: 8 + 8 columns, one pair on both threads
     (64, 80, 96, (8,), (8,), 2, 4),           # … four pairs, whole pairs per thread
-    (41, 300, 257, (4, 4), (4, 4, 1), 3, 5),  # LoReFT/NoReFT-like blocks, 3 threads: 3 whole pairs + 2 phased
+    (41, 300, 257, (4, 4), (4, 4, 1), 3, 5),  # LoReFT/NoReFT-like blocks, 3 threads: the last pairs shared
     (9, 10, 11, (1,), (1,), 7, 2),            # more threads than row blocks
     (100, 130, 120, (17,), (15,), 2, 3),      # more than one 16-column panel
 ])
@@ -57,7 +57,7 @@ def test_fold_batch_matches_numpy(n, dR, dD, widths_r, widths_d, threads, jobs, 
 
 @needs_kernels
 def test_batch_gives_the_same_bits_as_single_pairs(monkeypatch):
-    """Whole pairs per thread (a batch) and one pair phase by phase do the same float32 arithmetic."""
+    """Whole pairs per thread (a batch) and one pair shared by both threads do the same float32 arithmetic."""
     monkeypatch.setattr(fold_native, "threads", lambda: 2)
     rng = np.random.default_rng(4)
     pairs = [_pair(rng, 70, 90, 110, (8,), (8,))[0] for _ in range(4)]
@@ -65,6 +65,36 @@ def test_batch_gives_the_same_bits_as_single_pairs(monkeypatch):
     for p, outs in zip(pairs, batch):
         single = fold_native.fold_batch([p])
         assert all(np.array_equal(a, b) for a, b in zip(outs, single[0]))
+
+
+@needs_kernels
+def test_edit_columns_in_any_layout_give_the_same_bits(monkeypatch):
+    """The kernels fill M themselves from the edit's arrays: float32 or float64, transposed, reversed,
+    every other column; other dtypes are converted first. float32 values are exact in float64, so every
+    layout must give the bits of the same values passed as plain float64 columns."""
+    monkeypatch.setattr(fold_native, "threads", lambda: 2)
+    rng = np.random.default_rng(11)
+    p, _ = _pair(rng, 50, 60, 70, (5,), (3,))
+    base = rng.standard_normal((70, 16)).astype(np.float32)
+    want = fold_native.fold_batch([fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, [base[:, :5].astype(np.float64)],
+                                                         [base[:, 5:8].astype(np.float64)])])[0]
+    wide = np.zeros((70, 10), np.float32)
+    wide[:, ::2] = base[:, :5]
+    flipped = np.ascontiguousarray(base[::-1])
+    layouts = [
+        ([base[:, :5]], [base[:, 5:8]]),                                         # float32 views
+        ([np.ascontiguousarray(base[:, :5].T).T], [np.ascontiguousarray(base[:, 5:8].T).T]),  # column-major
+        ([wide[:, ::2]], [flipped[::-1, 5:8]]),                                  # every other column; negative row stride
+        ([base[:, :5].astype(np.float16).astype(np.float32)[:, :0]] + [base[:, :5]], [base[:, 5:8]]),  # empty block
+    ]
+    for to_r, to_d in layouts:
+        got = fold_native.fold_batch([fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, to_r, to_d)])[0]
+        assert all(np.array_equal(a, b) for a, b in zip(got[-2:], want))
+    half = base.astype(np.float16)  # not float32/float64: converted before the call
+    got = fold_native.fold_batch([fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, [half[:, :5]], [half[:, 5:8]])])[0]
+    ref = fold_native.fold_batch([fold_native.PairFold(p.XD, p.XR, p.PR, p.PD, [half[:, :5].astype(np.float64)],
+                                                        [half[:, 5:8].astype(np.float64)])])[0]
+    assert all(np.array_equal(a, b) for a, b in zip(got, ref))
 
 
 @needs_kernels
