@@ -209,12 +209,17 @@ def _packed_ok(lib: ctypes.CDLL, P: np.ndarray, n: int) -> bool:
     """The C code reads ``cmdv_panels_size(n)`` floats of a packed factor: anything else is refused (this
     guards memory; that the factor belongs to these profiles is the caller's, as with any solve)."""
     return (isinstance(P, np.ndarray) and P.dtype == np.float32 and P.ndim == 1 and P.flags.c_contiguous
-            and P.flags.aligned and n > 0 and P.size == lib.cmdv_panels_size(n))
+            and P.flags.aligned and n > 0 and P.size == _panels_size(lib, n))
+
+
+@functools.lru_cache(maxsize=64)
+def _panels_size(lib: ctypes.CDLL, n: int) -> int:
+    return lib.cmdv_panels_size(n)
 
 
 def _pack(lib: ctypes.CDLL, L: np.ndarray) -> np.ndarray:
     L = np.ascontiguousarray(L, dtype=np.float32)
-    P = np.empty(lib.cmdv_panels_size(L.shape[0]), np.float32)
+    P = np.empty(_panels_size(lib, L.shape[0]), np.float32)
     lib.cmdv_pack_panels(L.ctypes.data, L.shape[0], L.shape[0], P.ctypes.data)
     return P
 
