@@ -22,7 +22,9 @@ cold runs (median of 3), like cold, with ``warm_speedup_paired_median`` the medi
 per-pair ratios. Also measured in the same run: cold_floor_seconds (the float32 Gram
 products alone; ``cold_speedup_ceiling`` = ref_seconds / that), numpy_products_seconds
 (the fold's two one-pass products through numpy/OpenBLAS alone, what the numpy warm path
-cannot beat), warm_memory_floor_seconds (streaming the profiles once).
+cannot beat), warm_memory_floor_seconds (streaming the profiles once), and ``export_pack`` itself on the
+same arrays (export_pack_cold_seconds / export_pack_warm_seconds: with 10 % held-out diagnostics, the
+held-out R² and cycle error cached per pair like the factors).
 
     python benchmarks/export_speed.py [--layers 16] [--passes 3] [--real]
 """
@@ -220,6 +222,7 @@ def main() -> None:
         "warm_seconds_numpy": (float(np.median(numpy_times)), "s"),
         "warm_speedup_numpy": (ref_s / float(np.median(numpy_times)), "x"),
     }
+    figures.update(whole_export_pack(XR, XD, edits, second, args.warm_rounds))
     print({k: round(v[0], 6) for k, v in figures.items()}, flush=True)
     if args.real:
         figures.update(real_pack_sizes(args.real_prompts))
@@ -235,6 +238,41 @@ def main() -> None:
                                             "native_threads": fold_native.threads(),
                                             "gram_precision": grams,
                                             "load_avg_end": os.getloadavg()})
+
+
+def whole_export_pack(XR: list, XD: list, edits: list, second: list, rounds: int) -> dict:
+    """``export_pack`` itself on the same arrays (as two 16-layer profiles): what a user calls, with the
+    10 % held-out diagnostics and the pack's validation. Cold = empty caches (factors of the fit rows,
+    held-out R² and cycle error); warm = the second adapter, median of ``rounds`` exports."""
+    from commandv.exporter.adapters import Adapter
+    from commandv.exporter.export import clear_factor_cache, export_pack
+    from commandv.profiles.store import Profile, ProfileMeta
+
+    def profile(layers: list, tag: str) -> Profile:
+        n, d = layers[0].shape
+        meta = ProfileMeta(model_fingerprint=tag * 64, network_fingerprint=tag * 64, model_name=f"bench-{tag}",
+                           arch="llama", n_layer=len(layers), d_model=d, n_prompts=n, prompt_set="bench",
+                           prompt_sha256="b" * 64, backend="gguf", template=None, rendered_example="")
+        return Profile(layers=layers, meta=meta)
+
+    def adapter(es: list) -> Adapter:
+        return Adapter(edits=es, kind="NodiReFT", positions="l1", component="block_output", sha256="0" * 64,
+                       source="random")
+
+    donor, recipient = profile(XD, "d"), profile(XR, "r")
+    clear_factor_cache()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    export_pack(adapter(edits), donor, recipient, holdout=0.1)
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(rounds):
+        time.sleep(0.3)
+        t0 = time.perf_counter()
+        export_pack(adapter(second), donor, recipient, holdout=0.1)
+        warm.append(time.perf_counter() - t0)
+    print(f"export_pack: cold {cold:.2f} s, warm {np.median(warm) * 1e3:.1f} ms", flush=True)
+    return {"export_pack_cold_seconds": (cold, "s"), "export_pack_warm_seconds": (float(np.median(warm)), "s")}
 
 
 def real_pack_sizes(n_prompts: int) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from commandv.runtime.lowrank import canonical_activation, lowrank_delta
+from commandv.runtime.lowrank import canonical_activation, delta_row_norms, lowrank_delta
 
 INTERVENTION_TYPES = ("LoReFT", "NoReFT", "DiReFT", "NodiReFT", "ConsReFT", "LobiReFT")
 _CLASS_NAMES = {
@@ -77,6 +77,10 @@ class DonorEdit:
     def delta(self, h: np.ndarray) -> np.ndarray:
         """``delta(h)`` for ``h [..., d]``."""
         return lowrank_delta(h, self.A, self.b, self.C, self.act, self.P, self.Q, self.e)
+
+    def delta_norms(self, h: np.ndarray) -> np.ndarray:
+        """``‖delta(h)‖`` per row of ``h [..., d]`` → ``[...]`` (without forming the deltas)."""
+        return delta_row_norms(h, self.A, self.b, self.C, self.act, self.P, self.Q, self.e)
 
 
 def _np(t) -> np.ndarray:

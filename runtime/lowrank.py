@@ -90,3 +90,32 @@ def lowrank_delta(
     if e is not None:
         out = out + e
     return out
+
+
+def delta_row_norms(
+    h: np.ndarray,
+    A: np.ndarray,
+    b: np.ndarray,
+    C: np.ndarray,
+    act: str = "linear",
+    P: np.ndarray | None = None,
+    Q: np.ndarray | None = None,
+    e: np.ndarray | None = None,
+) -> np.ndarray:
+    """``‖lowrank_delta(h, …)‖`` over the last axis, ``[...]``, without forming the ``[..., d]`` deltas.
+
+    The delta is ``u @ W`` with ``u = [act(h@A + b), −h@P, 1]`` and ``W = [C; Q; e]`` stacked, so its
+    squared norm is ``u (W Wᵀ) uᵀ``, with ``W Wᵀ`` only ``(r + q + 1)²``: a row costs ``O(d·(r + q))``.
+    """
+    z = apply_activation(act, h @ A + b).astype(np.result_type(h, A), copy=False)
+    parts, rows = [z], [C]
+    if P is not None and Q is not None and P.shape[1] > 0:
+        parts.append(-(h @ P))
+        rows.append(Q)
+    if e is not None:
+        parts.append(np.ones(z.shape[:-1] + (1,), z.dtype))
+        rows.append(np.asarray(e)[None, :])
+    u = np.concatenate(parts, axis=-1)
+    W = np.concatenate(rows, axis=0).astype(u.dtype, copy=False)
+    sq = np.einsum("...i,ij,...j->...", u, W @ W.T, u)
+    return np.sqrt(np.maximum(sq, 0.0))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .lowrank import canonical_activation, lowrank_delta
+from .lowrank import canonical_activation, delta_row_norms, lowrank_delta
 from .positions import Positions
 
 PACK_ARCH = "commandv-pack"
@@ -72,6 +72,10 @@ class PackEntry:
     def delta(self, h: np.ndarray) -> np.ndarray:
         """The edit for hidden states ``h [..., d]`` (without strength)."""
         return lowrank_delta(h, self.A, self.b, self.C, self.act, self.P, self.Q, self.e)
+
+    def delta_norms(self, h: np.ndarray) -> np.ndarray:
+        """``‖delta(h)‖`` per row of ``h [..., d]`` → ``[...]`` (without forming the deltas)."""
+        return delta_row_norms(h, self.A, self.b, self.C, self.act, self.P, self.Q, self.e)
 
     def validate(self, d: int, n_layer: int, where: str = "entry") -> None:
         """Raise :class:`PackError` unless shapes agree with ``d``, the layer is in range

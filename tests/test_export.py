@@ -111,3 +111,50 @@ def test_factor_cache_keys_on_matrix_and_rows():
     assert cached_factor(("k",), Y, rows=fit_a) is not fa
     whole = cached_factor(("k",), X)
     assert whole is not fa and whole.n == 30
+
+
+def test_warm_export_reuses_held_out_figures_and_matches_a_cold_one():
+    """A second export of the same pair reuses the factors and the adapter-independent held-out figures
+    (R², cycle error): its pack and diagnostics equal those of a cold export, and the edit's energies
+    equal norms of the deltas formed directly."""
+    from commandv.exporter import export as ex
+
+    ad, donor, recip = setup(seed=4)
+    clear_factor_cache()
+    first = export_pack(ad, donor, recip, holdout=0.2)
+    assert len(ex._HELD) == 3 and len(ex._FACTORS) == 6
+    rng = np.random.default_rng(8)
+    ad2 = Adapter(edits=[DonorEdit(e.layer, "NodiReFT", rng.standard_normal(e.A.shape) / 6, rng.standard_normal(4),
+                                   rng.standard_normal(e.C.shape) / 6, "relu") for e in ad.edits],
+                  kind="NodiReFT", positions="l1", component="block_output", sha256="b" * 64, source="t")
+    warm = export_pack(ad2, donor, recip, holdout=0.2)
+    assert len(ex._HELD) == 3 and len(ex._FACTORS) == 6  # all hits
+    clear_factor_cache()
+    cold = export_pack(ad2, donor, recip, holdout=0.2)
+    assert warm.diagnostics == cold.diagnostics
+    for a, b in zip(warm.pack.entries, cold.pack.entries):
+        assert np.array_equal(a.A, b.A) and np.array_equal(a.C, b.C)
+    assert [d["r2_r2d"] for d in warm.diagnostics] == [d["r2_r2d"] for d in first.diagnostics]  # adapter-free
+    _, held = holdout_rows(50, 0.2)
+    for edit, entry, d in zip(ad2.edits, warm.pack.entries, warm.diagnostics):
+        hr = recip.layers[entry.layer][held].astype(np.float64)
+        hd = donor.layers[edit.layer][held].astype(np.float64)
+        want_r = np.linalg.norm(entry.delta(hr), axis=1).mean() / np.linalg.norm(hr, axis=1).mean()
+        want_d = np.linalg.norm(edit.delta(hd), axis=1).mean() / np.linalg.norm(hd, axis=1).mean()
+        assert d["delta_energy"] == pytest.approx(want_r, rel=1e-5)
+        assert d["donor_delta_energy"] == pytest.approx(want_d, rel=1e-9)
+
+
+def test_held_out_cache_keys_on_the_split():
+    from commandv.exporter import export as ex
+
+    ad, donor, recip = setup(seed=5)
+    clear_factor_cache()
+    a = export_pack(ad, donor, recip, holdout=0.2)
+    b = export_pack(ad, donor, recip, holdout=0.3)  # other rows: other factors and held-out sets
+    assert len(ex._HELD) == 6
+    assert a.pack.meta["n_held"] == 10 and b.pack.meta["n_held"] == 15
+    clear_factor_cache()
+    assert export_pack(ad, donor, recip, holdout=0.3).diagnostics == b.diagnostics
+    none = export_pack(ad, donor, recip, holdout=0.0)
+    assert "r2_r2d" not in none.diagnostics[0]
