@@ -78,8 +78,12 @@ static void x_times_m(const cmdv_fold_job *j, long n, long lo, long hi) {
             for (int r = 0; r < ROWS; r++) acc[r] = (v16){0};
             if (hi - i0 >= ROWS) {
                 long k0 = 0;
+                const int more = i0 + 2 * ROWS <= n;
                 for (; k0 + 16 <= d; k0 += 16) {
-                    for (int r = 0; r < ROWS; r++) __builtin_prefetch(x + r * ld + k0 + AHEAD, 0, 2);
+                    const long pk = k0 + AHEAD; /* past the row's end: the next block's rows from their start */
+                    const float *pf = pk < d ? x + pk : (more ? x + ROWS * ld + (pk - d) : NULL);
+                    if (pf)
+                        for (int r = 0; r < ROWS; r++) __builtin_prefetch(pf + r * ld, 0, 2);
                     for (long k = k0; k < k0 + 16; k++) {
                         v16 mk = *(const v16 *)(m + k * kp);
                         for (int r = 0; r < ROWS; r++) acc[r] += x[r * ld + k] * mk;
