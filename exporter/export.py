@@ -61,16 +61,20 @@ def _factor_key(key: tuple, X: np.ndarray, rows: np.ndarray | None, rtol: float 
     return key + (_sample_digest(X), _rows_digest(rows), rtol)
 
 
-def _factor_for(key: tuple, X: np.ndarray, rtol: float | None, rows: np.ndarray | None) -> GramFactor:
-    f = _FACTORS.get(key)
-    if f is None:
-        f = factorize(X if rows is None else X[rows], rtol)
-        _FACTORS[key] = f
-        while len(_FACTORS) > _MAX_FACTORS:
-            _FACTORS.popitem(last=False)
+def _lru(cache: OrderedDict, limit: int, key: tuple, make):
+    """``cache[key]``, made by ``make()`` on a miss; the least recently used entries beyond ``limit`` go."""
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make()
+        while len(cache) > limit:
+            cache.popitem(last=False)
     else:
-        _FACTORS.move_to_end(key)
-    return f
+        cache.move_to_end(key)
+    return value
+
+
+def _factor_for(key: tuple, X: np.ndarray, rtol: float | None, rows: np.ndarray | None) -> GramFactor:
+    return _lru(_FACTORS, _MAX_FACTORS, key, lambda: factorize(X if rows is None else X[rows], rtol))
 
 
 def cached_factor(key: tuple, X: np.ndarray, rtol: float | None = None,
@@ -101,18 +105,13 @@ _MAX_HELD = 64
 
 def _held_for(key: tuple, XR: np.ndarray, XD: np.ndarray, held: np.ndarray, fR: GramFactor,
               fD: GramFactor) -> HeldOut:
-    h = _HELD.get(key)
-    if h is None:
+    def make() -> HeldOut:
         XR_held, XD_held = XR[held], XD[held]
         hr, hd = XR_held.astype(np.float32), XD_held.astype(np.float64)
-        h = HeldOut(hr, hd, fit_diagnostics(fR, fD, XR_held, XD_held),
-                    float(np.linalg.norm(hr, axis=1).mean()), float(np.linalg.norm(hd, axis=1).mean()))
-        _HELD[key] = h
-        while len(_HELD) > _MAX_HELD:
-            _HELD.popitem(last=False)
-    else:
-        _HELD.move_to_end(key)
-    return h
+        return HeldOut(hr, hd, fit_diagnostics(fR, fD, XR_held, XD_held),
+                       float(np.linalg.norm(hr, axis=1).mean()), float(np.linalg.norm(hd, axis=1).mean()))
+
+    return _lru(_HELD, _MAX_HELD, key, make)
 
 
 def clear_factor_cache() -> None:

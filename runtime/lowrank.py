@@ -68,6 +68,11 @@ def apply_activation(name: str, x: np.ndarray) -> np.ndarray:
     return ACTIVATIONS[canonical_activation(name)](x)
 
 
+def _hidden(h: np.ndarray, A: np.ndarray, b: np.ndarray, act: str) -> np.ndarray:
+    """``act(h@A + b)`` ``[..., r]`` in the dtype of ``h`` promoted with ``A``."""
+    return apply_activation(act, h @ A + b).astype(np.result_type(h, A), copy=False)
+
+
 def lowrank_delta(
     h: np.ndarray,
     A: np.ndarray,
@@ -83,7 +88,7 @@ def lowrank_delta(
     Computed in the dtype of ``h`` promoted with the matrices (float32 packs on
     float32 states stay float32).
     """
-    z = apply_activation(act, h @ A + b).astype(np.result_type(h, A), copy=False)
+    z = _hidden(h, A, b, act)
     out = z @ C
     if P is not None and Q is not None and P.shape[1] > 0:
         out = out - (h @ P) @ Q
@@ -107,7 +112,7 @@ def delta_row_norms(
     The delta is ``u @ W`` with ``u = [act(h@A + b), −h@P, 1]`` and ``W = [C; Q; e]`` stacked, so its
     squared norm is ``u (W Wᵀ) uᵀ``, with ``W Wᵀ`` only ``(r + q + 1)²``: a row costs ``O(d·(r + q))``.
     """
-    z = apply_activation(act, h @ A + b).astype(np.result_type(h, A), copy=False)
+    z = _hidden(h, A, b, act)
     parts, rows = [z], [C]
     if P is not None and Q is not None and P.shape[1] > 0:
         parts.append(-(h @ P))
