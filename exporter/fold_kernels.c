@@ -81,7 +81,7 @@ static void x_times_m(const cmdv_fold_job *j, long n, long lo, long hi) {
                 const int more = i0 + 2 * ROWS <= n;
                 for (; k0 + 16 <= d; k0 += 16) {
                     const long pk = k0 + AHEAD; /* past the row's end: the next block's rows from their start */
-                    const float *pf = pk < d ? x + pk : (more ? x + ROWS * ld + (pk - d) : NULL);
+                    const float *pf = pk < d ? x + pk : (more && pk - d < d ? x + ROWS * ld + (pk - d) : NULL);
                     if (pf)
                         for (int r = 0; r < ROWS; r++) __builtin_prefetch(pf + r * ld, 0, 2);
                     for (long k = k0; k < k0 + 16; k++) {
@@ -206,7 +206,7 @@ static void xt_times_y(const cmdv_fold_job *j, long n, long c0, long c1) {
             const int more = i + 2 * ROWS <= n;
             for (long k0 = c0; k0 < c1; k0 += 16) {
                 const long pk = k0 + AHEAD_T;
-                const float *pf = pk < c1 ? x + pk : (more ? x + ROWS * ld + c0 + (pk - c1) : NULL);
+                const float *pf = pk < c1 ? x + pk : (more && c0 + (pk - c1) < c1 ? x + ROWS * ld + c0 + (pk - c1) : NULL);
                 if (pf)
                     for (int r = 0; r < ROWS; r++) __builtin_prefetch(pf + r * ld, 0, 2);
                 long ke = min_l(k0 + 16, c1);
