@@ -7,7 +7,7 @@ fold every donor edit; measure held-out R², cycle error and delta energy.
 Per process, the factors (per profile layer and fit rows) and each layer pair's
 held-out rows with their R² and cycle error (which do not depend on the adapter)
 are cached, so exporting a second adapter for the same pair only folds it and
-measures its energy: ~60 ms instead of ~3 s on the paper's shapes (16 pairs,
+measures its energy: ~45 ms instead of ~2.4 s on the paper's shapes (16 pairs,
 N=1030, d 3072/4096; ``benchmarks/export_speed.py``, export_pack_*_seconds).
 """
 

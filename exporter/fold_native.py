@@ -7,7 +7,7 @@ against 16-32 columns) and two Cholesky solves with ``N×N`` factors. Through nu
 factor packed into 16-row panels (:func:`pack_factor`, once per factor: ~0.5 ms at N=1030), and folds
 every pair of an export in one call, so the threads start once
 and no OpenBLAS worker thread spins between the steps (measured on the paper's shapes, 2-core EPYC:
-16 pairs in ~34-40 ms per export against ~83-95 ms through numpy; ``benchmarks/export_speed.py``).
+16 pairs in ~31-37 ms per export against ~82-85 ms through numpy; ``benchmarks/export_speed.py``).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``;
 ``-O3 -march=native`` when the compiler takes it, else ``-O3``) into
