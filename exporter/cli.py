@@ -73,10 +73,13 @@ def profile_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    adapter: Path = typer.Option(..., help="pyreft adapter folder (config.json + intkey_*.bin)"),
+    adapters: list[Path] = typer.Option(..., "--adapter", help="pyreft adapter folder (config.json + intkey_*.bin); "
+                                        "repeat it to export several for the same pair in one run (the "
+                                        "translator factors are computed once) into the folder --out"),
     donor: str = typer.Option(..., help="donor model the adapter was trained on"),
     recipient: str = typer.Option(..., help="recipient model (zoo key, .gguf or HF folder)"),
-    out_path: Path = typer.Option(..., "--out", "-o", help="pack file to write (.gguf)"),
+    out_path: Path = typer.Option(..., "--out", "-o", help="pack file to write (.gguf); with several adapters a "
+                                  "folder, one <adapter folder name>.gguf each"),
     prompts: str = typer.Option("general", help="prompt set used to profile both models"),
     limit: Optional[int] = typer.Option(None, help="use only the first N prompts"),
     layer_rule: str = typer.Option(DEFAULT_LAYER_RULE, help=f"layer mapping: {' or '.join(LAYER_RULES)} "
@@ -93,23 +96,45 @@ def export_cmd(
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     name: Optional[str] = typer.Option(None, help="pack name"),
 ) -> None:
-    """Fold a donor's pyreft adapter into a behavior pack for the recipient."""
+    """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
     from commandv.profiles.profiler import profile_model
 
     from .adapters import load_adapter
     from .export import ExportError, diagnostics_table, export_pack
 
-    ad = load_adapter(adapter, kind=kind, act=act, positions=positions)
-    dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
-    rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    targets = _export_targets(adapters, out_path, name)
+    loaded = [load_adapter(a, kind=kind, act=act, positions=positions) for a in adapters]  # all checked first
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
-    res = export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
-                      name=name or out_path.stem, donor_name=dprof.meta.model_name)
-    res.pack.save(out_path, dtype=dtype)
-    out.print(diagnostics_table(res.diagnostics))
-    out.print(f"{res.pack.summary()}\nfolded in {res.seconds * 1000:.0f} ms; wrote {out_path} "
-              f"({out_path.stat().st_size / 1e3:.1f} kB)")
+    dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
+    rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
+                           name=pack_name, donor_name=dprof.meta.model_name)
+               for ad, (_, pack_name) in zip(loaded, targets)]  # every export before any file is written
+    if len(targets) > 1:
+        out_path.mkdir(parents=True, exist_ok=True)
+    for res, (path, _) in zip(results, targets):
+        res.pack.save(path, dtype=dtype)
+        out.print(diagnostics_table(res.diagnostics))
+        out.print(f"{res.pack.summary()}\nfolded in {res.seconds * 1000:.0f} ms; wrote {path} "
+                  f"({path.stat().st_size / 1e3:.1f} kB)")
+
+
+def _export_targets(adapters: list[Path], out_path: Path, name: str | None) -> list[tuple[Path, str]]:
+    """(pack file, pack name) per adapter: ``out_path`` itself for one, ``out_path/<folder name>.gguf`` for several."""
+    from .export import ExportError
+
+    if len(adapters) == 1:
+        return [(out_path, name or out_path.stem)]
+    if name is not None:
+        raise ExportError("--name names one pack; with several adapters each pack is named after its folder")
+    if out_path.exists() and not out_path.is_dir():
+        raise ExportError(f"--out {out_path} is a file; with {len(adapters)} adapters it must be a folder")
+    stems = [Path(a).resolve().name for a in adapters]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise ExportError(f"adapter folders named {', '.join(twice)} more than once: their packs would share a file")
+    return [(out_path / f"{s}.gguf", s) for s in stems]
 
 
 @app.command("inspect")

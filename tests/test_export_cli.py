@@ -52,3 +52,49 @@ def test_export_and_inspect(tmp_home, tmp_path):
     assert res.exit_code == 2 and "error:" in res.output and "Is a directory" in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert list((tmp_path / "adir").iterdir()) == [] and not list(tmp_path.glob(".adir.partial-*"))
+
+
+def test_export_several_adapters_into_a_folder(tmp_home, tmp_path):
+    """Repeated --adapter: one pack per adapter folder in the --out folder, each equal to its own export;
+    bad combinations fail before anything is written."""
+    pyreft_fixtures = pytest.importorskip("tests.pyreft_fixtures")
+    try:
+        pyreft_fixtures.import_pyreft()
+    except Exception:
+        pytest.skip("pyreft not importable")
+    donor = write_tiny_llama_gguf(tmp_path / "donor.gguf", n_layer=4, d_model=64, seed=1)
+    recip = write_tiny_llama_gguf(tmp_path / "recip.gguf", n_layer=3, d_model=48, n_head=4, n_kv_head=2, seed=2)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "a" / "style", "NodiReFT", layers=(0, 2), rank=4, d=64, seed=3)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "b" / "tone", "LoReFT", layers=(1,), rank=2, d=64, seed=4)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "c" / "style", "LoReFT", layers=(1,), rank=2, d=64, seed=5)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Question number {i}: tell me about topic {i * 7}."})
+                                 for i in range(30)) + "\n")
+    common = ["--donor", str(donor), "--recipient", str(recip), "--prompts", str(prompts)]
+    packs = tmp_path / "packs"
+    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "a" / "style"), "--adapter",
+                                   str(tmp_path / "b" / "tone"), *common, "-o", str(packs)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in packs.iterdir()) == ["style.gguf", "tone.gguf"]
+    d, _, _ = profile_model(str(donor), str(prompts))
+    r, _, _ = profile_model(str(recip), str(prompts))
+    for folder, kind in ((tmp_path / "a" / "style", "NodiReFT"), (tmp_path / "b" / "tone", "LoReFT")):
+        got = BehaviorPack.load(packs / f"{folder.name}.gguf")
+        want = export_pack(load_adapter(folder), d, r).pack
+        assert got.name == folder.name and got.meta["adapter_kind"] == kind
+        for a, b in zip(got.entries, want.entries, strict=True):
+            assert np.array_equal(a.A, b.A) and np.array_equal(a.C, b.C)
+    bad = [
+        (["--adapter", str(tmp_path / "a" / "style"), "--adapter", str(tmp_path / "c" / "style")], "more than once"),
+        (["--adapter", str(tmp_path / "a" / "style"), "--adapter", str(tmp_path / "b" / "tone"), "--name", "x"],
+         "--name names one pack"),
+        (["--adapter", str(tmp_path / "a" / "style"), "--adapter", str(tmp_path / "nowhere")], "nowhere"),
+    ]
+    for args, msg in bad:
+        res = CliRunner().invoke(app, ["export", *args, *common, "-o", str(tmp_path / "other")])
+        assert res.exit_code == 2 and msg in res.output, res.output
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "file.gguf").write_bytes(b"x")
+    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "a" / "style"), "--adapter",
+                                   str(tmp_path / "b" / "tone"), *common, "-o", str(tmp_path / "file.gguf")])
+    assert res.exit_code == 2 and "is a file" in res.output and (tmp_path / "file.gguf").read_bytes() == b"x"
