@@ -16,7 +16,8 @@ from commandv.runtime.pack import BehaviorPack  # noqa: E402
 from tests.tiny_models import write_tiny_llama_gguf  # noqa: E402
 
 
-def test_export_and_inspect(tmp_home, tmp_path):
+def _tiny_pair(tmp_path):
+    """Two tiny GGUF models of different widths, a 30-prompt file, and the pyreft fixtures (skip without pyreft)."""
     pyreft_fixtures = pytest.importorskip("tests.pyreft_fixtures")
     try:
         pyreft_fixtures.import_pyreft()
@@ -24,10 +25,15 @@ def test_export_and_inspect(tmp_home, tmp_path):
         pytest.skip("pyreft not importable")
     donor = write_tiny_llama_gguf(tmp_path / "donor.gguf", n_layer=4, d_model=64, seed=1)
     recip = write_tiny_llama_gguf(tmp_path / "recip.gguf", n_layer=3, d_model=48, n_head=4, n_kv_head=2, seed=2)
-    pyreft_fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"Question number {i}: tell me about topic {i * 7}."})
                                  for i in range(30)) + "\n")
+    return pyreft_fixtures, donor, recip, prompts
+
+
+def test_export_and_inspect(tmp_home, tmp_path):
+    pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)
     out = tmp_path / "pack.gguf"
     res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
                                    str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o", str(out)])
@@ -57,19 +63,10 @@ def test_export_and_inspect(tmp_home, tmp_path):
 def test_export_several_adapters_into_a_folder(tmp_home, tmp_path):
     """Repeated --adapter: one pack per adapter folder in the --out folder, each equal to its own export;
     bad combinations fail before anything is written."""
-    pyreft_fixtures = pytest.importorskip("tests.pyreft_fixtures")
-    try:
-        pyreft_fixtures.import_pyreft()
-    except Exception:
-        pytest.skip("pyreft not importable")
-    donor = write_tiny_llama_gguf(tmp_path / "donor.gguf", n_layer=4, d_model=64, seed=1)
-    recip = write_tiny_llama_gguf(tmp_path / "recip.gguf", n_layer=3, d_model=48, n_head=4, n_kv_head=2, seed=2)
+    pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
     pyreft_fixtures.save_reft_adapter(tmp_path / "a" / "style", "NodiReFT", layers=(0, 2), rank=4, d=64, seed=3)
     pyreft_fixtures.save_reft_adapter(tmp_path / "b" / "tone", "LoReFT", layers=(1,), rank=2, d=64, seed=4)
     pyreft_fixtures.save_reft_adapter(tmp_path / "c" / "style", "LoReFT", layers=(1,), rank=2, d=64, seed=5)
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": f"Question number {i}: tell me about topic {i * 7}."})
-                                 for i in range(30)) + "\n")
     common = ["--donor", str(donor), "--recipient", str(recip), "--prompts", str(prompts)]
     packs = tmp_path / "packs"
     res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "a" / "style"), "--adapter",
