@@ -17,7 +17,7 @@ through numpy (``warm_seconds_numpy``), each after a 0.3 s pause: ``warm_seconds
 median of all of them (``warm_speedup`` = ref_seconds / warm_seconds, a ratio of medians) and
 ``warm_speedup_pass_median`` the median over passes of that pass's reference total over its
 median warm export. ``warm_seconds_paired`` sums, per pass, each pair's warm fold alone (one
-pair per call, phase by phase on all threads) timed right after that pair's reference and
+pair per call, shared by all threads) timed right after that pair's reference and
 cold runs (median of 3), like cold, with ``warm_speedup_paired_median`` the median of the
 per-pair ratios. Also measured in the same run: cold_floor_seconds (the float32 Gram
 products alone; ``cold_speedup_ceiling`` = ref_seconds / that), numpy_products_seconds

@@ -106,9 +106,8 @@ _MAX_HELD = 64
 def _held_for(key: tuple, XR: np.ndarray, XD: np.ndarray, held: np.ndarray, fR: GramFactor,
               fD: GramFactor) -> HeldOut:
     def make() -> HeldOut:
-        XR_held, XD_held = XR[held], XD[held]
-        hr, hd = XR_held.astype(np.float32), XD_held.astype(np.float64)
-        return HeldOut(hr, hd, fit_diagnostics(fR, fD, XR_held, XD_held),
+        hr, hd = np.asarray(XR[held], dtype=np.float32), XD[held].astype(np.float64)  # one copy each
+        return HeldOut(hr, hd, fit_diagnostics(fR, fD, hr, hd),
                        float(np.linalg.norm(hr, axis=1).mean()), float(np.linalg.norm(hd, axis=1).mean()))
 
     return _lru(_HELD, _MAX_HELD, key, make)

@@ -276,14 +276,11 @@ def _fold_batch(lib: ctypes.CDLL, pairs: Sequence[PairFold], nthreads: int) -> l
         s1 = pad8(wa)  # G_R⁻¹ columns, then G_D⁻¹ ones, each group of 8 whole
         s2 = s1 + pad8(wc)
         kp = -(-s2 // 16) * 16
-        srcs, cols, off = [], [], 0
-        for m in p.to_r:
-            srcs.append(m), cols.append(off)
-            off += m.shape[1]
-        off = s1
-        for m in p.to_d:
-            srcs.append(m), cols.append(off)
-            off += m.shape[1]
+        srcs, cols = [], []
+        for group, off in ((p.to_r, 0), (p.to_d, s1)):
+            for m in group:
+                srcs.append(m), cols.append(off)
+                off += m.shape[1]
         blocks = (_Block * len(srcs))()
         for i, (m, col) in enumerate(zip(srcs, cols)):
             m = np.asarray(m)
@@ -325,6 +322,6 @@ def fold_batch(pairs: Sequence[PairFold]) -> list[list[np.ndarray]] | None:
         return None
     try:
         return _fold_batch(lib, pairs, threads())
-    except FoldKernelError as exc:  # the kernels could not start their threads: numpy folds instead
+    except FoldKernelError as exc:  # the kernels could not allocate their task counters: numpy folds instead
         _REASON.append(str(exc))
         return None
