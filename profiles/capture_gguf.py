@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from commandv.runtime import crash
 from commandv.runtime import ggml_bindings as gb
 from commandv.runtime.llama_lowlevel import ContextOverflowError, LlamaContext, LlamaError, LlamaModel
 
@@ -242,8 +243,10 @@ def capture_gguf(
                   flash_attn=False if exact else None)
         runners = [_Runner(model, kw, tokens, counts, prefix, align, out) for _ in range(n_workers)]
         t0 = time.perf_counter()
+        note = (f"capturing hidden states of {model.path.name} ({len(prompts)} prompts, {n_workers} context(s), "
+                f"{kw['n_threads']} thread(s) each, batches of up to {size} tokens)")
         try:
-            with _progress(progress, len(prompts)) as bar:
+            with crash.operation(note), _progress(progress, len(prompts)) as bar:
                 task = bar.add_task("capture", total=len(prompts), rate="-")
                 lock = threading.Lock()
                 done = [0]

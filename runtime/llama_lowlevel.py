@@ -8,7 +8,8 @@ ctypes object it keeps alive for its whole lifetime.
 llama_cpp is imported lazily (``_ll()``), so importing this module is cheap and
 ``LlamaError`` is usable without llama-cpp-python installed. llama.cpp's log
 output is silenced by default; the last warnings/errors are kept and appended
-to error messages. Set ``COMMANDV_LLAMA_VERBOSE=1`` to print them.
+to error messages. Set ``COMMANDV_LLAMA_VERBOSE=1`` to print them. Models load without llama.cpp's
+extra (repacked-weight) buffer types on CPUs with AMX (:func:`.cpu.extra_buffers`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from . import crash
+from .cpu import CpuSettingError, extra_buffers
 
 EvalCallback = Callable[[int, bool], bool]
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=8)
@@ -122,8 +126,14 @@ class LlamaModel(_Handle):
         params = L.llama_model_default_params()
         params.n_gpu_layers = int(n_gpu_layers)
         params.vocab_only = bool(vocab_only)
+        try:
+            self.extra_buffers, self.extra_buffers_reason = extra_buffers()
+        except CpuSettingError as exc:
+            raise ModelLoadError(str(exc)) from None
+        params.use_extra_bufts = self.extra_buffers  # off on AMX CPUs: llama.cpp's AMX matmul crashes (runtime.cpu)
         _LOG_TAIL.clear()
-        ptr = L.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+        with crash.operation(f"loading {self.path.name} (extra buffer types {self.extra_buffers_reason})"):
+            ptr = L.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {self.path}{_log_tail()}")
         self._ptr = ptr

@@ -151,8 +151,9 @@ int main(int argc, char **argv) {
         cmdv_session_close(s);
         return fail(&err);
     }
-    printf("{\"n_layer\": %d, \"d_model\": %d, \"n_vocab\": %d, \"n_edited\": %lld, \"prompt_ids\": [", (int)L, (int)d,
-           (int)V, (long long)cmdv_session_n_edited(s));
+    printf("{\"n_layer\": %d, \"d_model\": %d, \"n_vocab\": %d, \"n_edited\": %lld, \"extra_bufts\": %d, "
+           "\"prompt_ids\": [", (int)L, (int)d, (int)V, (long long)cmdv_session_n_edited(s),
+           (int)cmdv_session_extra_bufts(s));
     for (int32_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "", (int)ids[i]);
     printf("], \"tokens\": [");
     for (int32_t i = 0; i < k; i++) printf("%s%d", i ? ", " : "", (int)out[i]);
