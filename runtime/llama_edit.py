@@ -187,7 +187,8 @@ class PyEditor:
                 if not rr:
                     continue
                 h = gb.read_rows(t, rr).astype(np.float64)
-                new = (h + e.strength * e.delta64(h)).astype(np.float32)
+                with np.errstate(over="ignore", invalid="ignore"):  # an absurd strength: inf/NaN rows, as in C
+                    new = (h + e.strength * e.delta64(h)).astype(np.float32)
                 gb.write_rows(t, rr, new)
                 self.n_applied += len(rr)
         if self.rec is not None:

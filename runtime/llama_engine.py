@@ -27,7 +27,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .chat_template import render_chat, user_turn
+from . import crash
+from .chat_template import render_chat, tokenize_chat, user_turn
 from .fingerprint import model_info_from_gguf
 from .llama_edit import (EngineError, PositionsError, StrengthError, compile_entries,  # noqa: F401
                          make_context, make_editor)
@@ -114,7 +115,7 @@ class Recipient(TextEngine):
         self.n_layer, self.d_model = self.model.n_layer, self.model.n_embd
         self.force = bool(force)
         self.policy = policy if policy is not None else PackPolicy.from_env()
-        self._reference: dict[int, np.ndarray] | None = None
+        self._reference = None  # pack_policy.ReferenceStates, built on the first size-checked request
         self.n_ubatch = int(min(n_ubatch, n_ctx))
         self.editor = make_editor(self.d_model, self.n_layer, native)
         self.ctx = make_context(self.model, self.editor, n_ctx=int(n_ctx), n_batch=self.n_ubatch,
@@ -145,16 +146,22 @@ class Recipient(TextEngine):
                            self._special_text(self.model.bos), self._special_text(self.model.eos))
 
     def encode(self, prompt: str, template: bool = True) -> list[int]:
-        """Token ids of one user prompt (templated: no extra special tokens; raw: the model's BOS rules)."""
+        """Token ids of one user prompt (templated: no extra special tokens, and special-token text typed in the
+        prompt stays plain text (:func:`.chat_template.tokenize_chat`); raw: the model's BOS rules, and special-token
+        text is parsed, since the caller writes the whole prompt)."""
         check_user_prompt(prompt)
         if template:
-            return self.model.tokenize(self.render(user_turn(prompt)), add_special=False, parse_special=True)
+            return tokenize_chat(self.render, user_turn(prompt), self._tokenize)
         return self.model.tokenize(prompt, add_special=True, parse_special=True)
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template (generation header included)."""
+        """Token ids of a conversation rendered with the chat template (generation header included); only the
+        template's markup can be special tokens, never the messages' text."""
         check_messages(messages)
-        return self.model.tokenize(self.render(messages), add_special=False, parse_special=True)
+        return tokenize_chat(self.render, messages, self._tokenize)
+
+    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
+        return self.model.tokenize(text, add_special=False, parse_special=parse_special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of generated ids (control tokens dropped)."""
@@ -192,6 +199,11 @@ class Recipient(TextEngine):
     # ------------------------------------------------------------------ prompt pass
     def _prefill(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:
         """Clear memory, load the edits, decode the prompt in chunks of <= n_ubatch; logits [T or 1, V]."""
+        with crash.operation(f"the prompt pass ({len(ids)} tokens, {len(entries)} edit entries) "
+                             f"through {self.model.path.name}"):
+            return self._prefill_chunks(ids, entries, record, all_logits)
+
+    def _prefill_chunks(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:
         self._request += 1
         self.ctx.clear()
         self.editor.load(entries)

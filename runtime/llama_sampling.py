@@ -20,7 +20,8 @@ import numpy as np
 
 
 class SamplingError(ValueError):
-    """Sampling parameters are invalid (temperature, top-p, seed, stop strings)."""
+    """Sampling parameters are invalid (temperature, top-p, seed, stop strings), or the model's logits
+    cannot be sampled (NaN, or no finite-or-+inf value: an edit far too strong broke the forward pass)."""
 
 
 class Sampler:
@@ -38,10 +39,20 @@ class Sampler:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, logits: np.ndarray) -> int:
-        if self.temperature == 0.0:
-            return int(np.argmax(logits))
+        """The next token id from ``logits [V]``. ``+inf`` logits share all the probability (greedy: the
+        first of them); NaN logits, or all ``-inf``, raise :class:`SamplingError` (one line)."""
         z = np.asarray(logits, np.float64)
-        with np.errstate(over="ignore"):  # a tiny temperature sends non-maximal logits to -inf: exp gives 0
+        bad = np.isnan(z)
+        if bad.any() or not (z > -np.inf).any():
+            what = f"{int(bad.sum())} of {z.size} are NaN" if bad.any() else "all are -inf"
+            raise SamplingError(f"cannot pick a token: the model's logits {what} (a pack strength far too "
+                                "large for this model breaks its forward pass; lower it)")
+        if self.temperature == 0.0:
+            return int(np.argmax(z))
+        top = np.isposinf(z)
+        if top.any():  # infinitely likely tokens: the softmax limit is uniform over them
+            z = np.where(top, 0.0, -np.inf)
+        with np.errstate(over="ignore", invalid="ignore"):  # a tiny temperature sends non-maximal logits to -inf
             z = (z - z.max()) / self.temperature
         p = np.exp(z)
         p /= p.sum()

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .chat_template import render_chat, user_turn
+from .chat_template import render_chat, tokenize_chat, user_turn
 from .llama_edit import EngineError
 from .llama_engine import GenerationStats
 from .llama_sampling import Sampler, check_stops, decode_tokens
@@ -72,7 +72,7 @@ class OnnxRecipient(TextEngine):
         self.n_ubatch = int(n_ubatch)
         self.force = bool(force)
         self.policy = policy if policy is not None else PackPolicy.from_env()
-        self._reference: dict[int, np.ndarray] | None = None
+        self._reference = None  # pack_policy.ReferenceStates, built on the first size-checked request
         self.eog = set(int(t) for t in self.info.eog_ids)
         self.last_stats: GenerationStats | None = None
         self._ort = ort
@@ -90,14 +90,28 @@ class OnnxRecipient(TextEngine):
                            self.info.bos_token, self.info.eos_token)
 
     def encode(self, prompt: str, template: bool = True) -> list[int]:
-        """Token ids of one user prompt (templated: no extra special tokens; raw: the tokenizer's own rules)."""
+        """Token ids of one user prompt (templated: no extra special tokens, and special-token text typed in the
+        prompt stays plain text (:func:`.chat_template.tokenize_chat`); raw: the tokenizer's own rules)."""
         check_user_prompt(prompt)
-        text = self.render(user_turn(prompt)) if template else prompt
-        return list(self.tokenizer.encode(text, add_special_tokens=not template).ids)
+        if template:
+            return tokenize_chat(self.render, user_turn(prompt), self._tokenize)
+        return list(self.tokenizer.encode(prompt, add_special_tokens=True).ids)
 
     def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        """Token ids of a rendered conversation; only the template's markup can be special tokens."""
         check_messages(messages)
-        return list(self.tokenizer.encode(self.render(messages), add_special_tokens=False).ids)
+        return tokenize_chat(self.render, messages, self._tokenize)
+
+    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
+        """``parse_special=False``: special tokens' text is split like any text (``encode_special_tokens``)."""
+        tok = self.tokenizer
+        if parse_special:
+            return list(tok.encode(text, add_special_tokens=False).ids)
+        tok.encode_special_tokens = True
+        try:
+            return list(tok.encode(text, add_special_tokens=False).ids)
+        finally:
+            tok.encode_special_tokens = False
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)

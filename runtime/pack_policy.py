@@ -5,11 +5,19 @@ A :class:`PackPolicy` bundles the two checks an engine makes on untrusted packs:
 * **signatures** (``require`` | ``warn`` | ``off``, see :mod:`.signing`): with
   ``require`` an unsigned or tampered pack is refused before any byte of it is
   parsed; ``warn`` loads it with an :class:`~.signing.UnverifiedPackWarning`.
-* **edit size** (``max_delta_norm``): the pack is run on the recipient's own
-  hidden states (reference prompts, see :data:`REFERENCE_PROMPTS`) and refused
-  when any entry's edit ``‖s·delta(h)‖ / ‖h‖`` (per token row, the largest over
-  the reference rows) exceeds the limit. A pack whose deltas dwarf the residual
-  stream is either broken or built to take the model over.
+* **edit size** (``max_delta_norm``): the packs of one request, at that request's
+  strengths, are run on the recipient's own hidden states (every token row of the
+  reference prompts, see :data:`REFERENCE_PROMPTS`) and refused when, at any layer,
+  the *summed* edit ``‖h' − h‖ / ‖h‖`` exceeds the limit. ``h`` is the unedited
+  block output of a row, ``h'`` that row after every entry of every pack on the
+  layer whose positions spec targets it, applied in engine order (packs in request
+  order, entries in file order, each on the previous one's output) with strength
+  ``pack strength × entry strength``. So many small entries on one layer are
+  measured together, and an entry that fires only on the first tokens is measured
+  there. A pack whose deltas dwarf the residual stream is either broken or built
+  to take the model over. Not covered: the states a layer sees after an earlier
+  layer's edit (each layer is measured on unedited states), and a gate that only
+  content absent from the reference prompts opens.
 
 Defaults come from the environment: ``COMMANDV_PACK_POLICY`` (default ``warn``),
 ``COMMANDV_MAX_DELTA_NORM`` (default: no limit). Packs passed as
@@ -19,7 +27,10 @@ re-checked for signatures (they are validated, and the size check still applies)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,7 +38,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .pack import BehaviorPack, PackError
+from .positions import Positions
 from .signing import POLICIES, TrustedKey, default_trusted_keys, load_pack_checked, load_trusted
+from .terminal import safe_text
 
 REFERENCE_PROMPTS = (
     "What is the capital of France?",
@@ -118,43 +131,166 @@ class PackPolicy:
         return out
 
     def check_size(self, packs: Sequence[BehaviorPack], strengths: Sequence[float],
-                   reference: Callable[[], dict[int, np.ndarray]]) -> None:
-        """Refuse packs whose edit exceeds ``max_delta_norm``; ``reference()`` gives ``{layer: [N, d]}`` rows
-        of the recipient's own unedited hidden states (only called when a limit is set)."""
+                   reference: Callable[[], "ReferenceStates"]) -> None:
+        """Refuse the combination ``packs`` × ``strengths`` (one request's packs, one strength per pack) when
+        its summed edit at any layer exceeds ``max_delta_norm`` (:func:`edit_sizes`).
+
+        ``reference()`` gives the recipient's unedited hidden states: a :class:`ReferenceStates` (engines
+        keep one per loaded model; it also caches each combination's measurement), a list of per-prompt
+        ``{layer: [T, d]}`` or one such dict; it is only called when a limit is set and packs are given.
+        Raises :class:`DeltaNormError` naming the layer, the measured ratio and the limit."""
         if self.max_delta_norm is None or not packs:
             return
-        states = reference()
-        for pack, s in zip(packs, strengths):
-            ratios = delta_norm_ratios(pack, states, s)
-            for i, r in enumerate(ratios):
-                if r > self.max_delta_norm:
-                    e = pack.entries[i]
-                    raise DeltaNormError(
-                        f"pack {pack.name!r} entry {i} (layer {e.layer}): its edit is {r:.3g}× the norm of the "
-                        f"recipient's hidden state on the reference prompts, above the limit {self.max_delta_norm:g} "
-                        "(max_delta_norm)")
+        if len(strengths) != len(packs):
+            raise PackError(f"{len(packs)} packs but {len(strengths)} strengths")
+        sizes = as_reference(reference()).measure(packs, strengths)
+        over = [z for z in sizes.values() if not z.ratio <= self.max_delta_norm]  # NaN counts as over
+        if over:
+            z = max(over, key=lambda z: z.ratio)
+            raise DeltaNormError(
+                f"layer {z.layer}: the summed edit of {z.sources} is {z.ratio:.3g}× the norm of the recipient's "
+                f"hidden state (reference prompt {z.prompt}, token {z.row}), above the limit "
+                f"{self.max_delta_norm:g} (max_delta_norm)")
 
 
-def delta_norm_ratios(pack: BehaviorPack, states: dict[int, np.ndarray], strength: float = 1.0) -> list[float]:
-    """Per entry, ``max_rows ‖strength·entry.strength·delta(h)‖ / ‖h‖`` over ``states[layer]`` ``[N, d]``.
+@dataclass(frozen=True)
+class EditSize:
+    """The largest summed edit of a pack combination at one layer: ``ratio`` = ``‖h' − h‖ / ‖h‖`` at token
+    ``row`` of reference prompt ``prompt``; ``sources`` names the packs (and strengths) with entries there."""
 
-    States are the recipient's unedited block outputs, so entries that share a
-    layer are each measured on the same rows (not on each other's output).
+    layer: int
+    ratio: float
+    prompt: int
+    row: int
+    sources: str
+
+
+def _label(packs: Sequence[BehaviorPack], strengths: Sequence[float], used: set[int]) -> str:
+    names = [f"pack {safe_text(packs[i].name)[:60]!r} at strength {float(strengths[i]):g}" for i in sorted(used)]
+    return " + ".join(names[:4]) + (f" + {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def edit_sizes(packs: Sequence[BehaviorPack], strengths: Sequence[float],
+               prompts: Sequence[dict[int, np.ndarray]]) -> dict[int, EditSize]:
+    """``{layer: EditSize}`` for every layer ``packs`` edit, applied together at ``strengths`` (one per pack).
+
+    ``prompts[k]`` is reference prompt k's unedited block outputs ``{layer: [T_k, d]}`` (all its token
+    rows). On each prompt and layer the entries of all packs on that layer are applied as the engines apply
+    them: packs in list order, entries in file order, each to the rows its positions spec selects in a
+    prompt of ``T_k`` tokens (clipped to the prompt, :meth:`Positions.rows_within`) and to the output of the
+    entries before it, with strength ``strengths[i] × entry.strength``. The ratio is
+    ``‖h' − h‖ / ‖h‖`` per edited row (float64), the largest over rows and prompts; a non-finite edit
+    gives ``inf``. Raises :class:`PackError` when a prompt lacks an edited layer.
     """
-    out = []
-    for e in pack.entries:
-        if e.layer not in states:
-            raise PackError(f"no reference hidden states for layer {e.layer}")
-        h = np.asarray(states[e.layer], dtype=np.float64)
-        d = float(strength) * float(e.strength) * e.delta(h)
-        hn = np.linalg.norm(h, axis=-1)
-        dn = np.linalg.norm(d, axis=-1)
-        out.append(float(np.max(dn / np.maximum(hn, 1e-12))))
+    by_layer: dict[int, list] = {}
+    for i, (pack, s) in enumerate(zip(packs, strengths)):
+        for e in pack.entries:
+            eff = float(s) * float(e.strength)
+            if eff == 0.0:  # the engines skip these
+                continue
+            try:
+                pos = Positions.parse(e.positions)
+            except ValueError as exc:
+                raise PackError(f"pack {safe_text(pack.name)[:60]!r}: {exc}") from None
+            by_layer.setdefault(int(e.layer), []).append((i, e, eff, pos))
+    out: dict[int, EditSize] = {}
+    with np.errstate(all="ignore"):
+        for layer in sorted(by_layer):
+            items = by_layer[layer]
+            best = (0.0, -1, -1)
+            for k, states in enumerate(prompts):
+                if layer not in states:
+                    raise PackError(f"no reference hidden states for layer {layer}")
+                h0 = np.asarray(states[layer], dtype=np.float64)
+                h = h0.copy()
+                edited = np.zeros(h0.shape[0], dtype=bool)
+                for _, e, eff, pos in items:
+                    idx = pos.rows_within(h0.shape[0])
+                    if idx:
+                        h[idx] = h[idx] + eff * e.delta(h[idx])
+                        edited[idx] = True
+                rows = np.flatnonzero(edited)
+                if not rows.size:
+                    continue
+                dn = np.linalg.norm(h[rows] - h0[rows], axis=-1)
+                r = dn / np.maximum(np.linalg.norm(h0[rows], axis=-1), 1e-12)
+                r = np.where(np.isfinite(r), r, np.inf)
+                j = int(np.argmax(r))
+                if r[j] > best[0] or best[1] < 0:
+                    best = (float(r[j]), k, int(rows[j]))
+            out[layer] = EditSize(layer, *best, _label(packs, strengths, {i for i, *_ in items}))
     return out
 
 
-def reference_states(hidden_of: Callable[[str], dict[int, np.ndarray]], n_layer: int) -> dict[int, np.ndarray]:
-    """``{layer: [N, d]}``: a model's unedited block outputs at the last token of each chat-rendered
-    :data:`REFERENCE_PROMPTS`; ``hidden_of(prompt)`` gives that prompt's ``{layer: [T, d]}`` (no packs)."""
+def pack_key(pack: BehaviorPack) -> str:
+    """sha256 of everything about ``pack`` that the edit-size check reads (name, layers, activations,
+    positions, strengths, tensors with dtype and shape): the cache key of one pack."""
+    h = hashlib.sha256(json.dumps(str(pack.name)).encode())
+    for e in pack.entries:
+        h.update(json.dumps([int(e.layer), str(e.act), str(e.positions), float(e.strength)]).encode())
+        for t in (e.A, e.b, e.C, e.P, e.Q, e.e):
+            if t is None:
+                h.update(b"-")
+            else:
+                a = np.ascontiguousarray(t)
+                h.update(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
+    return h.hexdigest()
+
+
+class ReferenceStates:
+    """A recipient's unedited block outputs on the reference prompts, every token row, and the measured
+    edit sizes of the pack combinations checked against them.
+
+    ``ReferenceStates(prompts)``: ``prompts[k]`` = ``{layer: [T_k, d]}`` for reference prompt k (kept as
+    float32: about ``4 × n_layer × d × Σ T_k`` bytes). Engines build one per loaded model with
+    :func:`reference_states` and keep it; :meth:`measure` caches its result per (pack contents, strengths).
+    """
+
+    MAX_CACHED = 256
+
+    def __init__(self, prompts: Sequence[dict[int, np.ndarray]]):
+        self.prompts = [{int(l): np.asarray(h, dtype=np.float32) for l, h in p.items()} for p in prompts]
+        if not self.prompts:
+            raise PackError("no reference hidden states")
+        for p in self.prompts:
+            for l, h in p.items():
+                if h.ndim != 2 or h.shape[0] < 1:
+                    raise PackError(f"reference hidden states of layer {l} must be [T >= 1, d], got {list(h.shape)}")
+        self._measured: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, k: int) -> dict[int, np.ndarray]:
+        return self.prompts[k]
+
+    def measure(self, packs: Sequence[BehaviorPack], strengths: Sequence[float]) -> dict[int, EditSize]:
+        """:func:`edit_sizes` of ``packs`` at ``strengths`` on these states, cached by
+        ``(pack_key of each pack, strengths)`` (the last :attr:`MAX_CACHED` combinations)."""
+        key = (tuple(pack_key(p) for p in packs), tuple(float(s) for s in strengths))
+        hit = self._measured.get(key)
+        if hit is None:
+            hit = self._measured[key] = edit_sizes(packs, strengths, self.prompts)
+            while len(self._measured) > self.MAX_CACHED:
+                self._measured.popitem(last=False)
+        else:
+            self._measured.move_to_end(key)
+        return hit
+
+
+def as_reference(states) -> ReferenceStates:
+    """``states`` as :class:`ReferenceStates`: one already, a list of per-prompt ``{layer: [T, d]}``, or one
+    such dict (a single prompt)."""
+    if isinstance(states, ReferenceStates):
+        return states
+    if isinstance(states, dict):
+        return ReferenceStates([states])
+    return ReferenceStates(list(states))
+
+
+def reference_states(hidden_of: Callable[[str], dict[int, np.ndarray]], n_layer: int) -> ReferenceStates:
+    """A model's unedited block outputs on every token row of each :data:`REFERENCE_PROMPTS` (all rows, so
+    that every position spec finds its rows); ``hidden_of(prompt)`` gives that prompt's ``{layer: [T, d]}``
+    (no packs; engines render it with the chat template when the model has one)."""
     rows = [hidden_of(p) for p in REFERENCE_PROMPTS]
-    return {i: np.stack([r[i][-1] for r in rows]) for i in range(n_layer)}
+    return ReferenceStates([{i: r[i] for i in range(n_layer)} for r in rows])

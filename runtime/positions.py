@@ -56,3 +56,10 @@ class Positions:
             )
         idx = set(range(self.first)) | set(range(n_tokens - self.last, n_tokens))
         return sorted(idx)
+
+    def rows_within(self, n_tokens: int) -> list[int]:
+        """Like :meth:`indices`, but a spec reaching beyond the prompt is clipped to it instead of refused:
+        ``Positions.parse("f2+l9").rows_within(4) == [0, 1, 2, 3]`` (the edit-size check's reference rows)."""
+        n = max(int(n_tokens), 0)
+        f, l = min(self.first, n), min(self.last, n)
+        return sorted(set(range(f)) | set(range(n - l, n)))

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
-
 from .llama_edit import check_packs, normalize_strengths
 from .llama_sampling import stream_text
 from .pack import BehaviorPack
-from .pack_policy import reference_states
+from .pack_policy import ReferenceStates, reference_states
 from .request_checks import as_token_ids, check_prompt
 
 
@@ -48,10 +46,10 @@ class TextEngine:
         check_prompt(ids, self.n_ctx, self.n_vocab)
         return ids, loaded, s
 
-    def reference_states(self) -> dict[int, np.ndarray]:
-        """``{layer: [N, d]}``: this model's unedited block outputs at the last token of the chat-rendered
+    def reference_states(self) -> ReferenceStates:
+        """This model's unedited block outputs on every token of the chat-rendered
         :data:`~.pack_policy.REFERENCE_PROMPTS` (raw text for a model without a chat template; computed
-        once; edit-size checks)."""
+        once and kept with the edit-size measurements of the pack combinations requests used)."""
         if self._reference is None:
             chat = self.chat_template is not None
             self._reference = reference_states(

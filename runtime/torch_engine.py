@@ -21,10 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .chat_template import render_chat, user_turn
+from .chat_template import render_chat, tokenize_chat, user_turn
 from .llama_edit import normalize_strengths
+from .llama_sampling import Sampler
 from .pack import BehaviorPack, PackEntry, PackError
-from .pack_policy import PackPolicy, reference_states
+from .pack_policy import PackPolicy, ReferenceStates, reference_states
 from .positions import Positions
 
 _TORCH_ACTS = {
@@ -100,7 +101,7 @@ class TorchRecipient:
         """``policy``: signature policy / edit-size limit for packs given as files (default: from the env)."""
         self.model = model.eval()
         self.policy = policy if policy is not None else PackPolicy.from_env()
-        self._reference: dict | None = None
+        self._reference: ReferenceStates | None = None
         self.tokenizer = tokenizer
         self.layers = decoder_layers(model)
         self.n_layer = len(self.layers)
@@ -117,11 +118,20 @@ class TorchRecipient:
                            tok.bos_token or "", tok.eos_token or "")
 
     def encode(self, prompt: str, template: bool = True) -> list[int]:
-        text = self.render(prompt, template)
-        ids = self.tokenizer(text, add_special_tokens=not template)["input_ids"]
+        """Token ids of one user prompt (templated: special-token text typed in the prompt stays plain text,
+        :func:`.chat_template.tokenize_chat`; raw: the tokenizer's own rules)."""
+        tok = self.tokenizer
+        if template:
+            ids = tokenize_chat(lambda msgs: self.render(msgs[0]["content"]), user_turn(prompt), self._tokenize)
+        else:
+            ids = tok(prompt, add_special_tokens=True)["input_ids"]
         if not ids:
             raise ValueError("prompt is empty")
         return list(ids)
+
+    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
+        """``parse_special=False``: special tokens' text is split like any text (``split_special_tokens``)."""
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=not parse_special)["input_ids"])
 
     # ----------------------------------------------------------------- forward
     def _hooks(self, edits: list[Edit], n_prompt: int, state: dict, record: dict | None):
@@ -163,9 +173,9 @@ class TorchRecipient:
         self.policy.check_size(out, normalize_strengths(len(out), strengths), self.reference_states)
         return out
 
-    def reference_states(self) -> dict:
-        """``{layer: [N, d]}`` unedited block outputs at the last token of the reference prompts (chat-rendered,
-        raw text for a model without a chat template)."""
+    def reference_states(self) -> ReferenceStates:
+        """Unedited block outputs on every token of the reference prompts (chat-rendered, raw text for a model
+        without a chat template; computed once, kept with the edit-size measurements)."""
         if self._reference is None:
             chat = getattr(self.tokenizer, "chat_template", None) is not None
             self._reference = reference_states(
@@ -189,9 +199,11 @@ class TorchRecipient:
 
     def generate_ids(self, ids: list[int], edits: list[Edit], max_new_tokens: int = 32,
                      stop_ids: Sequence[int] = ()) -> list[int]:
-        """Greedy decoding with the KV cache; edits only during the prompt pass."""
+        """Greedy decoding with the KV cache; edits only during the prompt pass. NaN logits (an absurd edit
+        strength) raise :class:`~.llama_sampling.SamplingError`."""
         import torch
 
+        greedy = Sampler(0.0)
         state = {"prompt": True}
         handles = self._hooks(edits, len(ids), state, None)
         out_ids: list[int] = []
@@ -202,7 +214,7 @@ class TorchRecipient:
                 state["prompt"] = False
                 past = out.past_key_values
                 for _ in range(max_new_tokens):
-                    nxt = int(out.logits[0, -1].argmax())
+                    nxt = greedy(out.logits[0, -1].float().numpy())
                     if nxt in stop:
                         break
                     out_ids.append(nxt)
