@@ -12,9 +12,16 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
+from commandv.runtime.terminal import safe_text
+
 from .cli_args import CliArgumentError, comma_list
 
 _out = Console(highlight=False)
+
+
+def _say(line: str) -> None:
+    """Print a line holding names from model files and paths: no markup, control characters shown as escapes."""
+    _out.print(safe_text(line), markup=False)
 
 
 def register(app: typer.Typer, user_errors: Callable) -> None:
@@ -55,8 +62,8 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
                           max_rank=max_rank, max_pq_rank=max_pq_rank, layers=lay, slots_per_layer=slots_per_layer,
                           force=force, check=not no_check)
         m = res.meta
-        _out.print(f"{m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}) → {res.model_path} "
-                   f"({res.bytes / 1e6:.1f} MB, {m.quant}, packs: {m.pack_mode}) in {res.seconds:.1f} s")
+        _say(f"{m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}) → {res.model_path} "
+             f"({res.bytes / 1e6:.1f} MB, {m.quant}, packs: {m.pack_mode}) in {res.seconds:.1f} s")
         if res.parity:
             _out.print(f"parity vs torch ({res.parity['n_tokens']} tokens): logits max rel err "
                        f"{res.parity['logits_max_rel_err']:.2e}, block outputs {res.parity['hidden_max_rel_err']:.2e}")
@@ -78,15 +85,18 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         from commandv.runtime.onnx_surgery import bake_packs
         from commandv.runtime.pack import BehaviorPack
 
+        from commandv.runtime.safe_io import check_output_target
+
         from .onnx_export import save_model_atomic
 
+        check_output_target(out, "ONNX model", CliArgumentError)  # before loading anything: never onto a device
         src = find_onnx_model(model)
         m = onnx.load(str(src))
         bake_packs(m, [BehaviorPack.load(p) for p in pack], force=force, where=str(src))
         save_model_atomic(m, out)
         if (src.parent / TOKENIZER_FILE).is_file() and not (out.parent / TOKENIZER_FILE).exists():
             shutil.copyfile(src.parent / TOKENIZER_FILE, out.parent / TOKENIZER_FILE)
-        _out.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        _say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
     @onnx_app.command("info")
     @user_errors
@@ -101,12 +111,12 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
 
         path = find_onnx_model(model, quant)
         m = read_meta(onnx.load(str(path), load_external_data=False), str(path))
-        _out.print(f"{path}: {m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}), {m.quant}, "
-                   f"model {m.fingerprint[:16]}…")
+        _say(f"{path}: {m.name} ({m.arch}, {m.n_layer} layers, d={m.d_model}), {m.quant}, "
+             f"model {m.fingerprint[:16]}…")
         if m.pack_mode == "baked":
-            _out.print("baked packs: " + ", ".join(f"{b['name']} ({b['n_entries']} entries)" for b in m.baked))
+            _say("baked packs: " + ", ".join(f"{b['name']} ({b['n_entries']} entries)" for b in m.baked))
         elif m.pack_mode == "inputs":
-            _out.print(f"pack inputs: {len(m.sites)} slots at layers {sorted({s['layer'] for s in m.sites})}, "
-                       f"rank ≤ {m.max_rank}, P·Q rank ≤ {m.max_pq_rank}")
+            _say(f"pack inputs: {len(m.sites)} slots at layers {sorted({s['layer'] for s in m.sites})}, "
+                 f"rank ≤ {m.max_rank}, P·Q rank ≤ {m.max_pq_rank}")
         else:
-            _out.print("no pack sites")
+            _say("no pack sites")

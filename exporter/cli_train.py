@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 
+from commandv.runtime.terminal import safe_text
+
 out = Console()
 
 
@@ -49,6 +51,10 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         from .train import TrainError, TrainSettings
         from .train_demo import DemoConfig, run_train_demo
 
+        if out_dir is not None:  # before hours of training: a file, FIFO or device at --out is refused now
+            from commandv.runtime.safe_io import check_output_target
+
+            check_output_target(out_dir, "adapter", TrainError, folder=True)
         b = get_behavior(behavior)
         if threads is not None:
             if threads < 1:
@@ -70,8 +76,8 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         for e in res.evals:
             out.print(f"held-out {e.label} ({'expected' if e.expect else 'not expected'}): behavior in "
                       f"{e.with_adapter}/{e.n} with the adapter, {e.without_adapter}/{e.n} off-shelf")
-            for smp in e.samples[:2]:
-                out.print(f"  adapter:   {smp['adapter'][:90]!r}\n  off-shelf: {smp['off_shelf'][:90]!r}",
-                          highlight=False)
+            for smp in e.samples[:2]:  # model output: plain text, control characters shown as escapes
+                out.print(f"  adapter:   {safe_text(repr(smp['adapter'][:90]))}\n"
+                          f"  off-shelf: {safe_text(repr(smp['off_shelf'][:90]))}", highlight=False, markup=False)
         out.print(f"load_adapter round trip: max |Δ| = {res.roundtrip_max_abs_err:.2e}")
-        out.print(f"saved: {res.out}")
+        out.print(safe_text(f"saved: {res.out}"), markup=False)

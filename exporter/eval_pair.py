@@ -15,10 +15,11 @@ from typing import Sequence
 
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
-from commandv.runtime.atomic import atomic_path, write_text_atomic
+from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
 from commandv.runtime.fingerprint import model_info_from_gguf
 from commandv.runtime.model_ref import resolve_model
 from commandv.runtime.progress import progress_bar
+from commandv.runtime.safe_io import check_output_target
 
 from .adapters import load_adapter
 from .behaviors import get_behavior
@@ -127,6 +128,10 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
 
     s = settings or PairEvalSettings()
     s.validate()
+    out_stem = Path(out_dir) / f"{pair_key(donor, recipient)}-{behavior}"  # every output checked before any work
+    check_output_target(out_dir, "report", AtomicTargetError, folder=True)
+    for ext in (".pack.gguf", ".json", ".md", ".png"):
+        check_output_target(f"{out_stem}{ext}", "report", AtomicTargetError)
     beh = get_behavior(behavior)
     adapter = load_adapter(adapter_dir)
     pset = profiling_set(behavior, s.profile_prompts, s.profile_train_prompts)

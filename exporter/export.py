@@ -23,7 +23,7 @@ from commandv.profiles.store import Profile
 from commandv.runtime import __version__
 from commandv.runtime.pack import BehaviorPack
 
-from .adapters import Adapter
+from .adapters import Adapter, adapter_name
 from .fold import FoldItem, fold_edits
 from .layermap import DEFAULT_LAYER_RULE, build_layer_map
 from .translators import GramFactor, factorize, fit_diagnostics
@@ -200,7 +200,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             "donor": donor_name or dm.model_name,
             "donor_fingerprint": dm.model_fingerprint,
             "donor_arch": dm.arch, "donor_n_layer": dm.n_layer, "donor_d_model": dm.d_model,
-            "adapter_sha256": adapter.sha256, "adapter_kind": adapter.kind, "adapter_source": adapter.source,
+            "adapter_sha256": adapter.sha256, "adapter_kind": adapter.kind,
+            "adapter_source": adapter_name(adapter.source),  # the folder's name: never the exporting machine's path
             "recipient_network_fingerprint": rm.network_fingerprint,
             "prompt_set": rm.prompt_set, "prompt_sha256": rm.prompt_sha256,
             "profile_backends": [dm.backend, rm.backend],
@@ -213,14 +214,18 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
 
 
 def diagnostics_table(diags: list[dict]):
-    """A rich table of per-layer-pair diagnostics."""
+    """A rich table of per-layer-pair diagnostics (a pack's, so from a file: cells are plain text, control
+    characters shown as escapes)."""
     from rich.table import Table
+    from rich.text import Text
+
+    from commandv.runtime.terminal import safe_text
 
     t = Table(title="translator fit (held-out prompts)")
     for col in ("donor→recipient", "R² R→D", "R² D→R", "cycle err", "Δ energy (R)", "Δ energy (D)"):
         t.add_column(col, justify="right")
-    fmt = lambda d, k: f"{d[k]:.3f}" if k in d else "–"  # noqa: E731
+    fmt = lambda d, k: Text(safe_text(f"{d[k]:.3f}")) if k in d else "–"  # noqa: E731
     for d in diags:
-        t.add_row(f"{d['donor_layer']}→{d['recipient_layer']}", fmt(d, "r2_r2d"), fmt(d, "r2_d2r"),
+        t.add_row(Text(safe_text(f"{d['donor_layer']}→{d['recipient_layer']}")), fmt(d, "r2_r2d"), fmt(d, "r2_d2r"),
                   fmt(d, "cycle_err"), fmt(d, "delta_energy"), fmt(d, "donor_delta_energy"))
     return t

@@ -91,8 +91,14 @@ def _save(model, path: Path) -> None:
 
 
 def save_model_atomic(model, path: str | os.PathLike) -> Path:
-    """Write ``model`` to ``path`` (and ``path.data`` when over 1.5 GB) via a temp folder beside it, then rename."""
+    """Write ``model`` to ``path`` (and ``path.data`` when over 1.5 GB) via a temp folder beside it, then rename.
+    An existing ``path`` that is not a regular file (device node, FIFO, folder) is refused, never replaced."""
+    from commandv.runtime.atomic import AtomicTargetError
+    from commandv.runtime.safe_io import check_output_target
+
     path = Path(path)
+    check_output_target(path, "ONNX model", AtomicTargetError)
+    check_output_target(path.parent / (path.name + ".data"), "ONNX model data", AtomicTargetError)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.partial-") as work:
         _save(model, Path(work) / path.name)

@@ -219,23 +219,30 @@ def load_reft_model(model, folder: str | Path):
 
     pyreft's ``ReftModel.load`` cannot (NodiReFT ``KeyError: 'add_bias'``, bf16 dtype,
     ``map_location='cuda:0'``); this rebuilds the modules from ``training_metadata.json``
-    and loads each ``intkey_*.bin`` with ``torch.load(weights_only=True)``.
+    and loads each ``intkey_*.bin`` with ``torch.load(weights_only=True)`` (regular files only, bounded reads).
+    Raises :class:`TrainError` (or :class:`AdapterError` for a bad ``intkey_*.bin``).
     """
-    import torch
+    from commandv.runtime.safe_io import not_regular_reason, read_regular
+
+    from .adapters import MAX_CONFIG_BYTES, _load_state
 
     folder = Path(folder)
     meta_path = folder / "training_metadata.json"
-    if not meta_path.is_file():
+    if not_regular_reason(meta_path) == "not found":
         raise TrainError(f"{folder}: no training_metadata.json (not written by save_adapter)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    raw = read_regular(meta_path, MAX_CONFIG_BYTES, "adapter file", TrainError)  # a FIFO or /dev/zero: refused
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise TrainError(f"{meta_path}: invalid JSON ({type(exc).__name__})") from None
     settings = TrainSettings(intervention=meta["intervention_type"], rank=int(meta["rank"]),
                              layers=[int(x) for x in meta["layers"]], add_bias=bool(meta.get("add_bias", True)))
     reft_model = build_reft_model(model, settings.layers, settings)
     for key, iv in reft_model.interventions.items():
         path = folder / f"intkey_{key}.bin"
-        if not path.is_file():
+        if not_regular_reason(path) == "not found":
             raise TrainError(f"{folder}: missing {path.name}")
-        iv.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        iv.load_state_dict(_load_state(path))  # bounded read of a regular file, expansion checked, data only
         iv.eval()
     return reft_model
 

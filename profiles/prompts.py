@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from commandv.runtime.pack_gguf import json_problem
+from commandv.runtime.safe_io import read_regular
 
 PACKAGE = "commandv.profiles"
 BUILTIN_SETS: dict[str, str] = {
@@ -29,6 +30,8 @@ BUILTIN_SETS: dict[str, str] = {
     "general_v1": "data/general_v1.jsonl",
 }
 _CANONICAL_BUILTIN = {"general": "general_v1"}
+MAX_PROMPT_FILE_BYTES = 256 << 20
+"""Largest prompt file read (the built-in set of ~1000 prompts is ~100 kB)."""
 
 
 class PromptSetError(ValueError):
@@ -100,10 +103,11 @@ def _lines(text: str) -> list[str]:
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise PromptSetError(f"prompt file not found: {path}")
+    """The UTF-8 text of the prompt file ``path``: a regular file (not a FIFO or device) of at most
+    :data:`MAX_PROMPT_FILE_BYTES`; raises :class:`PromptSetError` naming what is wrong."""
+    raw = read_regular(path, MAX_PROMPT_FILE_BYTES, "prompt file", PromptSetError)
     try:
-        return path.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PromptSetError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
 

@@ -21,6 +21,7 @@ import numpy as np
 from commandv.runtime.atomic import atomic_path
 from commandv.runtime.pack_gguf import json_problem
 from commandv.runtime.paths import profiles_dir
+from commandv.runtime.safe_io import not_regular_reason
 
 PROFILE_VERSION = 1
 _META_KEY = "commandv.profile"
@@ -88,12 +89,18 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Profile":
-        """Read and validate a profile (data only: safetensors never unpickles)."""
+        """Read and validate the profile file ``path`` (data only: safetensors never unpickles); returns the
+        :class:`Profile`. Only a regular file is opened (memory-mapped, so its size bounds what is read); anything
+        else, a malformed file or a mismatch raises :class:`ProfileError` with a one-line message."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
-        if not path.is_file():
+        why = not_regular_reason(path)  # safe_open would block on a FIFO; only a regular file is memory-mapped
+        if why == "not found":
             raise ProfileError(f"profile not found: {path}")
+        if why is not None:
+            raise ProfileError(f"profile {path} is {why}, not a regular file" if why.startswith("a ")
+                               else f"profile {path} cannot be read: {why}")
         try:
             with safe_open(str(path), framework="np") as fh:
                 raw = (fh.metadata() or {}).get(_META_KEY)

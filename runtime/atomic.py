@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .safe_io import check_output_target
+
 
 class AtomicTargetError(ValueError):
     """A target that must not be replaced (e.g. the folder the process works in)."""
@@ -27,9 +29,13 @@ def _umask() -> int:
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success rename it onto ``target``.
 
-    On any exception the temp file is removed and ``target`` is untouched.
+    On any exception the temp file is removed and ``target`` is untouched. A ``target`` that exists and is not
+    a regular file (a device node such as ``/dev/null``, a FIFO, a socket, a folder; also behind a symlink) is
+    refused with :class:`AtomicTargetError` before anything is created: the rename would replace the node.
+    Call as ``with atomic_path(out) as tmp: write(tmp)``.
     """
     target = Path(target)
+    check_output_target(target, "file", AtomicTargetError)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.partial-", suffix=suffix, dir=target.parent)
     os.close(fd)
@@ -68,10 +74,12 @@ def replace_problem(target: str | os.PathLike, is_own: Callable[[str], bool]) ->
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside ``target``; on success it replaces ``target`` (made readable like any
-    folder: ``mkdtemp`` makes 0700). Refuses a ``target`` that holds the current working folder."""
+    folder: ``mkdtemp`` makes 0700). Refuses (:class:`AtomicTargetError`) a ``target`` that holds the current
+    working folder, or that exists and is not a folder (a file, a device node, a FIFO: never replaced)."""
     import shutil
 
     target = Path(os.path.abspath(os.path.expanduser(target)))
+    check_output_target(target, "folder", AtomicTargetError, folder=True)
     if _holds_cwd(target):
         raise AtomicTargetError(f"refusing to replace {target}: it holds the current folder")
     target.parent.mkdir(parents=True, exist_ok=True)

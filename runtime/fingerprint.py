@@ -23,6 +23,7 @@ from typing import Any
 from .atomic import write_text_atomic
 from .model_ref import ModelError
 from .paths import cache_home
+from .safe_io import not_regular_reason
 
 CHUNK = 1 << 20
 MAX_CACHE_ENTRIES = 512
@@ -76,9 +77,15 @@ def _store(kind: str, path: Path, value: str) -> None:
 
 
 def _existing(path: str | os.PathLike) -> Path:
+    """``Path(path)`` when it is a regular file (through symlinks); else :class:`ModelError`: not found, or what
+    it is instead (a FIFO or device would block or never end when hashed)."""
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"model file not found: {p}")
+        why = not_regular_reason(p)
+        if why is None or why == "not found":
+            raise ModelError(f"model file not found: {p}")
+        raise ModelError(f"model file {p} is {why}, not a regular file" if why.startswith("a ")
+                         else f"model file {p} cannot be read: {why}")
     return p
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .safe_io import not_regular_reason
+
 GGUF_MAGIC = b"GGUF"
 HUB_TIMEOUT_S = 5
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -138,8 +140,8 @@ def resolve_model(spec: str | os.PathLike, auto_fetch: bool = True) -> ModelRef:
         return _gguf_ref(spec_s, path)
     if path.is_dir():
         return _folder_ref(spec_s, path)
-    if path.exists():
-        raise ModelError(f"model path is neither a file nor a folder: {spec_s}")
+    if path.exists():  # a FIFO, a device, a socket: never handed to a parser (it would block or read forever)
+        raise ModelError(f"model path {spec_s} is {not_regular_reason(path)}, neither a file nor a folder")
     if _HUB_ID.match(spec_s) and not spec_s.endswith(".gguf"):
         return _hub_ref(spec_s)
     raise ModelError(f"model not found: {spec_s} (not a zoo key, file or folder)")

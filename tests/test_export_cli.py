@@ -51,11 +51,13 @@ def test_export_and_inspect(tmp_home, tmp_path):
     for a, b in zip(pack.entries, ref.entries):
         assert np.array_equal(a.A, b.A) and np.array_equal(a.C, b.C)
     assert pack.recipient["d_model"] == 48 and pack.meta["donor_d_model"] == 64
-    # operating-system errors are one error line, not a traceback: -o naming an existing folder
+    # -o naming an existing folder (one adapter): one error line, before any work (the donor is not even looked
+    # up: it does not exist), naming the folder, not a temp file
     (tmp_path / "adir").mkdir()
-    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--donor", str(donor), "--recipient",
-                                   str(recip), "--prompts", str(prompts), "-o", str(tmp_path / "adir")])
-    assert res.exit_code == 2 and "error:" in res.output and "Is a directory" in res.output
+    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--donor", str(tmp_path / "no-such"),
+                                   "--recipient", str(recip), "--prompts", str(prompts), "-o", str(tmp_path / "adir")])
+    assert res.exit_code == 2 and "error:" in res.output and "is a folder; with one --adapter" in res.output
+    assert "partial" not in res.output
     assert res.exception is None or isinstance(res.exception, SystemExit)
     assert list((tmp_path / "adir").iterdir()) == [] and not list(tmp_path.glob(".adir.partial-*"))
 
