@@ -2,7 +2,7 @@
 
 The CLI calls :func:`enable` once: Python's :mod:`faulthandler` prints the
 Python traceback of every thread on SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGABRT, and a
-small C handler (``runtime/native/cmdv_crash.c``, compiled on first use like the
+small C handler (``runtime/native/crash_handler.c``, compiled on first use like the
 edit callback) writes one line before it naming the signal and the operation
 noted last. Code that calls into llama.cpp where a crash is likely wraps the
 call in :func:`operation`; outside the CLI (no :func:`enable`) it costs a string
@@ -24,14 +24,14 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-SOURCE = Path(__file__).resolve().parent / "native" / "cmdv_crash.c"
+SOURCE = Path(__file__).resolve().parent / "native" / "crash_handler.c"
 CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-Wall")
 
 _state: dict = {"lib": None, "enabled": False, "why": None, "stack": []}
 
 
 def _build() -> Path:
-    """Compile ``cmdv_crash.c`` into the native cache (once per source/compiler); returns the library path."""
+    """Compile ``crash_handler.c`` into the native cache (once per source/compiler); returns the library path."""
     import subprocess
 
     from .atomic import atomic_path

@@ -14,7 +14,9 @@ the offending field.
 
 Scope: GGUF v2/v3, little-endian; scalar, string and (non-nested) array
 values; tensor infos with 1..4 dims whose types the caller lists (with their
-byte sizes); tensor data offsets aligned and inside the file.
+byte sizes); tensor data offsets aligned and inside the file, no two tensors
+sharing a byte, and all tensors together at most ``Limits.max_expansion`` times
+the file size once widened to float32 (so parsing cannot amplify memory).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Limits:
     max_dims: int = 4
     max_dim_len: int = (1 << 31) - 1
     max_name: int = 256
+    max_expansion: int = 2  # all tensors as float32 may take at most this many times the file size
 
 
 @dataclass
@@ -213,7 +216,31 @@ def parse_gguf(data: bytes, source: str, limits: Limits = Limits(),
             raise cur.fail(f"truncated GGUF: tensor {name!r} data (bytes {start}..{start + n_bytes}) lies beyond "
                            f"the end of the file ({len(data)} bytes)")
         out.tensors.append(TensorInfo(name, dims, ttype, start, n_bytes))
+    _check_tensor_ranges(cur, out.tensors, tensor_types, limits.max_expansion)
     return out
+
+
+def _check_tensor_ranges(cur: _Cursor, tensors: list[TensorInfo], tensor_types: dict[int, tuple[str, int]],
+                         max_expansion: int) -> None:
+    """Refuse tensor data that would expand beyond ``max_expansion`` × the file size as float32, or that
+    overlaps another tensor's data (the first overlapping pair in data order is named; empty tensors hold no
+    bytes and overlap nothing). Without this, many tensor infos pointing at the same bytes make a small file
+    decode to gigabytes."""
+    n = len(cur.data)
+    decoded = sum(t.n_bytes // tensor_types[t.ggml_type][1] * 4 for t in tensors)
+    if decoded > max_expansion * n:
+        raise cur.fail(f"tensors would expand to {decoded} bytes as float32, more than {max_expansion} times the "
+                       f"file size ({n} bytes): tensor data is shared or overlaps")
+    order = sorted((t.start, i) for i, t in enumerate(tensors) if t.n_bytes)
+    far = None  # the tensor reaching furthest so far
+    for start, i in order:
+        t = tensors[i]
+        if far is not None and start < far.start + far.n_bytes:
+            end = min(far.start + far.n_bytes, start + t.n_bytes)
+            raise cur.fail(f"tensors {far.name!r} and {t.name!r} share data bytes {start}..{end} "
+                           "(each tensor needs its own bytes)")
+        if far is None or start + t.n_bytes > far.start + far.n_bytes:
+            far = t
 
 
 def _ggml_type_name(ttype: int) -> str:

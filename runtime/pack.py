@@ -118,9 +118,10 @@ class PackEntry:
             t = getattr(self, name)
             if t is None:
                 continue
-            if not np.all(np.isfinite(t)):
+            lo, hi = (float(np.min(t)), float(np.max(t))) if t.size else (0.0, 0.0)  # NaN propagates; no temporaries
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise PackError(f"{where}: tensor {name} has NaN or Inf values")
-            if t.size and float(np.max(np.abs(t))) > MAX_ABS_VALUE:
+            if max(-lo, hi) > MAX_ABS_VALUE:
                 raise PackError(f"{where}: tensor {name} has values beyond ±{MAX_ABS_VALUE:g}")
 
 

@@ -21,7 +21,6 @@ a signature can be checked on exactly the bytes that are parsed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from .pack import (
     PackEntry,
     PackError,
 )
+from .safe_io import read_regular
 
 _TENSORS = ("A", "b", "C", "P", "Q", "e")
 F16_MAX = float(np.finfo(np.float16).max)
@@ -151,17 +151,13 @@ def _check_diagnostics(diags: list, path) -> None:
 
 
 def read_pack_bytes(path: Path) -> bytes:
-    """The whole pack file, read once (size capped at ``MAX_PACK_BYTES``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PackError(f"pack file not found: {path}")
-    with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size > MAX_PACK_BYTES:
-            raise PackError(f"{path}: larger than {MAX_PACK_BYTES} bytes; not a behavior pack")
-        data = fh.read()  # sized by the file, not by the cap (read(n) would allocate n bytes up front)
-    if len(data) > MAX_PACK_BYTES:  # the file grew while being read
-        raise PackError(f"{path}: larger than {MAX_PACK_BYTES} bytes; not a behavior pack")
-    return data
+    """The whole pack file at ``path``, read once; returns its bytes.
+
+    Goes through :func:`~.safe_io.read_regular`: a missing file, a FIFO, a device (also behind a symlink, e.g.
+    to ``/dev/zero``), a folder or a file over ``MAX_PACK_BYTES`` raises :class:`PackError` with a one-line
+    message, without blocking and without reading more than the cap.
+    """
+    return read_regular(Path(path), MAX_PACK_BYTES, what="pack file", error=PackError)
 
 
 def read_pack(path: Path) -> BehaviorPack:
@@ -170,8 +166,11 @@ def read_pack(path: Path) -> BehaviorPack:
 
 
 def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
-    """Parse pack bytes (``path`` only names the source in messages); data only, bounded.
+    """Parse pack bytes into a :class:`BehaviorPack` (``path`` only names the source in messages); data only.
 
+    Call as ``parse_pack(read_pack_bytes(path), path)``. Memory stays bounded by the input: tensors whose data
+    overlaps, or that would take more than twice ``len(data)`` as float32, are refused by the parser, and each
+    tensor is copied (once, to float32) only after every entry and tensor reference has been checked.
     Raises :class:`PackError`. Shape/value checks are done by ``BehaviorPack.validate``.
     """
     try:
@@ -202,13 +201,15 @@ def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
     if n < 1 or n > MAX_ENTRIES:
         raise PackError(f"{path}: entry_count {n} outside 1..{MAX_ENTRIES}")
 
+    # Read-only views into ``data`` (no copy) until every entry and tensor reference has been checked; only
+    # then are the referenced tensors widened to float32 (the parser bounded their total to 2x the file size).
     tensors: dict[str, np.ndarray] = {}
     for t in g.tensors:
         dt = "<f4" if t.ggml_type == 0 else "<f2"
         count = t.n_bytes // np.dtype(dt).itemsize
-        arr = np.frombuffer(data, dtype=dt, count=count, offset=t.start).astype(np.float32)
+        view = np.frombuffer(data, dtype=dt, count=count, offset=t.start)
         try:
-            tensors[t.name] = arr.reshape(t.shape)
+            tensors[t.name] = view.reshape(t.shape)
         except ValueError:  # e.g. dims [0, 2^31-1, 2^31-1]: no bytes, but a shape numpy cannot hold
             raise PackError(f"{path}: tensor {t.name!r} has shape {list(t.shape)}, which no pack tensor can have") from None
     expected = set()
@@ -236,6 +237,11 @@ def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
     extra = sorted(set(tensors) - expected)
     if extra:
         raise PackError(f"{path}: unexpected tensors {extra[:5]} (not referenced by any entry)")
+    for e in entries:  # every tensor is referenced exactly once (names are unique): one float32 copy each
+        for name in _TENSORS:
+            view = getattr(e, name)
+            if view is not None:
+                setattr(e, name, view.astype(np.float32))
     return BehaviorPack(
         entries=entries,
         recipient=recipient,

@@ -45,6 +45,7 @@ from .atomic import write_text_atomic
 from .pack import BehaviorPack, PackError
 from .pack_gguf import json_problem, parse_pack, read_pack_bytes
 from .paths import cache_home
+from .safe_io import read_regular
 
 ALGORITHM = "ed25519"
 SIG_FORMAT = "commandv-pack-signature"
@@ -145,20 +146,26 @@ def generate_keypair(out_dir: str | os.PathLike | None = None, name: str = "sign
 
 
 def _read_key_file(path: Path) -> bytes:
-    if not path.is_file():
-        raise SignatureError(f"key file not found: {path}")
-    if path.stat().st_size > MAX_KEY_BYTES:
-        raise SignatureError(f"{path}: too large for a key file")
-    return path.read_bytes()
+    """The bytes of the key file ``path`` (at most :data:`MAX_KEY_BYTES`), via :func:`~.safe_io.read_regular`:
+    a missing file, a FIFO (never opened blocking), a device or a folder raises :class:`SignatureError` saying
+    which."""
+    return read_regular(path, MAX_KEY_BYTES, what="key file", error=SignatureError)
 
 
 def load_private_key(path: str | os.PathLike):
-    """Read an ed25519 private key (PKCS#8 PEM); refuse one that group/other can read."""
+    """Read an ed25519 private key (PKCS#8 PEM) from ``path``; returns an ``Ed25519PrivateKey``.
+
+    Raises :class:`SignatureError` for a missing or special file, a public key (``.pub``) given instead, a key
+    that group/other can read, or anything that is not an unencrypted ed25519 PEM private key.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path = Path(path)
     data = _read_key_file(path)
+    if b"PUBLIC KEY" in data and b"PRIVATE KEY" not in data:
+        raise SignatureError(f"{path}: is a public key; signing needs the private .key file of the pair "
+                             "(from `cmdv keys new`)")
     if os.name == "posix" and path.stat().st_mode & 0o077:
         raise SignatureError(f"{path}: private key is readable by others (mode {path.stat().st_mode & 0o777:o}); "
                              "run chmod 600 on it")
@@ -299,16 +306,16 @@ def _read_sig(path: Path) -> bytes | None:
     sp = signature_path(path)
     if not os.path.lexists(sp):
         return None
-    if not sp.is_file():
-        raise SignatureError(f"{sp}: malformed signature file (not a regular file)")
     try:
-        with open(sp, "rb") as fh:
-            data = fh.read(MAX_SIG_BYTES + 1)
-    except OSError as exc:
-        raise SignatureError(f"{sp}: cannot read the signature file ({exc.strerror or exc})") from None
-    if len(data) > MAX_SIG_BYTES:
-        raise SignatureError(f"{sp}: malformed signature file (larger than {MAX_SIG_BYTES} bytes)")
-    return data
+        return read_regular(sp, MAX_SIG_BYTES, what="signature file", error=SignatureError)
+    except SignatureError as exc:  # read_regular's reason, in this module's wording
+        why = str(exc).removeprefix(f"signature file {sp} ").removeprefix("is ")
+        if why.startswith("cannot be read: "):
+            why = why.removeprefix("cannot be read: ")
+            raise SignatureError(f"{sp}: cannot read the signature file ({why})") from None
+        if why.startswith("signature file not found"):
+            why = "a link to nothing, not a regular file"
+        raise SignatureError(f"{sp}: malformed signature file ({why})") from None
 
 
 def verify_pack(path: str | os.PathLike, trusted: Iterable[TrustedKey]) -> str:

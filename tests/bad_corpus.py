@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent / "data" / "bad"
-READERS = ("pack", "pack_recipient", "pack_signed", "adapter", "profile")
+READERS = ("pack", "pack_recipient", "pack_signed", "adapter", "profile", "pack_policy", "prompts", "output",
+           "export_out")
 
 
 @dataclass
@@ -35,9 +36,18 @@ def load_manifest(root: Path = ROOT) -> list[dict]:
 
 def _error_classes() -> dict:
     from commandv.runtime.pack import PackError
+    from commandv.runtime.pack_policy import DeltaNormError
     from commandv.runtime.signing import SignatureError
 
-    classes = {"PackError": PackError, "SignatureError": SignatureError}
+    classes = {"PackError": PackError, "SignatureError": SignatureError, "DeltaNormError": DeltaNormError}
+    try:  # the readers of prompt files and of output targets (hostile corpus)
+        from commandv.exporter.export import ExportError
+        from commandv.profiles.prompts import PromptSetError
+        from commandv.runtime.atomic import AtomicTargetError
+
+        classes.update(PromptSetError=PromptSetError, AtomicTargetError=AtomicTargetError, ExportError=ExportError)
+    except ImportError:  # pragma: no cover
+        pass
     try:
         from commandv.profiles.store import ProfileError
 
@@ -67,10 +77,10 @@ def read(case: dict, root: Path = ROOT):
         pack = BehaviorPack.load(path)
         pack.check_model(**case["model"])
         return pack
-    if reader == "pack_signed":
+    if reader == "pack_signed":  # trusting case["trusted"] (relative to root), default keys/trusted.pub
         from commandv.runtime.signing import load_pack_checked
 
-        return load_pack_checked(path, "require", [root / "keys" / "trusted.pub"])
+        return load_pack_checked(path, "require", [root / case.get("trusted", "keys/trusted.pub")])
     if reader == "adapter":
         from commandv.exporter.adapters import load_adapter
 
@@ -79,6 +89,22 @@ def read(case: dict, root: Path = ROOT):
         from commandv.profiles.store import Profile
 
         return Profile.load(path)
+    if reader == "pack_policy":  # the edit-size check at case["limit"] on case["recipient"] (a tiny GGUF)
+        from tests.hostile_corpus import policy_check
+
+        return policy_check(path, root / case["recipient"], case["limit"])
+    if reader == "prompts":  # a prompt file (.jsonl / .txt) as `cmdv profile -p FILE` reads it
+        from commandv.profiles.prompts import load_prompt_set
+
+        return load_prompt_set(path)
+    if reader == "output":  # every writer goes through atomic_path: write a small file onto the path
+        from commandv.runtime.atomic import write_text_atomic
+
+        return write_text_atomic(path, "hostile corpus\n")
+    if reader == "export_out":  # `cmdv export -o PATH` with one adapter: its up-front check of the target
+        from commandv.exporter.cli import _export_targets
+
+        return _export_targets([root / "adapter"], path, None)
     raise ValueError(f"unknown reader {reader!r}")
 
 

@@ -199,7 +199,8 @@ def pack_cases(c: Corpus) -> None:
         patch(data, o["kv:commandv.meta"] + 12, b"?"))
     add("flip_utf8", "not valid UTF-8", "0xff inside the act string", patch(data, o["kv:commandv.entry.0.act"] + 12, b"\xff"))
     ti = o["ti:entry.0.A"] + 8 + len("entry.0.A")
-    add("flip_tensor_dims", "A has shape [9, 2], expected [d=8, r]", "A's d dimension 8→9",
+    add("flip_tensor_dims", "tensors 'entry.0.A' and 'entry.0.b' share data bytes", "A's d dimension 8→9: "
+        "A's data now runs into b's",
         patch(data, ti + 4 + 8, struct.pack("<Q", D + 1)))
     add("flip_tensor_type_q4", "has type Q4_0; packs use F32 or F16", "tensor type F32→Q4_0",
         patch(data, ti + 4 + 16, struct.pack("<I", 2)))

@@ -16,7 +16,7 @@
 
 cmdv_gguf_limits cmdv_gguf_pack_limits(void) {
     /* runtime/pack_gguf.py: Limits(max_kv=64 + 8 * MAX_ENTRIES, max_tensors=6 * MAX_ENTRIES, max_string=1 MiB) */
-    const cmdv_gguf_limits lim = {64 + 8 * 4096, 6 * 4096, 256, 1u << 20, 1u << 16, 4, (1ull << 31) - 1, 256};
+    const cmdv_gguf_limits lim = {64 + 8 * 4096, 6 * 4096, 256, 1u << 20, 1u << 16, 4, (1ull << 31) - 1, 256, 2};
     return lim;
 }
 
@@ -273,6 +273,53 @@ static int check_alignment(cur_t *c, cmdv_gguf_file *out) {
     return fail(c, "general.alignment %s is not a power of two up to 65536 (UINT32)", shown);
 }
 
+static int cmp_start(const void *a, const void *b) {
+    const cmdv_gguf_tensor *x = *(const cmdv_gguf_tensor *const *)a, *y = *(const cmdv_gguf_tensor *const *)b;
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return (x > y) - (x < y); /* file order */
+}
+
+/* gguf_strict.py _check_tensor_ranges: the float32 size of all tensors is at most max_expansion times the file
+ * size, and no two tensors share a byte (empty tensors hold none). Every tensor is inside the file here. */
+static int check_ranges(cur_t *c, cmdv_gguf_file *out, const cmdv_gguf_limits *lim) {
+    uint64_t decoded = 0; /* each term <= 2 * n (the tensor is inside the file); saturating all the same */
+    size_t m = 0;
+    for (uint64_t i = 0; i < out->n_tensors; i++) {
+        const cmdv_gguf_tensor *t = &out->tensors[i];
+        const uint64_t f32 = t->n_bytes / (t->type == 0 ? 4 : 2) * 4;
+        decoded = f32 > UINT64_MAX - decoded ? UINT64_MAX : decoded + f32;
+        m += t->n_bytes > 0;
+    }
+    const uint64_t n = c->n, k = lim->max_expansion ? lim->max_expansion : 1;
+    if (decoded / k > n || (decoded / k == n && decoded % k)) /* decoded > k * n, without overflow */
+        return fail(c, "tensors would expand to %" PRIu64 " bytes as float32, more than %" PRIu64 " times the file "
+                    "size (%" PRIu64 " bytes): tensor data is shared or overlaps", decoded, lim->max_expansion, n);
+    if (m < 2) return 0;
+    const cmdv_gguf_tensor **order = malloc(m * sizeof *order);
+    if (!order) return 2;
+    m = 0;
+    for (uint64_t i = 0; i < out->n_tensors; i++)
+        if (out->tensors[i].n_bytes > 0) order[m++] = &out->tensors[i];
+    qsort(order, m, sizeof *order, cmp_start);
+    const cmdv_gguf_tensor *far = order[0]; /* the tensor reaching furthest so far */
+    int rc = 0;
+    for (size_t j = 1; j < m && !rc; j++) {
+        const cmdv_gguf_tensor *t = order[j];
+        const uint64_t far_end = far->start + far->n_bytes, t_end = t->start + t->n_bytes;
+        if (t->start < far_end) {
+            char ra[128], rb[128];
+            cmdv_py_repr(ra, sizeof ra, far->name, far->name_len);
+            cmdv_py_repr(rb, sizeof rb, t->name, t->name_len);
+            rc = fail(c, "tensors %s and %s share data bytes %" PRIu64 "..%" PRIu64 " (each tensor needs its own "
+                      "bytes)", ra, rb, t->start, far_end < t_end ? far_end : t_end);
+        } else if (t_end > far_end) {
+            far = t;
+        }
+    }
+    free(order);
+    return rc;
+}
+
 static int check_tensors(cur_t *c, cmdv_gguf_file *out, const cmdv_gguf_limits *lim) {
     for (uint64_t i = 0; i < out->n_tensors; i++) {
         cmdv_gguf_tensor *t = &out->tensors[i];
@@ -342,6 +389,7 @@ static int check_tensors(cur_t *c, cmdv_gguf_file *out, const cmdv_gguf_limits *
         }
     }
     free(dup);
+    if (!rc) rc = check_ranges(c, out, lim);
     return rc;
 }
 

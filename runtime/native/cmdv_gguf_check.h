@@ -6,7 +6,9 @@
  * in the file size with memory bounded by it, and every failure names the
  * field (same wording as the Python parser). Scope: GGUF v2/v3 little-endian,
  * scalar / string / non-nested array values, tensors with 1..4 dims of type
- * F32 or F16, data offsets aligned and inside the buffer.
+ * F32 or F16, data offsets aligned and inside the buffer, no two tensors sharing
+ * a byte, and all tensors as float32 at most max_expansion times the buffer size
+ * (so a small file cannot make a reader allocate gigabytes).
  *
  * The result points into the caller's buffer (keep it alive).
  */
@@ -24,6 +26,7 @@ enum { CMDV_GGUF_U32 = 4, CMDV_GGUF_I32 = 5, CMDV_GGUF_F32 = 6, CMDV_GGUF_STRING
 
 typedef struct {
     uint64_t max_kv, max_tensors, max_key, max_string, max_array, max_dims, max_dim_len, max_name;
+    uint64_t max_expansion; /* all tensors widened to float32 take at most this many times the file size */
 } cmdv_gguf_limits;
 
 typedef struct {

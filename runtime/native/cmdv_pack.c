@@ -1,7 +1,7 @@
 /* cmdv_pack.c - behavior-pack reader over ggml's gguf.h, same rules as the Python reader (see cmdv_pack.h). C11. */
 
 #ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L /* stat() */
+#define _POSIX_C_SOURCE 200809L /* open(), fstat(), fcntl(), read() */
 #endif
 
 #include "cmdv_pack.h"
@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "ggml.h"
 #include "gguf.h"
@@ -633,47 +636,74 @@ int cmdv_pack_parse(const void *data, size_t n, const char *source, cmdv_pack **
     return rc;
 }
 
+/* A file type in words (runtime/safe_io.py _kind). */
+static const char *file_kind(mode_t m) {
+    if (S_ISDIR(m)) return "a folder";
+    if (S_ISFIFO(m)) return "a FIFO (named pipe)";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISLNK(m)) return "a symbolic link";
+    return "not a regular file";
+}
+
+/* runtime/safe_io.py read_regular(path, CMDV_PACK_MAX_BYTES, what="pack file"): opened without blocking (a FIFO
+ * cannot hang the reader), a regular file only (checked after opening: a symlink to /dev/zero is a character
+ * device), never more than the cap read even if the file grows; same messages. */
 int cmdv_pack_load(const char *path, cmdv_pack **out, cmdv_error *err) {
     cmdv_error local;
     if (!err) err = &local;
     cmdv_error_clear(err);
     if (!path || !out) return cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_pack_load: NULL argument");
     *out = NULL;
+    const unsigned long long max = CMDV_PACK_MAX_BYTES;
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        const int e = errno;
+        if (e == ENOENT) return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
+        if (e == ENXIO) return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s is not a regular file", path);
+        return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s cannot be read: %s", path, strerror(e));
+    }
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-        return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
-    if ((unsigned long long)st.st_size > CMDV_PACK_MAX_BYTES)
-        return cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
-                       (unsigned long long)CMDV_PACK_MAX_BYTES);
-    FILE *f = fopen(path, "rb");
-    if (!f) return cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file not found: %s", path);
-    /* read what is there (sized by the file, not by the cap), growing the buffer */
-    size_t cap = 1 << 16, n = 0;
+    int rc = 0;
+    const int flags = fcntl(fd, F_GETFL);
+    if (fstat(fd, &st) != 0)
+        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s cannot be read: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s is %s, not a regular file", path,
+                            file_kind(st.st_mode));
+    else if (st.st_size < 0 || (unsigned long long)st.st_size > max)
+        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s is larger than %llu bytes", path, max);
+    else if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s cannot be read: %s", path, strerror(errno));
+    if (rc) { close(fd); return rc; }
+    /* sized by the file (+1 to see the end), growing only if it grew, never past the cap + 1 */
+    size_t cap = (size_t)st.st_size + 1, n = 0;
     unsigned char *buf = malloc(cap);
-    int rc = buf ? 0 : cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
+    if (!buf) rc = cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
     while (!rc) {
         if (n == cap) {
-            if (cap > CMDV_PACK_MAX_BYTES) {
-                rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
-                             (unsigned long long)CMDV_PACK_MAX_BYTES);
+            if (n > max) {
+                rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s is larger than %llu bytes", path, max);
                 break;
             }
-            unsigned char *nb = realloc(buf, 2 * cap);
+            const size_t ncap = cap > max / 2 ? (size_t)max + 1 : 2 * cap;
+            unsigned char *nb = realloc(buf, ncap);
             if (!nb) { rc = cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); break; }
             buf = nb;
-            cap *= 2;
+            cap = ncap;
         }
-        const size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f)) rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: read error", path);
+        const ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s cannot be read: %s", path, strerror(errno));
             break;
         }
+        if (got == 0) break;
+        n += (size_t)got;
     }
-    fclose(f);
-    if (!rc && n > CMDV_PACK_MAX_BYTES)
-        rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "%s: larger than %llu bytes; not a behavior pack", path,
-                     (unsigned long long)CMDV_PACK_MAX_BYTES);
+    close(fd);
+    if (!rc && n > max) rc = cmdv_error_set(err, CMDV_PACK_ERR_IO, "pack file %s is larger than %llu bytes", path, max);
     if (!rc) rc = cmdv_pack_parse(buf, n, path, out, err);
     free(buf);
     return rc;

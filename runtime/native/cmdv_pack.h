@@ -5,8 +5,10 @@
  * and refuses the same files, in the same order of checks, with the same
  * wording (the corpus in tests/data/bad is the contract; see tests/test_native_core.py):
  *
- *   1. the file is read once into memory (at most CMDV_PACK_MAX_BYTES);
- *   2. cmdv_gguf_check walks those bytes strictly (hostile counts, lengths, offsets);
+ *   1. the file is read once into memory (at most CMDV_PACK_MAX_BYTES; a regular file only, opened
+ *      without blocking: a FIFO or a link to a device is refused, like runtime/safe_io.py read_regular);
+ *   2. cmdv_gguf_check walks those bytes strictly (hostile counts, lengths, offsets, tensor data that
+ *      overlaps or would widen to more than twice the file size as float32);
  *   3. ggml's gguf.h reads the same bytes (gguf_init_from_buffer, no tensor allocation);
  *      its view is cross-checked against step 2 and metadata numbers are taken from it.
  *      If ggml refuses the file, steps 4-5 still run on the strict walk's values, so a
@@ -51,7 +53,7 @@ extern "C" {
 
 typedef enum {
     CMDV_PACK_OK = 0,
-    CMDV_PACK_ERR_IO = 1,     /* file missing, unreadable, or larger than CMDV_PACK_MAX_BYTES */
+    CMDV_PACK_ERR_IO = 1,     /* file missing, not a regular file, unreadable, or larger than CMDV_PACK_MAX_BYTES */
     CMDV_PACK_ERR_NOMEM = 2,  /* out of memory */
     CMDV_PACK_ERR_GGUF = 3,   /* not a well-formed GGUF within the limits (magic, version, truncation, caps...) */
     CMDV_PACK_ERR_FORMAT = 4, /* a GGUF but not a valid pack: architecture, format version, keys, tensors */

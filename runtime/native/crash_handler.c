@@ -1,5 +1,6 @@
-/* cmdv_crash.c - name the operation that was running when native code crashed (Python CLI only). C11 + POSIX.
+/* crash_handler.c - name the operation that was running when native code crashed (Python CLI only). C11 + POSIX.
  *
+ * Not part of the native core (cmdv_*.c, compiled into the app too): only the Python CLI loads it.
  * A crash inside llama.cpp kills the process with a bare "Segmentation fault". The CLI enables Python's
  * faulthandler (the Python traceback) and then this handler, which first writes one line naming the crash and
  * the operation noted last (cmdv_crash_note: "capturing hidden states of smollm2-135m-instruct.gguf"), then
