@@ -150,6 +150,14 @@ def main() -> int:
         "fuzz_slowest_iteration_s": round(slowest[0], 3),
         "findings": list(findings.values()),
     }
+    # keep the figures other scripts add to reliability.json (benchmarks/hostile.py: hostile_cases, RSS, ...)
+    previous = RESULTS / "reliability.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        for k, v in old.get("figures", {}).items():
+            figures.setdefault(k, (v["value"], v["unit"]))
+        for k, v in old.get("details", {}).items():
+            extra.setdefault(k, v)
     path = write_results("reliability", figures, extra)
     print(f"corpus {corpus['all'][1]}/{corpus['all'][0]} specific errors; fuzz {total} iterations in {seconds:.0f} s "
           f"({dict(stats['pack'])} pack, {dict(stats['adapter'])} adapter); {len(findings)} findings → {path}")

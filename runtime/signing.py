@@ -45,7 +45,7 @@ from .atomic import write_text_atomic
 from .pack import BehaviorPack, PackError
 from .pack_gguf import json_problem, parse_pack, read_pack_bytes
 from .paths import cache_home
-from .safe_io import read_regular
+from .safe_io import check_output_target, read_regular
 
 ALGORITHM = "ed25519"
 SIG_FORMAT = "commandv-pack-signature"
@@ -134,6 +134,7 @@ def generate_keypair(out_dir: str | os.PathLike | None = None, name: str = "sign
     out = Path(out_dir) if out_dir is not None else default_keys_dir()
     priv_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
     for p in (priv_path, pub_path):
+        check_output_target(p, what="key", error=SignatureError)  # a device or FIFO there is never replaced
         if p.exists() and not overwrite:
             raise SignatureError(f"{p} already exists (choose another --name or folder)")
     key = Ed25519PrivateKey.generate()

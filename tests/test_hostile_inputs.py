@@ -517,3 +517,33 @@ def test_model_paths_special_files_refused(tmp_path, monkeypatch):
         monkeypatch.setenv("COMMANDV_EVAL_DATA", str(data))
         with pytest.raises(BehaviorError, match="advbench.jsonl is a FIFO"):
             _read_jsonl("advbench.jsonl")
+
+
+def test_keys_new_never_replaces_a_special_file(tmp_path):
+    """``cmdv keys new --overwrite`` onto a FIFO named like the key: refused, the FIFO left as it was."""
+    import os
+    import stat
+
+    from commandv.runtime.signing import SignatureError, generate_keypair
+
+    fifo = tmp_path / "k.key"
+    os.mkfifo(fifo)
+    with pytest.raises(SignatureError, match="FIFO"):
+        generate_keypair(tmp_path, "k", overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not (tmp_path / "k.pub").exists()
+
+
+def test_committed_packs_hold_no_local_paths():
+    """Packs shipped in the repository record names and hashes, never where they were made."""
+    from pathlib import Path
+
+    from commandv.runtime.pack import BehaviorPack
+
+    root = Path(__file__).resolve().parents[1]
+    packs = sorted((root / "packs").glob("*.gguf")) + sorted((root / "benchmarks" / "results").rglob("*.gguf"))
+    assert packs
+    for p in packs:
+        meta = BehaviorPack.load(p).meta
+        for k, v in meta.items():
+            text = str(v)
+            assert not text.startswith(("/", "~")) and "/work/" not in text and "/home/" not in text, (p.name, k, text)
