@@ -1,6 +1,6 @@
 """``cmdv``: the one command-line entry point.
 
-Sub-commands: ``models`` (zoo), ``profile``, ``export``, ``inspect``, ``run``/``chat``
+Sub-commands: ``models`` (zoo), ``doctor`` (machine report), ``profile``, ``export``, ``inspect``, ``run``/``chat``
 (llama.cpp or ONNX Runtime engine), ``onnx`` (ONNX export) and ``demo``. User errors print one red line and exit 2.
 """
 
@@ -15,8 +15,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from commandv.runtime import crash
 from commandv.runtime.cli_models import app as models_app
+from commandv.runtime.terminal import safe_text
 
+from .cli_doctor import doctor_cmd
 from .layermap import DEFAULT_LAYER_RULE, LAYER_RULES
 
 app = typer.Typer(help="Command-V behavior transfer: profile models, export behavior packs, run them.",
@@ -38,7 +41,8 @@ def user_errors(fn: Callable) -> Callable:
         except (ValueError, OSError, RuntimeError) as exc:
             if not type(exc).__module__.startswith("commandv") and not isinstance(exc, OSError):
                 raise
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # file-derived text (names, metadata, paths) in the message: shown, never acted on by the terminal
+            err.print(f"[red]error:[/red] {escape(safe_text(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -65,9 +69,11 @@ def profile_cmd(
     prof, path, cached = profile_model(model, prompts, backend, limit=limit, batch=batch, match=match, force=force)
     m = prof.meta
     state = "reused stored profile" if cached else f"computed in {m.seconds:.1f} s ({m.n_prompts / max(m.seconds, 1e-9):.1f} prompts/s)"
-    out.print(f"{m.model_name}: {m.n_layer} layers × [{m.n_prompts}, {m.d_model}] ({m.backend}); {state}")
-    out.print(f"prompt set {m.prompt_set} sha256 {m.prompt_sha256[:16]}…, model {m.model_fingerprint[:16]}…")
-    out.print(f"saved: {path}")
+    out.print(safe_text(f"{m.model_name}: {m.n_layer} layers × [{m.n_prompts}, {m.d_model}] ({m.backend}); {state}"),
+              markup=False)
+    out.print(safe_text(f"prompt set {m.prompt_set} sha256 {m.prompt_sha256[:16]}…, "
+                        f"model {m.model_fingerprint[:16]}…"), markup=False)
+    out.print(safe_text(f"saved: {path}"), markup=False)
 
 
 @app.command("export")
@@ -116,24 +122,38 @@ def export_cmd(
     for res, (path, _) in zip(results, targets):
         res.pack.save(path, dtype=dtype)
         out.print(diagnostics_table(res.diagnostics))
-        out.print(f"{res.pack.summary()}\nfolded in {res.seconds * 1000:.0f} ms; wrote {path} "
-                  f"({path.stat().st_size / 1e3:.1f} kB)")
+        out.print(f"{safe_text(res.pack.summary())}\n" + safe_text(f"folded in {res.seconds * 1000:.0f} ms; wrote "
+                  f"{path} ({path.stat().st_size / 1e3:.1f} kB)"), markup=False)
 
 
 def _export_targets(adapters: list[Path], out_path: Path, name: str | None) -> list[tuple[Path, str]]:
-    """(pack file, pack name) per adapter: ``out_path`` itself for one, ``out_path/<folder name>.gguf`` for several."""
+    """(pack file, pack name) per adapter: ``out_path`` itself for one, ``out_path/<folder name>.gguf`` for several.
+
+    Checks every target before any work (:class:`ExportError`): a pack file may be missing or a regular file
+    (never a device node, FIFO or folder: ``-o /dev/null`` is refused, not replaced); with several adapters
+    ``out_path`` must be missing or a folder.
+    """
+    from commandv.runtime.safe_io import check_output_target
+
     from .export import ExportError
 
     if len(adapters) == 1:
+        if out_path.is_dir():
+            raise ExportError(f"--out {out_path} is a folder; with one --adapter --out names the pack file "
+                              f"(e.g. {out_path / (Path(adapters[0]).resolve().name + '.gguf')})")
+        check_output_target(out_path, "pack", ExportError)
         return [(out_path, name or out_path.stem)]
     if name is not None:
         raise ExportError("--name names one pack; with several adapters each pack is named after its folder")
-    if out_path.exists() and not out_path.is_dir():
+    if out_path.is_file():
         raise ExportError(f"--out {out_path} is a file; with {len(adapters)} adapters it must be a folder")
+    check_output_target(out_path, "packs folder", ExportError, folder=True)
     stems = [Path(a).resolve().name for a in adapters]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
         raise ExportError(f"adapter folders named {', '.join(twice)} more than once: their packs would share a file")
+    for s in stems:
+        check_output_target(out_path / f"{s}.gguf", "pack", ExportError)
     return [(out_path / f"{s}.gguf", s) for s in stems]
 
 
@@ -145,14 +165,14 @@ def inspect_cmd(pack: Path = typer.Argument(..., help="behavior pack file")) -> 
 
     from .export import diagnostics_table
 
-    p = BehaviorPack.load(pack)
-    out.print(p.summary(), markup=False)
+    p = BehaviorPack.load(pack)  # everything printed below comes from the file: safe_text shows control characters
+    out.print(safe_text(p.summary()), markup=False)
     for k, v in sorted(p.meta.items()):
-        out.print(f"  {k}: {v}", highlight=False, markup=False)
+        out.print(f"  {safe_text(k)}: {safe_text(v)}", highlight=False, markup=False)
     for i, e in enumerate(p.entries):
         extra = f", P/Q rank {e.P.shape[1]}" if e.P is not None else ""
-        out.print(f"  entry {i}: donor layer {e.donor_layer} → layer {e.layer}, rank {e.rank}{extra}, act {e.act}, "
-                  f"positions {e.positions}, strength {e.strength:g}")
+        out.print(safe_text(f"  entry {i}: donor layer {e.donor_layer} → layer {e.layer}, rank {e.rank}{extra}, "
+                            f"act {e.act}, positions {e.positions}, strength {e.strength:g}"), markup=False)
     if p.diagnostics:
         out.print(diagnostics_table(p.diagnostics))
 
@@ -173,9 +193,20 @@ def _register_optional() -> None:
 
 
 _register_optional()
+app.command("doctor")(doctor_cmd)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one line on stderr, their text (which can hold pack paths and names) escaped."""
+    err.print(f"[yellow]warning:[/yellow] {escape(safe_text(message))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
+    """The ``cmdv`` entry point: crash reports on (a native crash names the running operation), then the app."""
+    import warnings
+
+    crash.enable()
+    warnings.showwarning = _show_warning
     app(prog_name="cmdv")
 
 

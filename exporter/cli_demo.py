@@ -9,7 +9,11 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from commandv.runtime.terminal import safe_text
 
 from .cli_args import comma_list
 
@@ -76,8 +80,8 @@ def register(app: typer.Typer, user_errors) -> None:
                              profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
-        out.print(rep.markdown())
-        out.print(f"wrote {out_dir}/{rep.pair}-{behavior}.json/.md/.png")
+        out.print(safe_text(rep.markdown(), multiline=True), markup=False)  # model names and outputs: plain text
+        out.print(safe_text(f"wrote {out_dir}/{rep.pair}-{behavior}.json/.md/.png"), markup=False)
 
     @app.command("demo")
     @user_errors
@@ -102,16 +106,20 @@ def register(app: typer.Typer, user_errors) -> None:
             if key in zoo.ZOO:
                 zoo.fetch(key)
         ad = load_adapter(committed_adapter(donor, behavior))
-        out.print(f"[bold]1/3 profiling[/bold] {donor} and {recipient} on {profile_prompts} prompts (cached after the first run)")
+        out.print(f"[bold]1/3 profiling[/bold] {escape(safe_text(donor))} and {escape(safe_text(recipient))} on "
+                  f"{profile_prompts} prompts (cached after the first run)")
         dprof, _, _ = profile_model(donor, "general", "gguf", limit=profile_prompts)
         rprof, _, _ = profile_model(recipient, "general", "gguf", limit=profile_prompts)
-        out.print(f"[bold]2/3 exporting[/bold] {ad.kind} adapter ({len(ad.edits)} layers, rank {ad.edits[0].rank})")
+        out.print(f"[bold]2/3 exporting[/bold] {escape(safe_text(ad.kind))} adapter ({len(ad.edits)} layers, "
+                  f"rank {ad.edits[0].rank})")
         res = export_pack(ad, dprof, rprof, name=f"{behavior}-demo", donor_name=dprof.meta.model_name)
         pack_path = Path.cwd() / f"{behavior}-{model_label(recipient)}.pack.gguf"
         res.pack.save(pack_path)
         out.print(diagnostics_table(res.diagnostics))
-        out.print(f"pack: {pack_path} ({pack_path.stat().st_size / 1e3:.1f} kB) — {res.pack.summary()}")
-        out.print(f"[bold]3/3 running[/bold] {recipient} (quantized GGUF, llama.cpp) without and with the pack")
+        out.print(safe_text(f"pack: {pack_path} ({pack_path.stat().st_size / 1e3:.1f} kB) — {res.pack.summary()}"),
+                  markup=False)
+        out.print(f"[bold]3/3 running[/bold] {escape(safe_text(recipient))} (quantized GGUF, llama.cpp) without and "
+                  "with the pack")
         judge = get_behavior(behavior).judge
         eng = Recipient(recipient, n_ctx=2048)
         t = Table(show_lines=True)
@@ -125,7 +133,7 @@ def register(app: typer.Typer, user_errors) -> None:
                 b = eng.generate(p, packs=[res.pack], strengths=[strength], max_tokens=max_tokens)
                 hits[0] += judge(a)
                 hits[1] += judge(b)
-                t.add_row(p, a.strip(), b.strip())
+                t.add_row(p, Text(safe_text(a.strip(), multiline=True)), Text(safe_text(b.strip(), multiline=True)))
         finally:
             eng.close()
         out.print(t)
@@ -136,4 +144,4 @@ def register(app: typer.Typer, user_errors) -> None:
             figs = json.loads(results.read_text())["figures"]
             out.print("measured on held-out prompts (benchmarks/results/transfer_eval.json):")
             for k, v in figs.items():
-                out.print(f"  {k}: {v['value']:.3g} {v['unit']}", highlight=False)
+                out.print(safe_text(f"  {k}: {v['value']:.3g} {v['unit']}"), highlight=False, markup=False)

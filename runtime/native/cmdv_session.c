@@ -2,6 +2,7 @@
 
 #include "cmdv_session.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,6 +11,10 @@
 #include <string.h>
 
 #include "llama.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 #include "cmdv_core.h"
 
@@ -33,6 +38,7 @@ struct cmdv_session {
     int32_t *out_pos;         /* [n_ubatch] */
     const float *logits;      /* of the last decoded token (owned by llama.cpp until the next decode) */
     int64_t n_edited;
+    int32_t extra_bufts; /* what the model was loaded with (cmdv_extra_bufts_decide) */
 };
 
 /* ------------------------------------------------------------------ logging: keep the last error line */
@@ -53,8 +59,47 @@ static const char *log_tail(void) { return g_last_log[0] ? g_last_log : "no reas
 /* ------------------------------------------------------------------ open / close */
 
 cmdv_session_params cmdv_session_default_params(void) {
-    const cmdv_session_params p = {2048, 512, 4, 0, -1, 0};
+    const cmdv_session_params p = {2048, 512, 4, 0, -1, 0, -1};
     return p;
+}
+
+/* ------------------------------------------------------------------ CPU: the extra-buffer rule */
+
+int32_t cmdv_cpu_has_amx(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    unsigned int a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    (void)a; (void)b; (void)c;
+    return (d & ((1u << 22) | (1u << 24) | (1u << 25))) ? 1 : 0; /* AMX-BF16, AMX-TILE, AMX-INT8 */
+#else
+    return 0;
+#endif
+}
+
+static int word_in(const char *v, const char *const *words) {
+    for (; *words; words++)
+        if (strcmp(v, *words) == 0) return 1;
+    return 0;
+}
+
+int32_t cmdv_extra_bufts_decide(int32_t requested, const char *env_value, int32_t cpu_has_amx) {
+    static const char *const on[] = {"1", "on", "true", "yes", NULL};
+    static const char *const off[] = {"0", "off", "false", "no", NULL};
+    if (requested == 0 || requested == 1) return requested;
+    if (env_value) {
+        char v[16];
+        size_t i = 0, j = 0, n = strlen(env_value);
+        while (i < n && isspace((unsigned char)env_value[i])) i++;
+        while (n > i && isspace((unsigned char)env_value[n - 1])) n--;
+        if (n - i >= sizeof v) return -1;
+        for (; i < n; i++) v[j++] = (char)tolower((unsigned char)env_value[i]);
+        v[j] = 0;
+        if (word_in(v, on)) return 1;
+        if (word_in(v, off)) return 0;
+        if (v[0] && strcmp(v, "auto") != 0) return -1;
+    }
+    return cpu_has_amx ? 0 : 1;
 }
 
 cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_params *params, cmdv_error *err) {
@@ -72,6 +117,14 @@ cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_param
     if (!s) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return NULL; }
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    const int32_t extra = cmdv_extra_bufts_decide(P.extra_bufts, getenv(CMDV_ENV_EXTRA_BUFTS), cmdv_cpu_has_amx());
+    if (extra < 0) {
+        cmdv_error_set(err, CMDV_PACK_ERR_ARG, "%s is not understood; use 1/on, 0/off or auto", CMDV_ENV_EXTRA_BUFTS);
+        free(s);
+        return NULL;
+    }
+    mp.use_extra_bufts = extra != 0; /* off on AMX CPUs unless asked: see cmdv_extra_bufts_decide */
+    s->extra_bufts = extra;
     s->model = llama_model_load_from_file(model_path, mp);
     if (!s->model) {
         cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama.cpp could not load %s (%s)", model_path, log_tail());
@@ -134,6 +187,8 @@ void cmdv_session_close(cmdv_session *s) {
     free(s->fingerprint);
     free(s);
 }
+
+int32_t cmdv_session_extra_bufts(const cmdv_session *s) { return s ? s->extra_bufts : 0; }
 
 int32_t cmdv_session_n_layer(const cmdv_session *s) { return s ? s->n_layer : 0; }
 int32_t cmdv_session_d_model(const cmdv_session *s) { return s ? s->d : 0; }
@@ -201,12 +256,10 @@ void cmdv_session_clear_packs(cmdv_session *s) {
 
 /* ------------------------------------------------------------------ tokens */
 
-int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special, int parse_special, int32_t **ids,
-                              cmdv_error *err) {
-    cmdv_error_clear(err);
-    if (!s || !text || !ids) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize: NULL argument"); return -1; }
+/* llama_tokenize of text[0, len) into a malloc'ed *ids; the count, or -1 with err set. */
+static int32_t tokenize_len(cmdv_session *s, const char *text, size_t len, int add_special, int parse_special,
+                            int32_t **ids, cmdv_error *err) {
     *ids = NULL;
-    const size_t len = strlen(text);
     if (len > INT32_MAX - 8) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
     int32_t cap = (int32_t)len + 8;
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -222,6 +275,113 @@ int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special
     return -1;
 }
 
+int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special, int parse_special, int32_t **ids,
+                              cmdv_error *err) {
+    cmdv_error_clear(err);
+    if (!s || !text || !ids) { cmdv_error_set(err, CMDV_PACK_ERR_ARG, "cmdv_session_tokenize: NULL argument"); return -1; }
+    return tokenize_len(s, text, strlen(text), add_special, parse_special, ids, err);
+}
+
+/* One user message rendered by llama_chat_apply_template: a malloc'ed NUL-terminated string (its length in *n),
+ * or NULL with err set. */
+static char *render_user(const char *tmpl, const char *content, int32_t *n_out, cmdv_error *err) {
+    const struct llama_chat_message msg = {"user", content};
+    const size_t len = strlen(content);
+    if (len > (INT32_MAX - 1024) / 2) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "text too long"); return NULL; }
+    int32_t cap = (int32_t)(2 * len + 256);
+    char *buf = malloc((size_t)cap);
+    if (!buf) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return NULL; }
+    int32_t n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
+    if (n >= cap) {
+        char *nb = realloc(buf, (size_t)n + 1);
+        if (!nb) { free(buf); cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return NULL; }
+        buf = nb;
+        cap = n + 1;
+        n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
+    }
+    if (n < 0 || n >= cap) {
+        free(buf);
+        cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama_chat_apply_template does not know this model's template");
+        return NULL;
+    }
+    buf[n] = 0;
+    *n_out = n;
+    return buf;
+}
+
+/* Token ids of the pieces (text, length, parse_special), concatenated into a malloc'ed *ids; count or -1. */
+static int32_t tokenize_pieces(cmdv_session *s, const char *const *text, const size_t *len, const int *special,
+                               int n_pieces, int32_t **ids, cmdv_error *err) {
+    int32_t *all = NULL, total = 0;
+    *ids = NULL;
+    for (int i = 0; i < n_pieces; i++) {
+        int32_t *part = NULL;
+        const int32_t k = tokenize_len(s, text[i], len[i], 0, special[i], &part, err);
+        if (k < 0) { free(all); return -1; }
+        int32_t *grown = k > 0 ? realloc(all, ((size_t)total + (size_t)k) * sizeof *grown) : all;
+        if (k > 0 && !grown) {
+            free(part);
+            free(all);
+            cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory");
+            return -1;
+        }
+        all = grown;
+        if (k > 0) memcpy(all + total, part, (size_t)k * sizeof *part);
+        total += k;
+        free(part);
+    }
+    if (!all) all = malloc(sizeof *all); /* callers free() *ids on success */
+    if (!all) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
+    *ids = all;
+    return total;
+}
+
+/* The rendered text cut at the message: the template text before and after it is found by rendering a sentinel
+ * in place of the message; the message (as the template put it) is what lies between them in `rendered`. */
+static int32_t tokenize_split(cmdv_session *s, const char *tmpl, const char *rendered, int32_t n_r, int32_t **ids,
+                              cmdv_error *err) {
+    char mark[48];
+    unsigned long long nonce = 0x9E3779B97F4A7C15ull;
+    do {
+        nonce = nonce * 6364136223846793005ull + 1442695040888963407ull;
+        snprintf(mark, sizeof mark, "cmdv%016llxm0x", nonce);
+    } while (strstr(rendered, mark));
+    int32_t n_s = 0;
+    char *shape = render_user(tmpl, mark, &n_s, err);
+    if (!shape) return -1;
+    const size_t ml = strlen(mark);
+    const char *at = strstr(shape, mark);
+    int32_t k = -1;
+    if (!at) { /* the template drops the message: nothing of it to keep apart */
+        if (n_s == n_r && memcmp(shape, rendered, (size_t)n_r) == 0)
+            k = tokenize_len(s, rendered, (size_t)n_r, 0, 1, ids, err);
+        else
+            cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "message 1 holds special-token text and the chat template "
+                            "changes its markup with the message's text, so that text cannot be kept out of the "
+                            "template's markup; remove it");
+        free(shape);
+        return k;
+    }
+    const size_t head = (size_t)(at - shape), tail = (size_t)n_s - head - ml;
+    if (strstr(at + ml, mark)) {
+        cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "message 1 holds special-token text and the chat template renders "
+                       "a message more than once or out of order, so that text cannot be kept out of the template's "
+                       "markup; remove it");
+    } else if ((size_t)n_r < head + tail || memcmp(rendered, shape, head) != 0 ||
+               memcmp(rendered + (size_t)n_r - tail, at + ml, tail) != 0) {
+        cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "message 1 holds special-token text and the chat template changes "
+                       "its markup with the message's text, so that text cannot be kept out of the template's "
+                       "markup; remove it");
+    } else {
+        const char *text[3] = {shape, rendered + head, at + ml};
+        const size_t len[3] = {head, (size_t)n_r - head - tail, tail};
+        const int special[3] = {1, 0, 1};
+        k = tokenize_pieces(s, text, len, special, 3, ids, err);
+    }
+    free(shape);
+    return k;
+}
+
 int32_t cmdv_session_tokenize_chat(cmdv_session *s, const char *user_text, int32_t **ids, cmdv_error *err) {
     cmdv_error_clear(err);
     if (!s || !user_text || !ids) {
@@ -231,28 +391,25 @@ int32_t cmdv_session_tokenize_chat(cmdv_session *s, const char *user_text, int32
     *ids = NULL;
     const char *tmpl = llama_model_chat_template(s->model, NULL);
     if (!tmpl) { cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "the model has no chat template"); return -1; }
-    const struct llama_chat_message msg = {"user", user_text};
-    const size_t len = strlen(user_text);
-    if (len > (INT32_MAX - 1024) / 2) { cmdv_error_set(err, CMDV_PACK_ERR_PROMPT, "text too long"); return -1; }
-    int32_t cap = (int32_t)(2 * len + 256);
-    char *buf = malloc((size_t)cap);
-    if (!buf) { cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
-    int32_t n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
-    if (n >= cap) {
-        char *nb = realloc(buf, (size_t)n + 1);
-        if (!nb) { free(buf); cmdv_error_set(err, CMDV_PACK_ERR_NOMEM, "out of memory"); return -1; }
-        buf = nb;
-        cap = n + 1;
-        n = llama_chat_apply_template(tmpl, &msg, 1, true, buf, cap);
-    }
-    if (n < 0 || n >= cap) {
-        free(buf);
-        cmdv_error_set(err, CMDV_PACK_ERR_LLAMA, "llama_chat_apply_template does not know this model's template");
+    int32_t n_r = 0;
+    char *rendered = render_user(tmpl, user_text, &n_r, err);
+    if (!rendered) return -1;
+    /* special-token text in the message: its ids differ with and without parse_special */
+    const size_t ulen = strlen(user_text);
+    int32_t *with = NULL, *without = NULL;
+    const int32_t nw = tokenize_len(s, user_text, ulen, 0, 1, &with, err);
+    const int32_t nwo = nw < 0 ? -1 : tokenize_len(s, user_text, ulen, 0, 0, &without, err);
+    if (nwo < 0) {
+        free(with);
+        free(rendered);
         return -1;
     }
-    buf[n] = 0;
-    const int32_t k = cmdv_session_tokenize(s, buf, 0, 1, ids, err);
-    free(buf);
+    const int plain = nw == nwo && (nw == 0 || memcmp(with, without, (size_t)nw * sizeof *with) == 0);
+    free(with);
+    free(without);
+    const int32_t k = plain ? tokenize_len(s, rendered, (size_t)n_r, 0, 1, ids, err)
+                            : tokenize_split(s, tmpl, rendered, n_r, ids, err);
+    free(rendered);
     return k;
 }
 

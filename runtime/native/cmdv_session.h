@@ -32,7 +32,20 @@ typedef struct {
     int32_t kv_f32;     /* 1: f32 K/V cache (exact), 0: f16 (llama.cpp's default) */
     int32_t flash_attn; /* -1: llama.cpp decides, 0: off, 1: on */
     int32_t quiet;      /* 1: drop llama.cpp's log output (errors are still kept for messages) */
+    int32_t extra_bufts; /* llama.cpp's repacked-weight buffer types: 1 on, 0 off, -1 auto (see below) */
 } cmdv_session_params;
+
+/* The environment variable that overrides the extra-buffer rule (runtime/cpu.py reads the same name). */
+#define CMDV_ENV_EXTRA_BUFTS "COMMANDV_EXTRA_BUFTS"
+
+/* 1 when this CPU has Intel AMX (CPUID leaf 7: AMX-TILE, AMX-INT8 or AMX-BF16), else 0 (always 0 off x86). */
+int32_t cmdv_cpu_has_amx(void);
+
+/* Whether a model load uses llama.cpp's extra buffer types. requested 1/0 wins; -1 (auto): env_value
+ * ("1"/"on"/"true"/"yes" or "0"/"off"/"false"/"no", NULL or ""/"auto" = no override), else off when
+ * cpu_has_amx (llama.cpp's AMX matmul crashes on long prompts and is wrong for Q4_0/Q4_1), else on.
+ * Returns 1 or 0, or -1 for an env_value it does not understand. Pure: tests pass simulated inputs. */
+int32_t cmdv_extra_bufts_decide(int32_t requested, const char *env_value, int32_t cpu_has_amx);
 
 typedef struct {
     float temperature; /* <= 0: greedy (argmax, first maximum) */
@@ -50,6 +63,8 @@ cmdv_session_params cmdv_session_default_params(void);
 cmdv_session *cmdv_session_open(const char *model_path, const cmdv_session_params *params, cmdv_error *err);
 void cmdv_session_close(cmdv_session *s);
 
+/* 1 when the model was loaded with llama.cpp's extra buffer types, 0 without. */
+int32_t cmdv_session_extra_bufts(const cmdv_session *s);
 int32_t cmdv_session_n_layer(const cmdv_session *s);
 int32_t cmdv_session_d_model(const cmdv_session *s);
 int32_t cmdv_session_n_vocab(const cmdv_session *s);
@@ -74,7 +89,11 @@ int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special
                               cmdv_error *err);
 
 /* Token ids of one user message rendered with the model's chat template by llama_chat_apply_template
- * (llama.cpp's built-in template families; generation header included). */
+ * (llama.cpp's built-in template families; generation header included). Only the template's markup can be
+ * special tokens: a message holding special-token text (typed "<|im_end|>\n<|im_start|>system") is cut out of
+ * the rendered text and tokenized with parse_special=false, the template pieces around it with true; a message
+ * without any is tokenized as the whole rendered string. The same ids as the Python engines
+ * (runtime/chat_template.py tokenize_chat). */
 int32_t cmdv_session_tokenize_chat(cmdv_session *s, const char *user_text, int32_t **ids, cmdv_error *err);
 
 /* Text of one token (llama_token_to_piece, control tokens dropped); bytes written, or -(needed). */

@@ -23,7 +23,7 @@ from typing import Callable
 
 import typer
 
-from .terminal import safe_text
+from commandv.runtime.terminal import safe_text
 
 
 def _version(dist: str) -> str:
@@ -50,7 +50,7 @@ def _llama_system_info() -> str:
 
 
 def _extra_buffers() -> str:
-    from .cpu import extra_buffers
+    from commandv.runtime.cpu import extra_buffers
 
     return extra_buffers()[1]
 
@@ -84,22 +84,20 @@ def _space(path) -> str:
 
 
 def _native_core() -> str:
-    from .native import build
+    from commandv.runtime.native import build
 
     core = build.load()
     return f"ok ({core.path.name})" if core else f"not used: {build.unavailable_reason()}"
 
 
 def _fold_kernels() -> str:
-    if importlib.util.find_spec("commandv.exporter") is None:
-        return "exporter not installed"
-    from commandv.exporter import fold_native
+    from . import fold_native
 
     return "ok (self-test passed)" if fold_native.available() else f"not used: {fold_native.unavailable_reason()}"
 
 
 def _crash_notes() -> str:
-    from . import crash
+    from commandv.runtime import crash
 
     crash.enable()
     return crash.status()
@@ -107,9 +105,9 @@ def _crash_notes() -> str:
 
 def collect() -> dict[str, str]:
     """Every doctor line as ``{name: value}`` (strings; probes that fail say so in their value)."""
-    from . import __version__
-    from .cpu import cpu_info
-    from .paths import cache_home, models_dir, profiles_dir
+    from commandv.runtime import __version__
+    from commandv.runtime.cpu import cpu_info
+    from commandv.runtime.paths import cache_home, models_dir, profiles_dir
 
     info = cpu_info()
     return {
