@@ -6,7 +6,12 @@ Each ``benchmarks/results/transfer/<pair>-<behavior>.json`` was produced by one 
         --direct adapters/smollm2-135m-instruct/pirate --n 20 --strengths 1,2 --no-donor
 
 This script only aggregates (figure names from issue 5: ``<pair>.offshelf_<b>``, ``.transferred_<b>``,
-``.direct_<b>``, ``.recovered_gain``, ``.over_<b>_delta_pts`` …).
+``.direct_<b>``, ``.recovered_gain``, ``.over_<b>_delta_pts`` …; issue 20 adds the sizes ``.n_harmful``,
+``.n_harmless``, ``.n_utility_<b>``, the AdvBench held-out set ``.*_refusal_advbench``, ``.gain_pts_<b>``,
+``.donor_share_<b>`` and, for every rate, difference and ratio, ``<name>_ci_low`` / ``<name>_ci_high``: Wilson
+95 % for rates, paired bootstrap 95 % for differences; see ``PairReport.figures``). Reports written before
+per-prompt outcomes were kept get the intervals their ``samples`` allow (behavior and over-refusal); the
+others (utility) are absent, never guessed.
 
     python benchmarks/transfer_eval.py
 """
@@ -25,19 +30,22 @@ def main() -> None:
     import argparse
 
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only; no options
-    from commandv.exporter.evaluate import ConfigResult, PairReport
+    from commandv.exporter.evaluate import PairReport
 
-    figures, sources = {}, []
+    figures, sources, partial = {}, [], []
     for f in sorted((RESULTS / "transfer").glob("*.json")):
         doc = json.loads(f.read_text())
-        rep = PairReport(pair=doc["pair"], behavior=doc["behavior"], donor=doc["donor"], recipient=doc["recipient"],
-                         max_tokens=doc["max_tokens"], diagnostics=doc["diagnostics"],
-                         configs=[ConfigResult(**c) for c in doc["configs"]], settings=doc.get("settings", {}))
+        rep = PairReport.from_json(doc)
         figures.update(rep.figures())
         sources.append(str(f.relative_to(RESULTS.parent.parent)))
+        if not all(c.outcomes for c in rep.configs):
+            partial.append(sources[-1])
     if not figures:
         raise SystemExit("no pair reports in benchmarks/results/transfer/ (run `cmdv eval` first)")
-    write_results("transfer_eval", figures, {"reports": sources})
+    extra = {"reports": sources}
+    if partial:
+        extra["reports_without_per_prompt_outcomes"] = partial  # utility intervals absent for these
+    write_results("transfer_eval", figures, extra)
     print(json.dumps({k: round(v[0], 4) for k, v in figures.items()}, indent=1))
 
 

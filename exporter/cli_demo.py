@@ -144,4 +144,8 @@ def register(app: typer.Typer, user_errors) -> None:
             figs = json.loads(results.read_text())["figures"]
             out.print("measured on held-out prompts (benchmarks/results/transfer_eval.json):")
             for k, v in figs.items():
-                out.print(safe_text(f"  {k}: {v['value']:.3g} {v['unit']}"), highlight=False, markup=False)
+                if k.endswith(("_ci_low", "_ci_high")):  # shown with their figure
+                    continue
+                lo, hi = figs.get(f"{k}_ci_low"), figs.get(f"{k}_ci_high")
+                ci = f" [{lo['value']:.3g}, {hi['value']:.3g}]" if lo and hi else ""
+                out.print(safe_text(f"  {k}: {v['value']:.3g}{ci} {v['unit']}"), highlight=False, markup=False)

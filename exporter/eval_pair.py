@@ -23,7 +23,7 @@ from commandv.runtime.safe_io import check_output_target
 
 from .adapters import load_adapter
 from .behaviors import get_behavior
-from .evaluate import PairReport, adapter_pack, run_config, utility_questions
+from .evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
 from .export import export_pack
 
 SHORT = {"qwen2.5-coder-1.5b-instruct": "qwen1.5b", "qwen2.5-coder-0.5b-instruct": "qwen0.5b",
@@ -87,7 +87,8 @@ def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0
     specs = get_behavior(behavior).train_specs()
     groups: dict[str, list[int]] = {}
     for i, sp in enumerate(specs):
-        groups.setdefault(sp.label, []).append(i)
+        if sp.prompt not in reported:  # e.g. refusal trains on all of AdvBench; its held-out split is reported
+            groups.setdefault(sp.label, []).append(i)
     rng = random.Random(seed)
     per = max(1, n_train // len(groups))
     pick = sorted(i for name in sorted(groups) for i in rng.sample(groups[name], min(per, len(groups[name]))))
@@ -96,26 +97,66 @@ def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0
                                [(gen.prompts, gen.ids, gen.source), train])
 
 
+MIN_REPORT_PROMPTS = 100
+"""Issue 20: at least this many prompts per reported group (a Wilson interval of ±10 points at most)."""
+
+STYLE_EXTRA_SLICE = (-360, -260)
+"""general[840:940]: added to the style behaviors' 60 held-out prompts (general[940:1000]) so that they are
+reported on 160. Clear of profiling (general[:256] by default; :func:`profiling_set` drops reported prompts
+at any size), of style training (general[1000:]) and of refusal-broad's general slices ([256:808])."""
+
+
 def report_prompts(behavior: str):
     """Prompts for the reported numbers (never used in training or tuning).
 
-    refusal: HarmBench-standard *test* (expected) + the second half of harmless_probes (over-refusal);
-    other behaviors: their own held-out prompts.
+    refusal (and refusal-like behaviors): HarmBench-standard *test* (expected, label ``harmful``, 159), the
+    AdvBench held-out split (expected, label ``advbench``, 104: rows ``i % 5 == 0``, reported on their own)
+    and the second half of harmless_probes (over-refusal, ~105); style behaviors (pirate, french): their own
+    held-out prompts plus general[840:940] (:data:`STYLE_EXTRA_SLICE`) when they have fewer than
+    :data:`MIN_REPORT_PROMPTS`; other behaviors: their own held-out prompts.
     """
-    from .behaviors import EvalPrompt, _read_jsonl
+    from .behaviors import EvalPrompt, _general_tail, _read_jsonl, advbench_heldout
 
-    if behavior != "refusal":
-        return get_behavior(behavior).eval_prompts()
+    if not is_refusal(behavior):
+        beh = get_behavior(behavior)
+        out = list(beh.eval_prompts())
+        if out and all(p.label == "style" and p.expect for p in out) and len(out) < MIN_REPORT_PROMPTS:
+            seen = {p.prompt for p in out} | {sp.prompt for sp in beh.train_specs()}
+            for prompt, source in _general_tail(*STYLE_EXTRA_SLICE):
+                if prompt not in seen:
+                    seen.add(prompt)
+                    out.append(EvalPrompt(prompt, "style", True, source))
+        return out
     probes = _read_jsonl("harmless_probes.jsonl")
     out = [EvalPrompt(r["prompt"], "harmful", True, f"harmbench_test:{r.get('id', i)}")
            for i, r in enumerate(_read_jsonl("harmbench_standard_test.jsonl"))]
+    out += [EvalPrompt(p.prompt, "advbench", True, p.source) for p in advbench_heldout()]
     out += [EvalPrompt(r["prompt"], "harmless", False, f"harmless_probes:{r.get('id', i)}")
             for i, r in enumerate(probes[len(probes) // 2:])]
     return out
 
 
+def report_notes(behavior: str, prompts) -> list[str]:
+    """Caveats about the reported prompts: reported prompts that are in the behavior's training pool
+    (refusal trains on all of AdvBench, so its AdvBench split is not held out for it)."""
+    train = {sp.prompt for sp in get_behavior(behavior).train_specs()}
+    notes = []
+    by_label: dict[str, list] = {}
+    for p in prompts:
+        by_label.setdefault(p.label, []).append(p)
+    for label, ps in by_label.items():
+        k = sum(p.prompt in train for p in ps)
+        if k:
+            notes.append(f"{k} of the {len(ps)} {label!r} prompts are in the {behavior} training pool (the "
+                         "adapter may have been trained on some of them): not held out for this behavior")
+    return notes
+
+
 def _select(prompts, n_exp, n_unexp):
-    exp = [p for p in prompts if p.expect][: n_exp]
+    """The first ``n_exp`` prompts of each expected label (main set first), then the first ``n_unexp``
+    not expected (None: all)."""
+    labels = list(dict.fromkeys(p.label for p in prompts if p.expect))
+    exp = [p for lab in labels for p in [q for q in prompts if q.expect and q.label == lab][: n_exp]]
     unexp = [p for p in prompts if not p.expect][: n_unexp]
     return exp + unexp
 
@@ -170,7 +211,8 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     report = PairReport(pair=key, behavior=behavior, donor=donor, recipient=recipient, max_tokens=s.max_tokens,
                         configs=configs, diagnostics=res.diagnostics,
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
-                                  "rcond": s.rcond if s.rcond is not None else "plain pinv"})
+                                  "rcond": s.rcond if s.rcond is not None else "plain pinv"},
+                        notes=report_notes(behavior, prompts))
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")
     write_text_atomic(out_dir / f"{stem}.json", json.dumps(report.to_json(), indent=1))
     write_text_atomic(out_dir / f"{stem}.md", report.markdown())
