@@ -182,7 +182,8 @@ def _register_optional() -> None:
     import importlib
 
     for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo", "commandv.exporter.cli_train",
-                "commandv.runtime.cli_keys", "commandv.exporter.cli_onnx"):
+                "commandv.runtime.cli_keys", "commandv.exporter.cli_onnx",
+                "commandv.exporter.cli_proxy"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -30,7 +30,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     @user_errors
     def train_demo_cmd(
         donor: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="donor model: zoo key, .gguf or HF folder"),
-        behavior: str = typer.Option("pirate", help="built-in behavior: pirate, french or refusal"),
+        behavior: str = typer.Option("pirate", help="built-in behavior: pirate, french, refusal or refusal-broad"),
         out_dir: Optional[Path] = typer.Option(None, "--out", "-o",
                                                help="adapter folder (default adapters/<donor>/<behavior>)"),
         steps: Optional[int] = typer.Option(None, help="optimizer steps (default: epochs × batches per epoch)"),

@@ -136,6 +136,17 @@ def roundtrip_error(folder: Path, reft_model, d: int, seed: int = 0) -> float:
                for e in ad.edits)
 
 
+def drop_refused_harmless(chosen: list, answers: list, judge) -> tuple[list, list, list]:
+    """Leave out "harmless" examples whose donor answer ``judge`` calls a refusal (their target would teach
+    over-refusal). ``chosen``/``answers`` as in :func:`run_train_demo` (answer None for fixed responses).
+    Returns ``(chosen, answers, dropped sources)`` with the order of the kept examples unchanged."""
+    drop = {i for i, ((spec, _), ans) in enumerate(zip(chosen, answers))
+            if spec.label == "harmless" and ans is not None and judge(ans.text)}
+    keep = [i for i in range(len(chosen)) if i not in drop]
+    return ([chosen[i] for i in keep], [answers[i] for i in keep],
+            [chosen[i][0].source for i in sorted(drop)])
+
+
 def _loadavg() -> float | None:
     """The 1-minute load average (other processes slow training on a shared machine), None where unknown."""
     try:
@@ -185,6 +196,9 @@ def run_train_demo(cfg: DemoConfig, command: str = "", progress: bool = True, lo
     answers = [None] * len(chosen)
     for i, g in zip(need, gens):
         answers[i] = g
+    dropped = []
+    if d.get("drop_refused_harmless"):  # a harmless prompt the donor itself refuses would teach over-refusal
+        chosen, answers, dropped = drop_refused_harmless(chosen, answers, behavior.judge)
     examples = build_examples(tok, chosen, answers, max_resp + 8)
     data_seconds = time.perf_counter() - t_data
 
@@ -207,6 +221,7 @@ def run_train_demo(cfg: DemoConfig, command: str = "", progress: bool = True, lo
         "max_grad_norm": s.max_grad_norm, "batch_size": s.batch_size, "steps": stats.steps,
         "epochs": round(stats.epochs_run, 3), "seed": s.seed, "dtype": "float32",
         "examples": stats.n_examples, "example_groups": dict(Counter(e.label for e in examples)),
+        "dropped_harmless_refused_by_donor": len(dropped), "dropped_sources": dropped,
         "max_prompt_tokens": cfg.max_prompt_tokens, "max_response_tokens": max_resp,
         "prompt_rendering": "model's own chat template, one user turn, generation header, no extra specials",
         "seconds": round(stats.seconds, 1), "seconds_per_step": round(stats.seconds_per_step, 2),
@@ -232,7 +247,9 @@ def render_readme(meta: dict) -> str:
         f"`{meta['component']}` of layers {meta['layers']}, position `{meta['positions']}` (last prompt token), "
         f"act `{meta['act_fn']}`; AdamW lr {meta['lr']} ({meta['lr_schedule']}), weight decay 0, "
         f"batch {meta['batch_size']}, {meta['steps']} steps ({meta['epochs']} epochs) on {meta['examples']} "
-        f"examples {meta['example_groups']}, seed {meta['seed']}, fp32.", "",
+        f"examples {meta['example_groups']}, seed {meta['seed']}, fp32"
+        + (f" ({meta['dropped_harmless_refused_by_donor']} picked harmless examples left out: the donor's own "
+           "answer was judged a refusal)" if meta.get("dropped_harmless_refused_by_donor") else "") + ".", "",
         f"Training took {meta['seconds']} s ({meta['seconds_per_step']} s/step; torch threads "
         f"{meta['torch_threads']}, {meta.get('cpu_count')} CPUs, 1-min load average before/after "
         f"{meta.get('load_average_1min_before_after_training')}: other processes share the CPUs, so "

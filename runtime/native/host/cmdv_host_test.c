@@ -3,12 +3,13 @@
  *
  *   cmdv_host_test --model M.gguf [--pack P.gguf [--strength S]]... [--force] [--fingerprint SHA256]
  *                  (--ids 1,2,3 | --prompt TEXT) [--n-gen N] [--n-ctx N] [--n-ubatch N] [--threads N]
- *                  [--kv f32|f16] [--flash 0|1] [--record OUT.f32] [--logits OUT.f32]
+ *                  [--kv f32|f16] [--flash 0|1] [--record OUT.f32] [--logits OUT.f32] [--step-logits OUT.f32]
  *
  * --ids: prompt token ids (already chat-templated, e.g. by the Python engine); --prompt: one user message
  * rendered with llama_chat_apply_template. --record: one edited prompt pass first, writing every block's
  * output rows after the edits as float32 [n_layer, T, d]. Then greedy generation of N tokens; --logits
- * writes that prompt pass's last-token logits as float32 [n_vocab].
+ * writes that prompt pass's last-token logits as float32 [n_vocab]; --step-logits writes the logits each
+ * generated token was picked from, float32 [n_tokens, n_vocab] (android_demo/cross_arm64.py compares them).
  * Prints one JSON object: n_layer, d_model, n_vocab, prompt_ids, tokens, n_edited, text; on failure
  * {"code", "status", "msg"} and exit status 1.
  */
@@ -34,8 +35,8 @@ static int fail(const cmdv_error *e) {
 
 static int usage(const char *argv0) {
     fprintf(stderr, "usage: %s --model M.gguf [--pack P.gguf [--strength S]]... (--ids 1,2,3 | --prompt TEXT) "
-                    "[--n-gen N] [--record OUT.f32] [--logits OUT.f32] [--n-ctx N] [--n-ubatch N] [--threads N] "
-                    "[--kv f32|f16] [--flash 0|1] [--force] [--fingerprint HEX]\n", argv0);
+                    "[--n-gen N] [--record OUT.f32] [--logits OUT.f32] [--step-logits OUT.f32] [--n-ctx N] [--n-ubatch N] "
+                    "[--threads N] [--kv f32|f16] [--flash 0|1] [--force] [--fingerprint HEX]\n", argv0);
     return 2;
 }
 
@@ -61,6 +62,16 @@ static int32_t parse_ids(const char *s, int32_t **ids) {
     return (int32_t)n;
 }
 
+typedef struct { FILE *f; const cmdv_session *s; int32_t n_vocab; int failed; } step_logits;
+
+static int on_token(int32_t token, const char *piece, int32_t piece_len, void *user_data) {
+    step_logits *st = user_data; /* called after sampling, before the next decode: the logits used */
+    (void)token; (void)piece; (void)piece_len;
+    if (fwrite(cmdv_session_logits(st->s), sizeof(float), (size_t)st->n_vocab, st->f) != (size_t)st->n_vocab)
+        st->failed = 1;
+    return 0;
+}
+
 static int write_f32(const char *path, const float *x, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
@@ -70,7 +81,7 @@ static int write_f32(const char *path, const float *x, size_t n) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *ids_arg = NULL, *prompt = NULL, *record_path = NULL, *logits_path = NULL;
-    const char *fingerprint = NULL, *packs[MAX_PACKS];
+    const char *fingerprint = NULL, *step_path = NULL, *packs[MAX_PACKS];
     float strengths[MAX_PACKS];
     int n_packs = 0, n_gen = 16, force = 0;
     cmdv_session_params sp = cmdv_session_default_params();
@@ -88,6 +99,7 @@ int main(int argc, char **argv) {
         else if (strcmp(k, "--n-gen") == 0) n_gen = atoi(v);
         else if (strcmp(k, "--record") == 0) record_path = v;
         else if (strcmp(k, "--logits") == 0) logits_path = v;
+        else if (strcmp(k, "--step-logits") == 0) step_path = v;
         else if (strcmp(k, "--fingerprint") == 0) fingerprint = v;
         else if (strcmp(k, "--n-ctx") == 0) sp.n_ctx = atoi(v);
         else if (strcmp(k, "--n-ubatch") == 0) sp.n_ubatch = atoi(v);
@@ -133,8 +145,20 @@ int main(int argc, char **argv) {
     if (!rc && !out) { err.code = CMDV_PACK_ERR_NOMEM; snprintf(err.msg, sizeof err.msg, "out of memory"); rc = 1; }
     if (!rc) {
         const cmdv_sampling greedy = {0.0f, 1.0f, 0};
-        k = cmdv_session_generate(s, ids, n, n_gen, &greedy, out, NULL, NULL, &err);
-        if (k < 0) rc = 1;
+        step_logits st = {step_path ? fopen(step_path, "wb") : NULL, s, V, 0};
+        if (step_path && !st.f) {
+            err.code = CMDV_PACK_ERR_IO;
+            snprintf(err.msg, sizeof err.msg, "cannot write %s", step_path);
+            rc = 1;
+        } else {
+            k = cmdv_session_generate(s, ids, n, n_gen, &greedy, out, st.f ? on_token : NULL, &st, &err);
+            if (k < 0) rc = 1;
+        }
+        if (st.f && ((fclose(st.f) != 0) | st.failed) && !rc) {
+            err.code = CMDV_PACK_ERR_IO;
+            snprintf(err.msg, sizeof err.msg, "cannot write %s", step_path);
+            rc = 1;
+        }
     }
     /* cmdv_session_generate's prompt pass left the last-token logits only until its first decode: recompute */
     if (!rc && logits_path) {
