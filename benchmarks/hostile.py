@@ -9,10 +9,11 @@
    Also checks each run ends with a one-line message and no traceback.
 
 Merges into ``results/reliability.json`` (every figure and detail already there is kept) the figures
-``hostile_cases``, ``hostile_cases_clear_error``, ``max_rss_mb_worst_pack`` and ``largest_pack_file_mb``, and
-the details under ``hostile``. The issue's requirement: peak RSS <= 4 x the largest pack file + 200 MB.
+``hostile_cases``, ``hostile_cases_clear_error``, ``max_rss_mb_worst_pack``, ``largest_pack_file_mb``,
+``amx_safe`` (1 when tests/test_cpu.py, the AMX decision of every model loader, passes with nothing skipped) and,
+with ``--arm64 JSON`` (from ``android_demo/cross_arm64.py --out``), ``arm64_greedy_match``; details under ``hostile``. The issue's requirement: peak RSS <= 4 x the largest pack file + 200 MB.
 
-    python benchmarks/hostile.py [--timeout 60]
+    python benchmarks/hostile.py [--timeout 60] [--arm64 arm64.json]
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _size_mb(p: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per case / per cmdv inspect run")
+    ap.add_argument("--arm64", type=Path, default=None,
+                    help="JSON written by android_demo/cross_arm64.py --out: adds arm64_greedy_match")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="cmdv-hostile-") as tmp:
@@ -175,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         "rss_median_mb": sorted(r["rss_mb"] for r in measured)[len(measured) // 2],
         "rss_method": "getrusage(RUSAGE_CHILDREN).ru_maxrss of a fresh wrapper process per cmdv inspect run",
     }
+
+    # amx_safe: the model loaders' AMX decision is covered by tests that pass here (simulated CPU flags, the C rule)
+    amx = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                          str(REPO / "tests" / "test_cpu.py")], capture_output=True, text=True, cwd=REPO)
+    amx_line = (amx.stdout.strip().splitlines() or [""])[-1]
+    figures["amx_safe"] = (int(amx.returncode == 0 and "skipped" not in amx_line), "flag")
+    hostile["amx_tests"] = amx_line
+    if args.arm64 is not None:
+        arm = json.loads(args.arm64.read_text(encoding="utf-8"))
+        figures["arm64_greedy_match"] = (round(float(arm["arm64_greedy_match"]), 4), "fraction")
+        hostile["arm64"] = {k: v for k, v in arm.items() if not isinstance(v, (list, dict)) and k not in ("model", "pack")}
+        hostile["arm64"]["pack"] = Path(str(arm.get("pack", ""))).name
 
     # merge: keep every figure and detail already in reliability.json
     path = RESULTS / "reliability.json"
