@@ -32,7 +32,7 @@ from commandv.runtime.pack import BehaviorPack, PackEntry
 
 from .adapters import Adapter
 from .behaviors import Behavior, EvalPrompt
-from .stats import _as_matrix, _resample_means, paired_bootstrap, paired_bootstrap_ratio, wilson
+from .stats import paired_bootstrap, paired_bootstrap_ratio, wilson
 
 
 @dataclass
@@ -204,18 +204,8 @@ def paired_delta(a: ConfigResult, b: ConfigResult, group: str = "expected",
 def paired_ratio_of_gains(off: Sequence[float], tr: Sequence[float], base: Sequence[float], top: Sequence[float],
                           n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
     """``(mean(tr) − mean(off)) / (mean(top) − mean(base))`` on the same prompts, and its paired bootstrap
-    interval (the resampling of :func:`.stats.paired_bootstrap_ratio`; with ``base = off`` the same numbers)."""
-    m = _as_matrix(off, tr, base, top)
-    den = m[3].mean() - m[2].mean()
-    if den == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = _resample_means(m, n_boot, seed)
-    d = means[:, 3] - means[:, 2]
-    ok = d != 0
-    ratios = (means[ok, 1] - means[ok, 0]) / d[ok]
-    q = (1 - level) / 2
-    return (float((m[1].mean() - m[0].mean()) / den), float(np.quantile(ratios, q)),
-            float(np.quantile(ratios, 1 - q)))
+    interval (:func:`.stats.paired_bootstrap_ratio` with ``base``; with ``base = off`` the recovered gain)."""
+    return paired_bootstrap_ratio(off, tr, top, n_boot=n_boot, seed=seed, level=level, base=base)
 
 
 def paired_gain(off: ConfigResult, c: ConfigResult, top: ConfigResult, group: str = "expected",

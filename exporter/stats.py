@@ -66,18 +66,20 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10000
 
 
 def paired_bootstrap_ratio(off: Sequence[float], transferred: Sequence[float], direct: Sequence[float],
-                           n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Recovered gain ``(mean(tr) - mean(off)) / (mean(direct) - mean(off))`` and its paired bootstrap interval.
+                           n_boot: int = 10000, seed: int = 0, level: float = 0.95,
+                           base: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """Recovered gain ``(mean(tr) - mean(off)) / (mean(direct) - mean(base))`` and its paired bootstrap interval.
 
-    All three on the same prompts. Resamples where the direct gain is 0 are dropped; ``nan`` when the observed
-    direct gain is 0.
+    ``base`` defaults to ``off`` (the recipient's own gain from a directly trained adapter); pass another
+    configuration for a gain measured elsewhere (e.g. the donor's: ``direct`` = donor + adapter, ``base`` = donor).
+    All on the same prompts. Resamples where the denominator is 0 are dropped; ``nan`` when the observed one is 0.
     """
-    m = _as_matrix(off, transferred, direct)
-    gain = m[2].mean() - m[0].mean()
+    m = _as_matrix(off, transferred, direct, off if base is None else base)
+    gain = m[2].mean() - m[3].mean()
     if gain == 0:
         return float("nan"), float("nan"), float("nan")
     means = _resample_means(m, n_boot, seed)
-    den = means[:, 2] - means[:, 0]
+    den = means[:, 2] - means[:, 3]
     ok = den != 0
     ratios = (means[ok, 1] - means[ok, 0]) / den[ok]
     q = (1 - level) / 2
