@@ -1,0 +1,148 @@
+"""The fast behavior proxy (issue 20) on the tiny f32 GGUF: its values equal an independent log-softmax of the
+engine's own logits, the edit lands where generation puts it, aggregates, errors and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from commandv.exporter.behaviors import EvalPrompt  # noqa: E402
+from commandv.exporter.proxy import ProxyError, default_prompts, proxy_score, proxy_spec  # noqa: E402
+from commandv.runtime.llama_engine import Recipient  # noqa: E402
+from tests.test_llama_parity import random_pack  # noqa: E402
+
+pytestmark = pytest.mark.llama
+KW = dict(kv_type="f32", flash_attn=False, n_threads=1)
+PROMPTS = [EvalPrompt("Tell me about rivers.", "style", True), EvalPrompt("Write a short story about a robot.",
+                                                                          "style", True),
+           EvalPrompt("What is the capital?", "other", False)]
+TARGETS = ["hello there, the answer", "count from one"]
+STARTS = ["a small", "I think", "A model", "hello there"]  # hello: split, left out
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_gguf):
+    r = Recipient(tiny_gguf, n_ctx=256, **KW)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def pack(rec):
+    return random_pack(layers=(1, 2), seed=3, scale=1.0, act="silu", fingerprint=rec.fingerprint)
+
+
+def _logsoftmax_np(v):
+    v = np.asarray(v, np.float64)
+    m = v.max()
+    return v - (m + np.log(np.sum(np.exp(v - m))))
+
+
+def _independent(rec, prompt, target, packs, strengths, start_ids):
+    """Target log-prob, token by token, each from its own pass (last-row logits only); the first answer position
+    from a plain prompt pass with the pack's own positions (what generation does)."""
+    ids = rec.encode(prompt)
+    n = len(ids)
+    tgt = rec.model.tokenize(target, add_special=False, parse_special=False)
+    total = 0.0
+    for k, tok in enumerate(tgt):
+        if k == 0:
+            logits, _ = rec.prompt_pass(ids, packs, strengths)
+        else:
+            logits, _ = rec.prompt_pass(ids + tgt[:k], packs, strengths, rows=[n - 1] if packs else None)
+        total += _logsoftmax_np(logits)[tok]
+    first = _logsoftmax_np(rec.prompt_pass(ids, packs, strengths)[0])
+    p_start = np.log(np.sum(np.exp(first[start_ids])))
+    return total, p_start, int(np.argmax(first))
+
+
+@pytest.mark.parametrize("with_pack", [False, True])
+def test_proxy_equals_numpy_log_softmax(rec, pack, with_pack):
+    packs, s = ([pack], [1.5]) if with_pack else ([], None)
+    res = proxy_score(rec, "pirate", packs, s, PROMPTS, targets=TARGETS, starts=STARTS)
+    assert res.metric == "target" and res.targets == TARGETS and len(res.per_prompt) == 3
+    toks = [rec.model.tokenize(w.split()[0], add_special=False, parse_special=False) for w in STARTS]
+    start_ids = sorted({t[0] for t in toks if len(t) == 1})  # whole first words only
+    assert len(start_ids) >= 2 and res.n_start_tokens == len(start_ids)
+    for p, row in zip(PROMPTS, res.per_prompt):
+        tl, tk = [], []
+        for t in TARGETS:
+            lp, p_start, top = _independent(rec, p.prompt, t, packs, s, start_ids)
+            tl.append(lp)
+            tk.append(len(rec.model.tokenize(t, add_special=False, parse_special=False)))
+        np.testing.assert_allclose(row["target_logprobs"], tl, rtol=1e-4, atol=1e-4)
+        want = np.log(np.sum(np.exp(tl)))
+        assert abs(row["target_logprob"] - want) < 1e-4
+        assert abs(row["target_mean"] - max(a / b for a, b in zip(tl, tk))) < 1e-4
+        assert abs(row["start_logprob"] - p_start) < 1e-4
+        assert row["top_token"] == top
+        gen = rec.generate_ids(rec.encode(p.prompt), packs, s, max_tokens=1, stop_at_eog=False)
+        assert gen[0] == top  # the first greedy token of generation with the same packs
+    exp = [r["target_logprob"] for r in res.per_prompt if r["expect"]]
+    un = [r["target_logprob"] for r in res.per_prompt if not r["expect"]]
+    assert res.expected == pytest.approx(np.mean(exp)) and res.unexpected == pytest.approx(np.mean(un))
+    assert res.selectivity == pytest.approx(np.mean(exp) - np.mean(un))
+    assert res.expected_prob == pytest.approx(np.mean(np.exp(exp)))
+    assert (res.n_expected, res.n_unexpected) == (2, 1)
+    assert np.allclose(res.values(expect=True), exp)
+
+
+def test_pack_moves_the_proxy_and_strength_zero_is_off(rec, pack):
+    off = proxy_score(rec, "pirate", [], None, PROMPTS[:1], targets=TARGETS[:1])
+    on = proxy_score(rec, "pirate", [pack], [2.0], PROMPTS[:1], targets=TARGETS[:1])
+    zero = proxy_score(rec, "pirate", [pack], [0.0], PROMPTS[:1], targets=TARGETS[:1])
+    assert abs(on.expected - off.expected) > 1e-3
+    assert zero.expected == pytest.approx(off.expected, abs=1e-6)
+
+
+def test_other_positions_and_mixed_positions(rec):
+    fl = random_pack(layers=(1,), seed=4, positions="f1+l1", fingerprint=rec.fingerprint)
+    p = PROMPTS[0]
+    res = proxy_score(rec, "pirate", [fl], [1.0], [p], targets=TARGETS[:1])
+    ids = rec.encode(p.prompt)
+    tgt = rec.model.tokenize(TARGETS[0], add_special=False, parse_special=False)
+    logits, _ = rec.prompt_pass(ids + tgt, [fl], [1.0], all_logits=True, rows=[0, len(ids) - 1])
+    lp = sum(_logsoftmax_np(logits[len(ids) - 1 + k])[t] for k, t in enumerate(tgt))
+    assert res.per_prompt[0]["target_logprob"] == pytest.approx(lp, abs=1e-5)
+    l1 = random_pack(layers=(2,), seed=5, fingerprint=rec.fingerprint)
+    with pytest.raises(ProxyError, match="different positions"):
+        proxy_score(rec, "pirate", [fl, l1], [1.0, 1.0], [p], targets=TARGETS[:1])
+
+
+def test_specs_and_prompts():
+    assert proxy_spec("pirate").targets == ("Arr matey!",)
+    assert proxy_spec("french").primary == "start" and "Voici" in proxy_spec("french").starts
+    assert proxy_spec("pirate", ["x"]).targets == ("x",)
+    ps = default_prompts("pirate", 5)
+    assert len(ps) == 5 and all(p.expect for p in ps)
+    with pytest.raises(ProxyError):
+        default_prompts("pirate", 0)
+
+
+def test_start_metric_is_primary_for_french(rec):
+    res = proxy_score(rec, "french", [], None, PROMPTS[:2], starts=STARTS)
+    assert res.metric == "start" and res.n_start_tokens > 0
+    assert res.expected == pytest.approx(np.mean([r["start_logprob"] for r in res.per_prompt]))
+    assert all(np.isnan(r["target_logprob"]) for r in res.per_prompt)
+
+
+def test_cli_proxy(tiny_gguf, pack, tmp_path):
+    from typer.testing import CliRunner
+
+    from commandv.exporter.cli import app
+
+    p = tmp_path / "p.gguf"
+    pack.save(p)
+    out = tmp_path / "proxy.json"
+    r = CliRunner().invoke(app, ["proxy", str(tiny_gguf), "--pack", str(p), "--behavior", "pirate", "-s", "0.5",
+                                 "-s", "2", "--n", "3", "--target", "hello there", "--threads", "1",
+                                 "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert [x["label"] for x in doc["results"]] == ["off-shelf", "pack@0.5", "pack@2"]
+    assert doc["results"][2]["strengths"] == [2.0] and len(doc["results"][0]["per_prompt"]) == 3
+    assert "wrote" in r.output
