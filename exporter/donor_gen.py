@@ -102,12 +102,15 @@ def _cache_key(prompt: str, model_id: str, max_new_tokens: int) -> str:
 
 
 def cached_answers(model, tokenizer, prompts: Sequence[str], cache: Path | None, model_id: str,
-                   max_new_tokens: int = 24, batch_size: int = 8, progress: bool = True) -> list[Generation]:
+                   max_new_tokens: int = 24, batch_size: int = 8, progress: bool = True,
+                   save_every: int = 64) -> list[Generation]:
     """The donor's own greedy answers to ``prompts``, reusing ``cache`` (JSONL) where it has them.
 
     Cache lines are ``{"key", "text", "ids", "finished"}``; ``key`` hashes the model id,
     ``max_new_tokens`` and the prompt, so no prompt text is stored. Missing answers are
-    generated and the cache is rewritten atomically.
+    generated shortest prompt first, in the same batches as one :func:`greedy_generate` call,
+    and the cache is rewritten atomically after every ``save_every`` prompts (rounded to whole
+    batches), so an interrupted run keeps what it finished.
     """
     have: dict[str, Generation] = {}
     if cache is not None and cache.is_file():
@@ -123,12 +126,16 @@ def cached_answers(model, tokenizer, prompts: Sequence[str], cache: Path | None,
     todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
     if todo:
         ids = prompt_token_ids(tokenizer, [prompts[i] for i in todo])
-        gens = greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size, progress=progress,
-                               label="donor answers")
-        for i, g in zip(todo, gens):
-            have[keys[i]] = g
-        if cache is not None:
-            with atomic_path(cache) as tmp:
-                tmp.write_text("".join(json.dumps({"key": k, **asdict(g)}, ensure_ascii=False) + "\n"
-                                       for k, g in sorted(have.items())), encoding="utf-8")
+        by_len = sorted(range(len(todo)), key=lambda j: len(ids[j]))  # greedy_generate's own (stable) order
+        step = max(1, save_every // batch_size) * batch_size
+        for s in range(0, len(by_len), step):
+            part = by_len[s:s + step]
+            gens = greedy_generate(model, tokenizer, [ids[j] for j in part], max_new_tokens, batch_size,
+                                   progress=progress, label=f"donor answers {s + len(part)}/{len(todo)}")
+            for j, g in zip(part, gens):
+                have[keys[todo[j]]] = g
+            if cache is not None:
+                with atomic_path(cache) as tmp:
+                    tmp.write_text("".join(json.dumps({"key": k, **asdict(g)}, ensure_ascii=False) + "\n"
+                                           for k, g in sorted(have.items())), encoding="utf-8")
     return [have[k] for k in keys]

@@ -227,6 +227,35 @@ def test_answer_cache_roundtrip(tiny_hf, tmp_path):
     assert again == first and all(len(g.ids) <= 4 for g in first)
 
 
+def test_answer_cache_keeps_finished_chunks_when_interrupted(tiny_hf, tmp_path, monkeypatch):
+    """An interrupted generation leaves the answers of the chunks it finished in the cache, and a rerun
+    generates only the rest; the answers equal those of one uninterrupted call."""
+    from commandv.exporter import donor_gen
+
+    model, tok = tiny_hf
+    prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS]  # 12 prompts
+    whole = donor_gen.cached_answers(model, tok, prompts, None, "tiny", max_new_tokens=3, batch_size=2,
+                                     progress=False)
+    real, calls = donor_gen.greedy_generate, []
+
+    def flaky(model_, tok_, ids, *a, **k):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model_, tok_, ids, *a, **k)
+
+    monkeypatch.setattr(donor_gen, "greedy_generate", flaky)
+    cache = tmp_path / "answers.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        donor_gen.cached_answers(model, tok, prompts, cache, "tiny", max_new_tokens=3, batch_size=2,
+                                 progress=False, save_every=5)  # chunks of 4 prompts (whole batches)
+    assert calls == [4, 4, 4] and len(cache.read_text().splitlines()) == 8
+    calls.clear()
+    again = donor_gen.cached_answers(model, tok, prompts, cache, "tiny", max_new_tokens=3, batch_size=2,
+                                     progress=False, save_every=5)
+    assert calls == [4] and again == whole
+
+
 ADAPTERS = sorted(p for p in (Path(__file__).resolve().parents[1] / "adapters").glob("*/*")
                   if (p / "config.json").is_file())
 
