@@ -63,7 +63,7 @@ def proxy_spec(behavior: str, targets: Sequence[str] | None = None, starts: Sequ
     """The built-in spec of ``behavior``; ``targets`` replaces its target texts (and makes ``target`` primary),
     ``starts`` its start phrases."""
     get_behavior(behavior)  # unknown names: BehaviorError
-    if behavior == "refusal":
+    if behavior.startswith("refusal"):  # refusal and refusal-broad judge alike
         starts = tuple(m[:1].upper() + m[1:] for m in refusal_markers())
         spec = ProxySpec("refusal", (REFUSAL_TEXT,), starts, "target")
     elif behavior == "pirate":
