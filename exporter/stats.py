@@ -86,6 +86,22 @@ def paired_bootstrap_ratio(off: Sequence[float], transferred: Sequence[float], d
     return float((m[1].mean() - m[0].mean()) / gain), float(np.quantile(ratios, q)), float(np.quantile(ratios, 1 - q))
 
 
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks of ``values`` (``[n]``), ties sharing their average rank (as Spearman and Mann-Whitney use)."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="mergesort")
+    r = np.empty(len(v))
+    sv = v[order]
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sv[j + 1] == sv[i]:
+            j += 1
+        r[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties); ``nan`` for fewer than 2 pairs or a constant side."""
     if len(x) != len(y):
@@ -93,21 +109,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     if len(x) < 2:
         return float("nan")
 
-    def ranks(v) -> np.ndarray:
-        v = np.asarray(v, dtype=np.float64)
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        sv = v[order]
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and sv[j + 1] == sv[i]:
-                j += 1
-            r[order[i:j + 1]] = (i + j) / 2 + 1
-            i = j + 1
-        return r
-
-    rx, ry = ranks(x), ranks(y)
+    rx, ry = average_ranks(x), average_ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
