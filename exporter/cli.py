@@ -106,7 +106,7 @@ def export_cmd(
     from commandv.profiles.profiler import profile_model
 
     from .adapters import load_adapter
-    from .export import ExportError, diagnostics_table, export_pack
+    from .export import ExportError, diagnostics_table, export_pack, score_line
 
     targets = _export_targets(adapters, out_path, name)
     loaded = [load_adapter(a, kind=kind, act=act, positions=positions) for a in adapters]  # all checked first
@@ -122,6 +122,8 @@ def export_cmd(
     for res, (path, _) in zip(results, targets):
         res.pack.save(path, dtype=dtype)
         out.print(diagnostics_table(res.diagnostics))
+        if score_line(res.pack):
+            out.print(score_line(res.pack), markup=False)
         out.print(f"{safe_text(res.pack.summary())}\n" + safe_text(f"folded in {res.seconds * 1000:.0f} ms; wrote "
                   f"{path} ({path.stat().st_size / 1e3:.1f} kB)"), markup=False)
 
@@ -183,7 +185,7 @@ def _register_optional() -> None:
 
     for mod in ("commandv.runtime.cli_run", "commandv.exporter.cli_demo", "commandv.exporter.cli_train",
                 "commandv.runtime.cli_keys", "commandv.exporter.cli_onnx",
-                "commandv.exporter.cli_proxy"):
+                "commandv.exporter.cli_proxy", "commandv.runtime.cli_serve", "commandv.runtime.cli_packs"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

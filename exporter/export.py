@@ -26,6 +26,7 @@ from commandv.runtime.pack import BehaviorPack
 from .adapters import Adapter, adapter_name
 from .fold import FoldItem, fold_edits
 from .layermap import DEFAULT_LAYER_RULE, build_layer_map
+from .transfer_score import layer_figures, pack_score, pinv_to_donor
 from .translators import GramFactor, factorize, fit_diagnostics
 
 
@@ -189,7 +190,9 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             d.update(h.fit)
             d["delta_energy"] = float(entry.delta_norms(h.XR).mean() / max(h.norm_r, 1e-30))
             d["donor_delta_energy"] = float(edit.delta_norms(h.XD).mean() / max(h.norm_d, 1e-30))
+            d.update(layer_figures(edit, entry, pinv_to_donor(fR, fD), h.XR, h.XD))
         diags.append(d)
+    score = pack_score([d for d in diags if "edit_cos" in d], strength)
     pack = BehaviorPack(
         entries=entries,
         name=name,
@@ -206,6 +209,7 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             "prompt_set": rm.prompt_set, "prompt_sha256": rm.prompt_sha256,
             "profile_backends": [dm.backend, rm.backend],
             "layer_rule": layer_rule, "rcond": rcond, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
+            **({"transfer_score": score} if np.isfinite(score) else {}),
         },
         diagnostics=diags,
     )
@@ -222,10 +226,21 @@ def diagnostics_table(diags: list[dict]):
     from commandv.runtime.terminal import safe_text
 
     t = Table(title="translator fit (held-out prompts)")
-    for col in ("donor→recipient", "R² R→D", "R² D→R", "cycle err", "Δ energy (R)", "Δ energy (D)"):
+    for col in ("donor→recipient", "R² R→D", "R² D→R", "cycle err", "Δ energy (R)", "Δ energy (D)", "edit cos",
+                "norm ratio"):
         t.add_column(col, justify="right")
     fmt = lambda d, k: Text(safe_text(f"{d[k]:.3f}")) if k in d else "–"  # noqa: E731
     for d in diags:
         t.add_row(Text(safe_text(f"{d['donor_layer']}→{d['recipient_layer']}")), fmt(d, "r2_r2d"), fmt(d, "r2_d2r"),
-                  fmt(d, "cycle_err"), fmt(d, "delta_energy"), fmt(d, "donor_delta_energy"))
+                  fmt(d, "cycle_err"), fmt(d, "delta_energy"), fmt(d, "donor_delta_energy"), fmt(d, "edit_cos"),
+                  fmt(d, "norm_ratio"))
     return t
+
+
+def score_line(pack: BehaviorPack) -> str:
+    """One line on the pack's transferability score (:mod:`.transfer_score`), or ``""`` without one."""
+    score = pack.meta.get("transfer_score")
+    if not isinstance(score, (int, float)):
+        return ""
+    return (f"transferability score {score:.2f} (0-1, from profiles and adapter only: edit cos × norm match, "
+            "weighted by the donor's edit size; how it ranks measured gains: benchmarks/results/transfer_score.json)")

@@ -203,16 +203,22 @@ class Recipient(TextEngine):
                              f"through {self.model.path.name}"):
             return self._prefill_chunks(ids, entries, record, all_logits)
 
-    def _prefill_chunks(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool) -> np.ndarray:
+    def _prefill_chunks(self, ids: list[int], entries, record: np.ndarray | None, all_logits: bool,
+                        start: int = 0) -> np.ndarray:
+        """``start`` > 0: the KV memory already holds ``ids[:start]`` (unedited rows, e.g. a served chat
+        template prefix); only the rest is decoded (not with ``record`` / ``all_logits``)."""
         self._request += 1
-        self.ctx.clear()
+        if start:
+            self.ctx.keep_prefix(start)
+        else:
+            self.ctx.clear()
         self.editor.load(entries)
         self.editor.set_record(record)
         T, U = len(ids), self.n_ubatch
         every = all_logits or record is not None
         out = []
         try:
-            for pos0 in range(0, T, U):
+            for pos0 in range(start, T, U):
                 chunk = ids[pos0:pos0 + U]
                 n, last = len(chunk), pos0 + U >= T
                 mode = "all" if every else ("last" if last else "none")
