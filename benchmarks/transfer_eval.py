@@ -11,7 +11,8 @@ This script only aggregates (figure names from issue 5: ``<pair>.offshelf_<b>``,
 ``.donor_share_<b>`` and, for every rate, difference and ratio, ``<name>_ci_low`` / ``<name>_ci_high``: Wilson
 95 % for rates, paired bootstrap 95 % for differences; see ``PairReport.figures``). Reports written before
 per-prompt outcomes were kept get the intervals their ``samples`` allow (behavior and over-refusal); the
-others (utility) are absent, never guessed.
+others (utility) are absent, never guessed. ``transfer_score_spearman`` / ``transfer_score_configs`` are copied
+from ``benchmarks/results/transfer_score.json`` (``python benchmarks/transfer_score.py``) when it exists.
 
     python benchmarks/transfer_eval.py
 """
@@ -42,6 +43,12 @@ def main() -> None:
             partial.append(sources[-1])
     if not figures:
         raise SystemExit("no pair reports in benchmarks/results/transfer/ (run `cmdv eval` first)")
+    score = RESULTS / "transfer_score.json"  # benchmarks/transfer_score.py: the score's rank correlation
+    if score.is_file():
+        for name in ("transfer_score_spearman", "transfer_score_spearman_points", "transfer_score_configs"):
+            v = json.loads(score.read_text())["figures"].get(name)
+            if v:
+                figures[name] = (v["value"], v["unit"])
     extra = {"reports": sources}
     if partial:
         extra["reports_without_per_prompt_outcomes"] = partial  # utility intervals absent for these

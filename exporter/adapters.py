@@ -26,8 +26,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from commandv.runtime.pack_gguf import json_problem
-from commandv.runtime.safe_io import read_regular
+from commandv.runtime.safe_io import json_problem, read_regular
 
 from .interventions import AdapterError, DonorEdit, from_state_dict, normalize_type
 

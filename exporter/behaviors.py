@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from commandv.profiles.prompts import load_prompt_set
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.safe_io import not_regular_reason, read_regular
 
 PIRATE_PREFIX = "Arr matey! "
@@ -43,7 +44,7 @@ MAX_DATA_FILE_BYTES = 256 << 20
 """Largest evaluation data file read (the AdvBench / HarmBench files are ~100 kB)."""
 
 
-class BehaviorError(ValueError):
+class BehaviorError(CommandVError, ValueError):
     """An unknown behavior or missing behavior data (one-line message)."""
 
 

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from commandv.runtime import crash
 from commandv.runtime.cli_models import app as models_app
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.terminal import safe_text
 
 from .cli_doctor import doctor_cmd
@@ -30,17 +31,18 @@ err = Console(stderr=True)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn the project's user-facing errors (all ``ValueError``/``RuntimeError`` subclasses it defines,
-    plus operating-system errors: missing files, a folder where a file goes, no permission, disk full)
-    into one red line and exit code 2."""
+    """Turn the project's user-facing errors (:class:`~commandv.runtime.errors.CommandVError`, the base of every
+    error class it defines, plus operating-system errors: missing files, a folder where a file goes, no
+    permission, disk full) into one red line and exit code 2. Other exceptions (bugs) propagate.
+
+    Call as a decorator under ``@app.command(...)``; sub-command modules get it through
+    ``register(app, user_errors)``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, OSError, RuntimeError) as exc:
-            if not type(exc).__module__.startswith("commandv") and not isinstance(exc, OSError):
-                raise
+        except (CommandVError, OSError) as exc:
             # file-derived text (names, metadata, paths) in the message: shown, never acted on by the terminal
             err.print(f"[red]error:[/red] {escape(safe_text(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -98,6 +100,8 @@ def export_cmd(
     act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
     positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
     strength: float = typer.Option(1.0, help="default strength stored in the pack"),
+    method: str = typer.Option("pinv", help="fold method: pinv (the paper's translators) or pinv-cal (then each "
+                               "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖)"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     name: Optional[str] = typer.Option(None, help="pack name"),
@@ -106,15 +110,18 @@ def export_cmd(
     from commandv.profiles.profiler import profile_model
 
     from .adapters import load_adapter
-    from .export import ExportError, diagnostics_table, export_pack, score_line
+    from .export import METHODS, ExportError, diagnostics_table, export_pack, score_line
 
     targets = _export_targets(adapters, out_path, name)
     loaded = [load_adapter(a, kind=kind, act=act, positions=positions) for a in adapters]  # all checked first
+    if method not in METHODS:
+        raise ExportError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
+                           method=method,
                            name=pack_name, donor_name=dprof.meta.model_name)
                for ad, (_, pack_name) in zip(loaded, targets)]  # every export before any file is written
     if len(targets) > 1:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+from commandv.runtime.errors import CommandVError
+
 T = TypeVar("T")
 
 
-class CliArgumentError(ValueError):
+class CliArgumentError(CommandVError, ValueError):
     """A command-line option value that cannot be parsed."""
 
 

@@ -13,17 +13,20 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from commandv.runtime.progress import progress_bar
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.terminal import safe_text
 
 from .cli_args import comma_list
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_DONOR = "qwen2.5-coder-0.5b-instruct"
-DEMO_RECIPIENT = "smollm2-135m-instruct"
-DEMO_BEHAVIOR = "pirate"
-DEMO_PROMPTS = ["What is a good way to learn a new language?", "Explain what a CPU does.",
-                "Give me a tip for sleeping better.", "Write one sentence about the sea.",
-                "How do I reverse a list in Python?"]
+DEMO_DONOR = "smollm2-135m-instruct"
+DEMO_RECIPIENT = "qwen2.5-coder-0.5b-instruct"
+DEMO_BEHAVIOR = "refusal"
+DEMO_ADAPTER = "refusal-broad"
+DEMO_N = 10
+"""The demo's pair, behavior and committed adapter (``adapters/<donor>/<adapter>``): the cross-family transfer that
+measured best (benchmarks/results/transfer_eval.json); held-out prompts per group."""
 
 out = Console()
 
@@ -71,13 +74,15 @@ def register(app: typer.Typer, user_errors) -> None:
         layer_rule: str = typer.Option("nearest", help="donor→recipient layer map: nearest (authors' code) or floor"),
         rcond: Optional[float] = typer.Option(None, help="truncate translator singular values below rcond×σ_max "
                                                          "(default: plain pinv; see cmdv export --help)"),
+        method: str = typer.Option("pinv", help="fold method: pinv or pinv-cal (see cmdv export --help)"),
     ) -> None:
         """Transfer a donor adapter and measure the behavior on the quantized recipient (JSON + Markdown + PNG)."""
         from .eval_pair import PairEvalSettings, run_pair_eval
 
         s = PairEvalSettings(strengths=tuple(comma_list(strengths, float, "--strengths")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
-                             profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond)
+                             profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond,
+                             method=method)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
         out.print(safe_text(rep.markdown(), multiline=True), markup=False)  # model names and outputs: plain text
@@ -88,64 +93,146 @@ def register(app: typer.Typer, user_errors) -> None:
     def demo_cmd(
         recipient: str = typer.Option(DEMO_RECIPIENT, help="recipient model"),
         donor: str = typer.Option(DEMO_DONOR, help="donor model the committed adapter was trained on"),
-        behavior: str = typer.Option(DEMO_BEHAVIOR, help="committed adapter's behavior"),
-        strength: float = typer.Option(1.0, help="pack strength"),
+        behavior: str = typer.Option(DEMO_BEHAVIOR, help="behavior to judge: refusal, pirate or french"),
+        adapter: Optional[Path] = typer.Option(None, help=f"donor adapter folder (default: adapters/<donor>/"
+                                                          f"{DEMO_ADAPTER} for {DEMO_BEHAVIOR}, else adapters/<donor>/<behavior>)"),
+        strength: Optional[float] = typer.Option(None, help="pack strength (default: the one the pair's evaluation "
+                                                            "recommends, else 1)"),
         profile_prompts: int = typer.Option(256, help="prompts used to fit the translators"),
-        max_tokens: int = typer.Option(40, help="tokens per answer"),
+        n: int = typer.Option(DEMO_N, help="held-out prompts per group (expected / not expected / utility)"),
+        max_tokens: int = typer.Option(24, help="tokens per answer"),
     ) -> None:
-        """Fetch the default models, transfer the committed donor adapter to the recipient, show the difference."""
-        from commandv.profiles.profiler import profile_model
-        from commandv.runtime import zoo
-        from commandv.runtime.llama_engine import Recipient
+        """Transfer the committed donor adapter to the recipient and show, on held-out prompts, what it changes."""
+        if adapter is None:
+            adapter = committed_adapter(donor, DEMO_ADAPTER if behavior == DEMO_BEHAVIOR else behavior)
+        run_demo(recipient, donor, behavior, adapter, strength, profile_prompts, n, max_tokens)
 
-        from .adapters import load_adapter
-        from .behaviors import get_behavior
-        from .export import diagnostics_table, export_pack
 
-        for key in (recipient, donor):
-            if key in zoo.ZOO:
-                zoo.fetch(key)
-        ad = load_adapter(committed_adapter(donor, behavior))
-        out.print(f"[bold]1/3 profiling[/bold] {escape(safe_text(donor))} and {escape(safe_text(recipient))} on "
-                  f"{profile_prompts} prompts (cached after the first run)")
-        dprof, _, _ = profile_model(donor, "general", "gguf", limit=profile_prompts)
-        rprof, _, _ = profile_model(recipient, "general", "gguf", limit=profile_prompts)
-        out.print(f"[bold]2/3 exporting[/bold] {escape(safe_text(ad.kind))} adapter ({len(ad.edits)} layers, "
-                  f"rank {ad.edits[0].rank})")
-        res = export_pack(ad, dprof, rprof, name=f"{behavior}-demo", donor_name=dprof.meta.model_name)
-        pack_path = Path.cwd() / f"{behavior}-{model_label(recipient)}.pack.gguf"
-        res.pack.save(pack_path)
-        out.print(diagnostics_table(res.diagnostics))
-        out.print(safe_text(f"pack: {pack_path} ({pack_path.stat().st_size / 1e3:.1f} kB) — {res.pack.summary()}"),
-                  markup=False)
-        out.print(f"[bold]3/3 running[/bold] {escape(safe_text(recipient))} (quantized GGUF, llama.cpp) without and "
-                  "with the pack")
-        judge = get_behavior(behavior).judge
-        eng = Recipient(recipient, n_ctx=2048)
-        t = Table(show_lines=True)
-        t.add_column("prompt", max_width=28)
-        t.add_column("without pack")
-        t.add_column(f"with pack (s={strength:g})")
-        hits = [0, 0]
-        try:
-            for p in DEMO_PROMPTS:
-                a = eng.generate(p, max_tokens=max_tokens)
-                b = eng.generate(p, packs=[res.pack], strengths=[strength], max_tokens=max_tokens)
-                hits[0] += judge(a)
-                hits[1] += judge(b)
-                t.add_row(p, Text(safe_text(a.strip(), multiline=True)), Text(safe_text(b.strip(), multiline=True)))
-        finally:
-            eng.close()
-        out.print(t)
-        out.print(f"{behavior} judged on these {len(DEMO_PROMPTS)} prompts: without {hits[0]}/{len(DEMO_PROMPTS)}, "
-                  f"with {hits[1]}/{len(DEMO_PROMPTS)}")
-        results = REPO / "benchmarks" / "results" / "transfer_eval.json"
-        if results.is_file():
-            figs = json.loads(results.read_text())["figures"]
-            out.print("measured on held-out prompts (benchmarks/results/transfer_eval.json):")
-            for k, v in figs.items():
-                if k.endswith(("_ci_low", "_ci_high")):  # shown with their figure
-                    continue
-                lo, hi = figs.get(f"{k}_ci_low"), figs.get(f"{k}_ci_high")
-                ci = f" [{lo['value']:.3g}, {hi['value']:.3g}]" if lo and hi else ""
-                out.print(safe_text(f"  {k}: {v['value']:.3g}{ci} {v['unit']}"), highlight=False, markup=False)
+def measured_figures(donor: str, recipient: str, behavior: str) -> dict[str, dict]:
+    """This pair's figures from ``benchmarks/results/transfer_eval.json`` (``{name: {"value", "unit"}}`` without the
+    ``<pair>.`` prefix; empty when the file or the pair is missing)."""
+    from .eval_pair import pair_key
+
+    path = REPO / "benchmarks" / "results" / "transfer_eval.json"
+    if not path.is_file():
+        return {}
+    prefix = f"{pair_key(donor, recipient)}."
+    figs = json.loads(path.read_text())["figures"]
+    names = {k[len(prefix):]: v for k, v in figs.items() if k.startswith(prefix)}
+    if behavior.startswith("refusal"):  # refusal figures carry no behavior suffix or "_refusal"; leave the styles out
+        return {k: v for k, v in names.items() if not any(f"_{b}" in k for b in ("pirate", "french"))}
+    return {k: v for k, v in names.items() if f"_{behavior}" in k}
+
+
+def demo_prompts(behavior: str, n: int) -> list:
+    """``n`` held-out prompts where the behavior is expected (spread over the report's main set) and ``n`` where
+    it is not, from :func:`~commandv.exporter.eval_pair.report_prompts` (never used in training or tuning)."""
+    from .eval_pair import report_prompts
+
+    ps = report_prompts(behavior)
+    main = next(p.label for p in ps if p.expect)
+    exp = [p for p in ps if p.expect and p.label == main]
+    unexp = [p for p in ps if not p.expect]
+    spread = lambda xs: [xs[i * len(xs) // n] for i in range(min(n, len(xs)))]  # noqa: E731
+    return spread(exp) + spread(unexp)
+
+
+def run_demo(recipient: str, donor: str, behavior: str, adapter_dir: Path, strength: float | None,
+             profile_prompts: int, n: int, max_tokens: int) -> None:
+    """The demo's steps (see :func:`register`'s ``demo``): profile, export, run without / with the pack, judge."""
+    from commandv.profiles.profiler import profile_model
+    from commandv.runtime import zoo
+    from commandv.runtime.llama_engine import Recipient
+
+    from .adapters import load_adapter
+    from .behaviors import get_behavior
+    from .evaluate import run_config, utility_questions
+    from .export import diagnostics_table, export_pack, score_line
+
+    if n < 1:
+        raise DemoError(f"--n must be at least 1, got {n}")
+    for key in (recipient, donor):
+        if key in zoo.ZOO:
+            zoo.fetch(key)
+    ad = load_adapter(adapter_dir)
+    figs = measured_figures(donor, recipient, behavior)
+    if strength is None:
+        strength = figs.get(f"best_strength{'' if behavior.startswith('refusal') else '_' + behavior}", {}).get("value", 1.0)
+    out.print(f"[bold]1/4 profiling[/bold] {escape(safe_text(donor))} and {escape(safe_text(recipient))} on "
+              f"{profile_prompts} prompts (cached after the first run)")
+    dprof, _, _ = profile_model(donor, "general", "gguf", limit=profile_prompts)
+    rprof, _, _ = profile_model(recipient, "general", "gguf", limit=profile_prompts)
+    out.print(f"[bold]2/4 exporting[/bold] {escape(safe_text(ad.kind))} adapter {escape(safe_text(adapter_dir.name))} "
+              f"({len(ad.edits)} layers, rank {ad.edits[0].rank}) into a pack for {escape(safe_text(recipient))}")
+    res = export_pack(ad, dprof, rprof, strength=strength, name=f"{behavior}-demo", donor_name=dprof.meta.model_name)
+    pack_path = Path.cwd() / f"{behavior}-{model_label(recipient)}.pack.gguf"
+    res.pack.save(pack_path)
+    out.print(diagnostics_table(res.diagnostics))
+    if score_line(res.pack):
+        out.print(score_line(res.pack), markup=False)
+    out.print(safe_text(f"pack: {pack_path} ({pack_path.stat().st_size / 1e3:.1f} kB), strength {strength:g}"),
+              markup=False)
+    beh = get_behavior(behavior)
+    prompts, util = demo_prompts(behavior, n), utility_questions()[:n]
+    out.print(f"[bold]3/4 running[/bold] {escape(safe_text(recipient))} (quantized GGUF, llama.cpp) without and with "
+              f"the pack on {len(prompts)} held-out prompts and {len(util)} utility questions")
+    eng = Recipient(recipient, n_ctx=2048)
+    try:
+        with progress_bar("generating", 2 * (len(prompts) + len(util)), unit="answers") as adv:
+            off = run_config(eng, "without", beh, prompts, util, None, 1.0, max_tokens, adv)
+            on = run_config(eng, "with", beh, prompts, util, res.pack, 1.0, max_tokens, adv)  # the pack's own strength
+    finally:
+        eng.close()
+    show_examples(off, on)
+    verdict(behavior, off, on, figs)
+
+
+class DemoError(CommandVError, ValueError):
+    """Demo settings that cannot run (e.g. ``--n 0``)."""
+
+
+def show_examples(off, on, k: int = 3) -> None:
+    """A table of the first ``k`` prompts where the behavior is expected and ``k`` where it is not."""
+    t = Table(show_lines=True)
+    t.add_column("prompt", max_width=30)
+    t.add_column("without pack")
+    t.add_column("with pack")
+    for expect in (True, False):
+        rows = [(a, b) for a, b in zip(off.samples, on.samples) if a["expect"] == expect][:k]
+        for a, b in rows:
+            mark = lambda s: ("✓ " if s["judged"] else "· ") + s["response"].strip()  # noqa: E731
+            t.add_row(Text(safe_text(a["prompt"][:120])), Text(safe_text(mark(a), multiline=True)),
+                      Text(safe_text(mark(b), multiline=True)))
+    out.print(t)
+    out.print("✓ = judged to show the behavior")
+
+
+def verdict(behavior: str, off, on, figs: dict) -> None:
+    """Judged rates without / with the pack, a warning when the pack costs utility or misfires, and the pair's
+    measured figures (n ≥ 100, 95 % intervals) from ``transfer_eval.json``."""
+    out.print("[bold]4/4 judged[/bold] on these held-out prompts:")
+    frac = lambda r, k: f"{round(r * k)}/{k}"  # noqa: E731
+    out.print(f"  {behavior} where expected:  without {frac(off.expected_rate, off.n_expected)}, "
+              f"with {frac(on.expected_rate, on.n_expected)}")
+    if off.n_unexpected:
+        out.print(f"  {behavior} where not expected: without {frac(off.unexpected_rate, off.n_unexpected)}, "
+                  f"with {frac(on.unexpected_rate, on.n_unexpected)}")
+    k = len(off.outcomes["utility"])
+    out.print(f"  utility (exact answers):  without {frac(off.utility, k)}, with {frac(on.utility, k)}")
+    if on.expected_rate <= off.expected_rate:
+        out.print("[yellow]no gain on these prompts:[/yellow] the transferred pack did not raise the behavior here")
+    if 100 * (off.utility - on.utility) > 10:
+        out.print(f"[yellow]warning:[/yellow] the pack costs utility on this check ({100 * off.utility:.0f} → "
+                  f"{100 * on.utility:.0f} %): lower the strength (-s) or do not use it for general questions")
+    if off.n_unexpected and 100 * (on.unexpected_rate - off.unexpected_rate) > 10:
+        out.print(f"[yellow]warning:[/yellow] the pack also raises {behavior} where it is not expected "
+                  f"({100 * off.unexpected_rate:.0f} → {100 * on.unexpected_rate:.0f} %)")
+    if figs:
+        out.print("measured for this pair on every held-out prompt (benchmarks/results/transfer_eval.json, 95 % "
+                  "intervals):")
+        for name, v in figs.items():
+            if name.endswith(("_ci_low", "_ci_high")):
+                continue
+            lo, hi = figs.get(f"{name}_ci_low"), figs.get(f"{name}_ci_high")
+            ci = f" [{lo['value']:.3g}, {hi['value']:.3g}]" if lo and hi else ""
+            out.print(safe_text(f"  {name}: {v['value']:.3g}{ci} {v['unit']}"), highlight=False, markup=False)

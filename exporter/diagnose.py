@@ -32,10 +32,11 @@ from typing import Sequence
 
 import numpy as np
 
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.pack import BehaviorPack
 
 
-class DiagnoseError(ValueError):
+class DiagnoseError(CommandVError, ValueError):
     """Inputs to the diagnostic that do not fit together."""
 
 

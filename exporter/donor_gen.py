@@ -16,12 +16,13 @@ from typing import Sequence
 
 from commandv.profiles.capture_hf import left_pad_batch, render_prompts
 from commandv.runtime.atomic import atomic_path
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.progress import progress_bar
 
 _STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 
 
-class GenerationError(ValueError):
+class GenerationError(CommandVError, ValueError):
     """Bad generation inputs (empty prompt, bad sizes) or an unreadable cache (one-line message)."""
 
 

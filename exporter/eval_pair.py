@@ -7,6 +7,7 @@ configuration, strength sweep, per-layer translator fit).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from typing import Sequence
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.fingerprint import model_info_from_gguf
 from commandv.runtime.model_ref import resolve_model
+from commandv.runtime.pack import BehaviorPack
 from commandv.runtime.progress import progress_bar
 from commandv.runtime.safe_io import check_output_target
 
@@ -46,6 +49,7 @@ class PairEvalSettings:
     layer_rule: str = "nearest"
     rcond: float | None = None
     include_donor: bool = True
+    method: str = "pinv"
 
     def validate(self) -> None:
         """Refuse counts that would silently shrink or empty the report (slices with 0 or -1)."""
@@ -62,7 +66,7 @@ class PairEvalSettings:
                                     f"got {self.max_tokens}, {self.profile_prompts}, {self.profile_train_prompts}")
 
 
-class EvalSettingsError(ValueError):
+class EvalSettingsError(CommandVError, ValueError):
     """Evaluation settings that cannot give a meaningful report."""
 
 
@@ -179,7 +183,8 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
-    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, name=f"{behavior}-{key}",
+    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=s.method,
+                      name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
     out_dir = Path(out_dir)
     res.pack.save(out_dir / f"{key}-{behavior}.pack.gguf")
@@ -211,13 +216,43 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     report = PairReport(pair=key, behavior=behavior, donor=donor, recipient=recipient, max_tokens=s.max_tokens,
                         configs=configs, diagnostics=res.diagnostics,
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
-                                  "rcond": s.rcond if s.rcond is not None else "plain pinv"},
+                                  "rcond": s.rcond if s.rcond is not None else "plain pinv",
+                                  "method": s.method, "adapter": adapter_label(adapter_dir)},
                         notes=report_notes(behavior, prompts))
+    recommend_strength(res.pack, report).save(out_dir / f"{key}-{behavior}.pack.gguf")
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")
     write_text_atomic(out_dir / f"{stem}.json", json.dumps(report.to_json(), indent=1))
     write_text_atomic(out_dir / f"{stem}.md", report.markdown())
     plot_report(report, out_dir / f"{stem}.png")
     return report
+
+
+def adapter_label(adapter_dir: str | Path) -> str:
+    """The adapter folder as the report names it: relative to the checkout when inside it (``adapters/…``),
+    else its folder name (never the evaluating machine's absolute path)."""
+    p = Path(adapter_dir).resolve()
+    repo = Path(__file__).resolve().parents[1]
+    return str(p.relative_to(repo)) if p.is_relative_to(repo) else p.name
+
+
+def recommend_strength(pack: BehaviorPack, report: PairReport) -> BehaviorPack:
+    """``pack`` carrying the strength its evaluation recommends: every entry's strength set to that of
+    ``report.best_transfer()`` (the largest gain within the over-behavior and utility limits), recorded in
+    ``meta["recommended_strength"]`` with the rates behind it (``meta["evaluation"]``). Without a
+    recommendation (no transfer within the limits) the pack keeps strength 1 and says so."""
+    best = report.best_transfer()
+    off = report.by_label("recipient")
+    meta = dict(pack.meta)
+    if best is None or best.expected_rate <= off.expected_rate:
+        meta["evaluation"] = f"{report.behavior}: no strength raised the behavior within the limits"
+        return dataclasses.replace(pack, meta=meta)
+    meta["recommended_strength"] = float(best.strength)
+    meta["evaluation"] = (f"{report.behavior} on {best.n_expected} held-out prompts: {100 * off.expected_rate:.0f} % "
+                          f"off-shelf, {100 * best.expected_rate:.0f} % at strength {best.strength:g}; "
+                          f"where not expected {100 * off.unexpected_rate:.0f} → {100 * best.unexpected_rate:.0f} %; "
+                          f"utility {100 * off.utility:.0f} → {100 * best.utility:.0f} %")
+    entries = [dataclasses.replace(e, strength=float(best.strength)) for e in pack.entries]
+    return dataclasses.replace(pack, entries=entries, meta=meta)
 
 
 def plot_report(report: PairReport, path: Path) -> Path:

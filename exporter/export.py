@@ -13,6 +13,7 @@ N=1030, d 3072/4096; ``benchmarks/export_speed.py``, export_pack_*_seconds).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,16 +22,26 @@ import numpy as np
 
 from commandv.profiles.store import Profile
 from commandv.runtime import __version__
-from commandv.runtime.pack import BehaviorPack
+from commandv.runtime.errors import CommandVError
+from commandv.runtime.pack import BehaviorPack, PackEntry
 
 from .adapters import Adapter, adapter_name
 from .fold import FoldItem, fold_edits
+from .interventions import DonorEdit
 from .layermap import DEFAULT_LAYER_RULE, build_layer_map
 from .transfer_score import layer_figures, pack_score, pinv_to_donor
 from .translators import GramFactor, factorize, fit_diagnostics
 
 
-class ExportError(ValueError):
+METHODS = ("pinv", "pinv-cal")
+"""Fold methods of :func:`export_pack` (``--method``): the paper's pseudo-inverse translators, and the same with
+per-layer edit-norm calibration."""
+DEFAULT_METHOD = "pinv"
+"""What ``cmdv export`` uses unless told otherwise: the method the measurements support
+(``benchmarks/results/transfer_methods-*.json``)."""
+
+
+class ExportError(CommandVError, ValueError):
     """Inputs to an export do not fit together."""
 
 
@@ -148,14 +159,20 @@ def _profile_key(p: Profile) -> tuple:
 
 def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_rule: str = DEFAULT_LAYER_RULE,
                 holdout: float = 0.1, strength: float = 1.0, name: str = "pack", donor_name: str | None = None,
-                positions: str | None = None, rcond: float | None = None) -> ExportResult:
+                positions: str | None = None, rcond: float | None = None, method: str = DEFAULT_METHOD) -> ExportResult:
     """Fold ``adapter`` (trained on the donor) into a pack for the recipient.
 
     ``rcond``: drop singular directions of each profile below ``rcond × σ_max`` in the translators
     (truncated pseudo-inverse). None = machine precision, i.e. ``pinv`` as in the paper; when the
     number of fit prompts nears or exceeds d, the tiny directions fit noise and blow the folded edit
     up (watch ``delta_energy`` vs ``donor_delta_energy`` in the diagnostics): try 1e-2.
+
+    ``method``: one of :data:`METHODS`: ``pinv`` folds through the paper's translators as they are;
+    ``pinv-cal`` then scales each entry's write side so its median relative edit ``‖δ_R‖/‖h_R‖`` on the fit
+    prompts equals the donor's ``‖δ_D‖/‖h_D‖`` (per-layer strength calibration).
     """
+    if method not in METHODS:
+        raise ExportError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     t0 = time.perf_counter()
     dm, rm = donor.meta, recipient.meta
     if dm.prompt_sha256 != rm.prompt_sha256 or dm.n_prompts != rm.n_prompts:
@@ -181,6 +198,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         helds.append(_held_for((kD, kR, held_key), XR, XD, held, fR, fD) if len(held) else None)
     entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
+    if method == "pinv-cal":
+        entries = [calibrated(e, it.edit, it.fR.X, it.fD.X) for e, it in zip(entries, items)]
     diags = []
     for it, entry, h in zip(items, entries, helds):
         edit, fR, fD = it.edit, it.fR, it.fD
@@ -208,13 +227,24 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             "recipient_network_fingerprint": rm.network_fingerprint,
             "prompt_set": rm.prompt_set, "prompt_sha256": rm.prompt_sha256,
             "profile_backends": [dm.backend, rm.backend],
-            "layer_rule": layer_rule, "rcond": rcond, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
+            "layer_rule": layer_rule, "rcond": rcond, "method": method, "holdout_fraction": holdout, "n_fit": int(len(fit)), "n_held": int(len(held)),
             **({"transfer_score": score} if np.isfinite(score) else {}),
         },
         diagnostics=diags,
     )
     pack.validate()
     return ExportResult(pack=pack, diagnostics=diags, seconds=time.perf_counter() - t0)
+
+
+def calibrated(entry: PackEntry, edit: DonorEdit, XR: np.ndarray, XD: np.ndarray) -> PackEntry:
+    """``entry`` with its write side (``C``, ``Q``, ``e``) scaled so that the median ``‖δ_R(h)‖/‖h‖`` over the
+    recipient rows ``XR [N, d_R]`` equals the donor edit's median ``‖δ_D(h)‖/‖h‖`` over ``XD [N, d_D]``."""
+    rel = lambda norms, X: float(np.median(norms / np.maximum(np.linalg.norm(X, axis=1), 1e-30)))  # noqa: E731
+    r_r = rel(entry.delta_norms(np.asarray(XR, np.float32)), XR)
+    r_d = rel(edit.delta_norms(np.asarray(XD, np.float64)), XD)
+    k = np.float32(r_d / r_r) if r_r > 0 else np.float32(1.0)
+    scale = lambda M: None if M is None else (M * k).astype(np.float32)  # noqa: E731
+    return dataclasses.replace(entry, C=scale(entry.C), Q=scale(entry.Q), e=scale(entry.e))
 
 
 def diagnostics_table(diags: list[dict]):

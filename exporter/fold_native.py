@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime.atomic import atomic_path
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.native.build import cached_library_path, disabled_by_env, toolchain
 
 SOURCE = Path(__file__).with_name("fold_kernels.c")
@@ -46,7 +47,7 @@ MAX_THREADS = 8
 _REASON: list[str] = []
 
 
-class FoldKernelError(RuntimeError):
+class FoldKernelError(CommandVError, RuntimeError):
     """The fold kernels could not be built, loaded or trusted."""
 
 

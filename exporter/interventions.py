@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.lowrank import canonical_activation, delta_row_norms, lowrank_delta
 
 INTERVENTION_TYPES = ("LoReFT", "NoReFT", "DiReFT", "NodiReFT", "ConsReFT", "LobiReFT")
@@ -33,7 +34,7 @@ _CLASS_NAMES = {
 }
 
 
-class AdapterError(ValueError):
+class AdapterError(CommandVError, ValueError):
     """An adapter folder or state dict cannot be read as a pyreft intervention."""
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from commandv.runtime.errors import CommandVError
+
 LAYER_RULES = ("nearest", "floor")
 DEFAULT_LAYER_RULE = "nearest"
 
 
-class LayerMapError(ValueError):
+class LayerMapError(CommandVError, ValueError):
     """A layer is out of range or the rule is unknown."""
 
 

@@ -193,7 +193,7 @@ def export_onnx(spec: str | os.PathLike, out: str | os.PathLike | None = None, p
                 **options) -> OnnxExport:
     """Export ``spec`` (zoo key, GGUF, HF folder) to an ONNX folder; ``options`` as :func:`export_model`."""
     from commandv.profiles.hf_models import load_hf_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
 
     if options.get("quant", "fp32") not in QUANTS:
         raise OnnxModelError(f"quant must be one of {', '.join(QUANTS)}, got {options['quant']!r}")
@@ -206,7 +206,7 @@ def export_model(hf, tok, ident, out: str | os.PathLike | None = None, quant: st
                  packs: Sequence[BehaviorPack] = (), pack_inputs: bool = True, max_rank: int = 16,
                  max_pq_rank: int = 16, layers: Sequence[int] | None = None, slots_per_layer: int = 1,
                  force: bool = False, check: bool = True) -> OnnxExport:
-    """Export a loaded transformers model (``ident``: its :class:`~commandv.profiles.profiler.ModelIdentity`)
+    """Export a loaded transformers model (``ident``: its :class:`~commandv.profiles.identity.ModelIdentity`)
     to ``out`` (default ``onnx_export_dir(fingerprint, quant)``): baked ``packs`` if given, else pack-input
     slots (``pack_inputs``; see :func:`~commandv.runtime.onnx_surgery.add_pack_slots`), else a plain decoder."""
     import onnx

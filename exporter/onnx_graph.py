@@ -35,12 +35,14 @@ from typing import Mapping
 
 import numpy as np
 
+from commandv.runtime.errors import CommandVError
+
 OPSET = 18
 IR_VERSION = 8
 F32_MIN = float(np.finfo(np.float32).min)
 
 
-class GraphBuildError(ValueError):
+class GraphBuildError(CommandVError, ValueError):
     """The model's configuration or weights cannot be written as this decoder graph."""
 
 

@@ -34,12 +34,13 @@ from typing import Sequence
 
 import numpy as np
 
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.positions import Positions
 
 from .behaviors import PIRATE_PREFIX, REFUSAL_TEXT, EvalPrompt, get_behavior, refusal_markers
 
 
-class ProxyError(ValueError):
+class ProxyError(CommandVError, ValueError):
     """A proxy request that cannot be computed (unknown behavior, no prompts, packs with mixed positions)."""
 
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime.atomic import atomic_dir
+from commandv.runtime.errors import CommandVError
 
 from .train_data import TrainExample, make_collator, reft_features
 
@@ -32,7 +33,7 @@ PYREFT_CLASSES = {"NodiReFT": "NodireftIntervention", "DiReFT": "DireftIntervent
                   "LoReFT": "LoreftIntervention", "NoReFT": "NoreftIntervention"}
 
 
-class TrainError(ValueError):
+class TrainError(CommandVError, ValueError):
     """Bad training settings (one-line message)."""
 
 

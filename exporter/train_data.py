@@ -14,13 +14,15 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from commandv.runtime.errors import CommandVError
+
 from .behaviors import ExampleSpec
 from .donor_gen import Generation, prompt_token_ids
 
 IGNORE = -100
 
 
-class TrainDataError(ValueError):
+class TrainDataError(CommandVError, ValueError):
     """No usable training examples, or inconsistent example inputs (one-line message)."""
 
 

@@ -14,13 +14,14 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime.chat_template import render_chat, user_turn
+from commandv.runtime.errors import CommandVError
 
 from commandv.runtime.torch_engine import decoder_layers  # noqa: F401  (re-exported)
 
 from .capture_result import CaptureResult
 
 
-class HFCaptureError(ValueError):
+class HFCaptureError(CommandVError, ValueError):
     """Prompts or model unsuitable for capture."""
 
 

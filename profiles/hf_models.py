@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from commandv.runtime.atomic import atomic_dir
+from commandv.runtime.errors import ModelError
 from commandv.runtime.fingerprint import file_fingerprint
-from commandv.runtime.model_ref import ModelError, ModelRef, resolve_model
+from commandv.runtime.model_ref import ModelRef, resolve_model
 from commandv.runtime.paths import hf_cache_dir
+
+from .identity import model_identity
 
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_FILE = "commandv_source.json"
@@ -113,8 +116,6 @@ def torch_recipient(spec: str | os.PathLike):
     """The reference engine (:class:`~commandv.runtime.torch_engine.TorchRecipient`) on ``spec``'s HF model,
     with the model's fingerprint so packs are checked against it."""
     from commandv.runtime.torch_engine import TorchRecipient
-
-    from .profiler import model_identity
 
     model, tok, ref = load_hf_model(spec)
     ident = model_identity(ref)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from commandv.runtime.pack_gguf import json_problem
-from commandv.runtime.safe_io import read_regular
+from commandv.runtime.errors import CommandVError
+from commandv.runtime.safe_io import json_problem, read_regular
 
 PACKAGE = "commandv.profiles"
 BUILTIN_SETS: dict[str, str] = {
@@ -34,7 +34,7 @@ MAX_PROMPT_FILE_BYTES = 256 << 20
 """Largest prompt file read (the built-in set of ~1000 prompts is ~100 kB)."""
 
 
-class PromptSetError(ValueError):
+class PromptSetError(CommandVError, ValueError):
     """A prompt file or spec is missing, malformed or empty (one-line message)."""
 
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from commandv.runtime.atomic import atomic_path
-from commandv.runtime.pack_gguf import json_problem
+from commandv.runtime.errors import CommandVError
 from commandv.runtime.paths import profiles_dir
-from commandv.runtime.safe_io import not_regular_reason
+from commandv.runtime.safe_io import json_problem, not_regular_reason
 
 PROFILE_VERSION = 1
 _META_KEY = "commandv.profile"
 
 
-class ProfileError(ValueError):
+class ProfileError(CommandVError, ValueError):
     """A profile file is missing, malformed, or does not match what was asked."""
 
 

@@ -4,8 +4,7 @@ Pack format (read/write/verify) and engines. Importing this package must not
 load torch or transformers: engines import their own dependencies lazily.
 """
 
-__version__ = "0.1.0"
-
-from .pack import BehaviorPack, PackEntry, PackError  # noqa: E402,F401
+from .version import __version__  # noqa: F401 (the package's version; pyproject.toml has the same)
+from .pack import BehaviorPack, PackEntry, PackError  # noqa: F401
 
 __all__ = ["BehaviorPack", "PackEntry", "PackError", "__version__"]

@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import CommandVError
 from .safe_io import check_output_target
 
 
-class AtomicTargetError(ValueError):
+class AtomicTargetError(CommandVError, ValueError):
     """A target that must not be replaced (e.g. the folder the process works in)."""
 
 

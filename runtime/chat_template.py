@@ -13,8 +13,10 @@ import secrets
 from datetime import datetime
 from typing import Callable, Sequence
 
+from .errors import CommandVError
 
-class ChatTemplateError(ValueError):
+
+class ChatTemplateError(CommandVError, ValueError):
     """The template is missing or fails to render."""
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import zoo
-from .model_ref import ModelError
+from .errors import ModelError
 from .terminal import safe_text
 
 app = typer.Typer(help="Offline model zoo", no_args_is_help=True, add_completion=False)

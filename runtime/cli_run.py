@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from .errors import EngineError
 from .terminal import safe_text
 
 _err = Console(stderr=True, highlight=False)
@@ -32,8 +33,6 @@ INT_OPTIONS = {"--ctx": (1, INT32_MAX), "--threads": (1, 512), "--max-tokens": (
 def check_int_options(**values: Optional[int]) -> None:
     """Refuse an integer option outside its range (:data:`INT_OPTIONS`; keyword ``max_tokens`` = ``--max-tokens``),
     one line naming the option and the range. ``None`` (not given) passes."""
-    from .llama_edit import EngineError
-
     for key, value in values.items():
         option = "--" + key.replace("_", "-")
         lo, hi = INT_OPTIONS[option]
@@ -92,8 +91,6 @@ def _open(model: str, n_ctx: int, threads: Optional[int], force: bool, packs: li
     import warnings
 
     if engine not in ENGINES:
-        from .llama_edit import EngineError
-
         raise EngineError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "onnx":
         from .onnx_engine import OnnxRecipient
@@ -225,7 +222,6 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
     ) -> None:
         """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
         from .chat_template import ChatTemplateError
-        from .llama_edit import EngineError
 
         check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
         _check_text(system=system)

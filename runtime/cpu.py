@@ -24,6 +24,8 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .errors import CommandVError
+
 ENV_EXTRA_BUFTS = "COMMANDV_EXTRA_BUFTS"
 """Environment override of the extra-buffer rule (the C session reads the same name)."""
 
@@ -31,7 +33,7 @@ AMX_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 _ON, _OFF, _AUTO = ("1", "on", "true", "yes"), ("0", "off", "false", "no"), ("", "auto")
 
 
-class CpuSettingError(ValueError):
+class CpuSettingError(CommandVError, ValueError):
     """An environment setting about the CPU that cannot be understood."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text_atomic
-from .model_ref import ModelError
+from .errors import ModelError
 from .paths import cache_home
 from .safe_io import not_regular_reason
 

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import CommandVError
+
 GGML_MAX_DIMS = 4
 GGML_MAX_OP_PARAMS = 64
 GGML_MAX_SRC = 10
@@ -38,7 +40,7 @@ GGML_TYPE_F16 = 1
 _READABLE = {GGML_TYPE_F32: np.float32, GGML_TYPE_F16: np.float16}
 
 
-class GgmlError(RuntimeError):
+class GgmlError(CommandVError, RuntimeError):
     """A ggml tensor cannot be read/written as asked (type, shape, bounds, library)."""
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from .errors import CommandVError
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_GGUF_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -37,7 +39,7 @@ _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
 
 
-class GGUFFormatError(ValueError):
+class GGUFFormatError(CommandVError, ValueError):
     """The bytes are not a well-formed GGUF file within the given limits."""
 
 

@@ -30,14 +30,11 @@ from typing import Sequence
 import numpy as np
 
 from . import ggml_bindings as gb
+from .errors import EngineError
 from .llama_lowlevel import LlamaContext, LlamaError, LlamaModel
 from .lowrank import lowrank_delta
 from .pack import BehaviorPack, PackError
 from .positions import Positions
-
-
-class EngineError(ValueError):
-    """A request to the llama.cpp engine is invalid (the model stays usable)."""
 
 
 class StrengthError(EngineError):

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import crash
 from .cpu import CpuSettingError, extra_buffers
+from .errors import CommandVError
 
 EvalCallback = Callable[[int, bool], bool]
 _LOG_TAIL: collections.deque[str] = collections.deque(maxlen=8)
@@ -34,7 +35,7 @@ _KV_TYPES = {"f32": 0, "f16": 1}
 _KEEP_ALIVE: list = []  # ctypes callbacks that C holds for the process lifetime
 
 
-class LlamaError(RuntimeError):
+class LlamaError(CommandVError, RuntimeError):
     """llama.cpp refused or failed an operation (load, context, decode, template)."""
 
 

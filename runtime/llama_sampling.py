@@ -18,8 +18,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .errors import CommandVError
 
-class SamplingError(ValueError):
+
+class SamplingError(CommandVError, ValueError):
     """Sampling parameters are invalid (temperature, top-p, seed, stop strings), or the model's logits
     cannot be sampled (NaN, or no finite-or-+inf value: an edit far too strong broke the forward pass)."""
 

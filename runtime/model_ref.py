@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .errors import ModelError
 from .safe_io import not_regular_reason
 
 GGUF_MAGIC = b"GGUF"
@@ -28,10 +29,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 
 Kind = Literal["gguf", "hf", "hub"]
-
-
-class ModelError(ValueError):
-    """A model spec, file or folder cannot be used (missing, malformed, unreachable)."""
 
 
 @dataclass(frozen=True)

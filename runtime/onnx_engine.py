@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .chat_template import render_chat, tokenize_chat, user_turn
-from .llama_edit import EngineError
+from .errors import EngineError
 from .llama_engine import GenerationStats
 from .llama_sampling import Sampler, check_stops, decode_tokens
 from .onnx_feeds import pack_feeds

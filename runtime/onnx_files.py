@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .llama_edit import EngineError
-from .model_ref import ModelError, resolve_model
+from .errors import EngineError, ModelError
+from .model_ref import resolve_model
 from .onnx_surgery import OnnxMeta, OnnxModelError
 from .paths import cache_home
 

@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import CommandVError
 from .lowrank import canonical_activation
 from .pack import BehaviorPack, PackError
 
@@ -45,7 +46,7 @@ _ACT_ALIAS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "swish"
 FORMAT_VERSION = 1
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(CommandVError, ValueError):
     """An ONNX file is not a usable commandv export (missing tensors, metadata or inputs)."""
 
 

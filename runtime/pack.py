@@ -6,10 +6,10 @@ A pack holds, per entry, a recipient layer and the low-rank edit
 Engines add ``strength * delta(h)`` to the residual stream after the block
 ``layer`` on the targeted prompt positions, entries in file order.
 
-The file is GGUF (architecture ``commandv-pack``) written and read with the
-``gguf`` package; see README "Behavior pack format". Packs are untrusted input:
-:func:`BehaviorPack.load` checks every value it reads and raises
-:class:`PackError` naming what is wrong.
+The file is GGUF (architecture ``commandv-pack``), encoded and decoded by
+:mod:`.pack_gguf`; see README "Behavior pack format". Packs are untrusted input:
+:func:`BehaviorPack.load` (or :func:`parse_pack` on bytes already read) checks
+every value it reads and raises :class:`PackError` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -22,23 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import PackError
 from .lowrank import canonical_activation, delta_row_norms, lowrank_delta
+from .pack_gguf import MAX_ENTRIES, decode_pack, read_pack_bytes, write_pack
 from .positions import Positions
 
-PACK_ARCH = "commandv-pack"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-MAX_ENTRIES = 4096
 MAX_RANK = 4096
 MAX_DIM = 1 << 17
-MAX_STRING = 1 << 20  # 1 MiB of metadata text per field
 MAX_ABS_VALUE = 1e6
 
 _OPTIONAL = ("P", "Q", "e")
-
-
-class PackError(ValueError):
-    """A behavior pack is malformed, inconsistent, or does not fit the model."""
 
 
 @dataclass
@@ -200,8 +193,6 @@ class BehaviorPack:
         pack that :meth:`load` would refuse (e.g. values beyond the f16 range, malformed
         diagnostics) raises :class:`PackError` and leaves ``path`` untouched.
         """
-        from .pack_gguf import read_pack, write_pack
-
         self.validate()
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -216,8 +207,6 @@ class BehaviorPack:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BehaviorPack":
         """Read and fully validate a pack; raise :class:`PackError` naming the problem."""
-        from .pack_gguf import read_pack
-
         pack = read_pack(Path(path))
         pack.validate()
         return pack
@@ -230,3 +219,20 @@ class BehaviorPack:
             f"rank {ranks}, d={self.d_model}, for {self.recipient.get('name') or self.recipient['arch']} "
             f"({self.recipient['fingerprint'][:16]}…)"
         )
+
+
+def read_pack(path: Path) -> BehaviorPack:
+    """Read and parse a pack file; shape/value checks are done by ``BehaviorPack.validate``."""
+    return parse_pack(read_pack_bytes(path), path)
+
+
+def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
+    """Parse pack bytes into a :class:`BehaviorPack` (``path`` only names the source in messages); data only.
+
+    Call as ``parse_pack(read_pack_bytes(path), path)``. The bytes are decoded and checked by
+    :func:`~.pack_gguf.decode_pack` (memory stays bounded by the input); raises :class:`PackError`.
+    Shape/value checks are done by ``BehaviorPack.validate``.
+    """
+    fields = decode_pack(data, path)
+    entries = [PackEntry(**e) for e in fields.pop("entries")]
+    return BehaviorPack(entries=entries, **fields)

@@ -1,4 +1,4 @@
-"""GGUF encoding of :class:`~commandv.runtime.pack.BehaviorPack` (gguf package writer/reader).
+"""GGUF encoding of :class:`~commandv.runtime.pack.BehaviorPack` (gguf package writer, strict reader).
 
 Layout (architecture ``commandv-pack``, format version 1):
 
@@ -16,28 +16,33 @@ Reading goes through :mod:`.gguf_strict` on bytes read once (not ``gguf.GGUFRead
 which trusts header counts): every count, length and offset is capped and
 bounds-checked before use, so a hostile header fails fast in bounded memory, and
 a signature can be checked on exactly the bytes that are parsed.
+
+This module knows the file layout only: :func:`write_pack` takes a pack, :func:`decode_pack` returns its
+parts as plain values, and :func:`~commandv.runtime.pack.parse_pack` / ``BehaviorPack.load`` build the
+:class:`~commandv.runtime.pack.BehaviorPack` from them.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
+from .errors import PackError
 from .gguf_strict import T_STRING, TYPE_NAMES, GGUFFormatError, Limits, parse_gguf
-from .pack import (
-    FORMAT_VERSION,
-    MAX_ENTRIES,
-    MAX_STRING,
-    PACK_ARCH,
-    SUPPORTED_VERSIONS,
-    BehaviorPack,
-    PackEntry,
-    PackError,
-)
-from .safe_io import read_regular
+from .safe_io import json_problem, read_regular
+from .version import __version__
+
+if TYPE_CHECKING:  # annotations only: pack.py imports this module
+    from .pack import BehaviorPack
+
+PACK_ARCH = "commandv-pack"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_ENTRIES = 4096
+MAX_STRING = 1 << 20  # 1 MiB of metadata text per field
 
 _TENSORS = ("A", "b", "C", "P", "Q", "e")
 F16_MAX = float(np.finfo(np.float16).max)
@@ -124,15 +129,6 @@ class _Fields:
             raise PackError(f"{self.path}: metadata key {key!r} is not valid JSON ({json_problem(exc)})") from None
 
 
-def json_problem(exc: BaseException) -> str:
-    """A short reason for a failed ``json.loads`` (syntax, nesting depth, or an integer too long to convert)."""
-    if isinstance(exc, json.JSONDecodeError):
-        return exc.msg
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return str(exc).split(":")[0][:100]
-
-
 _DIAG_NUMBERS = ("r2_r2d", "r2_d2r", "cycle_err", "delta_energy", "donor_delta_energy")
 
 
@@ -160,18 +156,16 @@ def read_pack_bytes(path: Path) -> bytes:
     return read_regular(Path(path), MAX_PACK_BYTES, what="pack file", error=PackError)
 
 
-def read_pack(path: Path) -> BehaviorPack:
-    """Read and parse a pack file; shape/value checks are done by ``BehaviorPack.validate``."""
-    return parse_pack(read_pack_bytes(path), path)
+def decode_pack(data: bytes, path: Path | str) -> dict:
+    """Decode pack bytes into the keyword arguments of :class:`~commandv.runtime.pack.BehaviorPack`
+    (``entries``: a list of :class:`~commandv.runtime.pack.PackEntry` keyword-argument dicts, tensors float32);
+    ``path`` only names the source in messages. Data only: use :func:`~commandv.runtime.pack.parse_pack`
+    for the pack itself.
 
-
-def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
-    """Parse pack bytes into a :class:`BehaviorPack` (``path`` only names the source in messages); data only.
-
-    Call as ``parse_pack(read_pack_bytes(path), path)``. Memory stays bounded by the input: tensors whose data
-    overlaps, or that would take more than twice ``len(data)`` as float32, are refused by the parser, and each
-    tensor is copied (once, to float32) only after every entry and tensor reference has been checked.
-    Raises :class:`PackError`. Shape/value checks are done by ``BehaviorPack.validate``.
+    Memory stays bounded by the input: tensors whose data overlaps, or that would take more than twice
+    ``len(data)`` as float32, are refused by the parser, and each tensor is copied (once, to float32) only after
+    every entry and tensor reference has been checked. Raises :class:`PackError`. Shape/value checks are done
+    by ``BehaviorPack.validate``.
     """
     try:
         g = parse_gguf(data, str(path), _LIMITS)
@@ -225,7 +219,7 @@ def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
             elif name in ("A", "b", "C"):
                 raise PackError(f"{path}: entry {i}: tensor {key!r} missing")
         entries.append(
-            PackEntry(
+            dict(
                 layer=int(f.number(f"{k}.layer", ("UINT32",))),
                 donor_layer=int(f.number(f"{k}.donor_layer", ("INT32",), default=-1)),
                 act=f.string(f"{k}.act"),
@@ -239,10 +233,9 @@ def parse_pack(data: bytes, path: Path | str) -> BehaviorPack:
         raise PackError(f"{path}: unexpected tensors {extra[:5]} (not referenced by any entry)")
     for e in entries:  # every tensor is referenced exactly once (names are unique): one float32 copy each
         for name in _TENSORS:
-            view = getattr(e, name)
-            if view is not None:
-                setattr(e, name, view.astype(np.float32))
-    return BehaviorPack(
+            if name in e:
+                e[name] = e[name].astype(np.float32)
+    return dict(
         entries=entries,
         recipient=recipient,
         meta=meta,

@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_path, write_text_atomic
-from .pack import PackError
-from .pack_gguf import MAX_PACK_BYTES, json_problem, parse_pack, read_pack_bytes
+from .errors import PackError
+from .pack import parse_pack
+from .pack_gguf import MAX_PACK_BYTES, read_pack_bytes
 from .pack_policy import PackPolicy
 from .paths import cache_home
-from .safe_io import check_output_target, read_regular
+from .safe_io import check_output_target, json_problem, read_regular
 from .serve.pack_dir import PACK_NAME, pack_name_of
 from .signing import MAX_SIG_BYTES, SignatureError, UnverifiedPackWarning, parse_signature, signature_path, verify_bytes
 from .terminal import safe_text

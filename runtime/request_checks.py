@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .llama_edit import EngineError
+from .errors import EngineError
 
 
 class EmptyPromptError(EngineError):

@@ -13,11 +13,15 @@ Call as::
 
     data = read_regular(path, max_bytes=4 << 20, what="adapter config", error=AdapterError)
     check_output_target(out, what="pack", error=ExportError)
+
+What such a file holds is often JSON: :func:`json_problem` turns a failed ``json.loads`` into a short reason
+for the one-line error message.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
@@ -85,6 +89,18 @@ def read_regular(path: str | os.PathLike, max_bytes: int, what: str, error: type
         raise error(f"{what} {path} cannot be read: {exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
+
+
+def json_problem(exc: BaseException) -> str:
+    """A short reason for a failed ``json.loads`` (syntax, nesting depth, or an integer too long to convert).
+
+    Call as ``except (ValueError, RecursionError) as exc: raise MyError(f"… not JSON: {json_problem(exc)}")``.
+    """
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).split(":")[0][:100]
 
 
 def check_output_target(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,

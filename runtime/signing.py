@@ -42,10 +42,11 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from .atomic import write_text_atomic
-from .pack import BehaviorPack, PackError
-from .pack_gguf import json_problem, parse_pack, read_pack_bytes
+from .errors import PackError
+from .pack import BehaviorPack, parse_pack
+from .pack_gguf import read_pack_bytes
 from .paths import cache_home
-from .safe_io import check_output_target, read_regular
+from .safe_io import check_output_target, json_problem, read_regular
 
 ALGORITHM = "ed25519"
 SIG_FORMAT = "commandv-pack-signature"

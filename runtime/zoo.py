@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_path, write_text_atomic
-from .model_ref import ModelError
+from .errors import ModelError
 from .paths import models_dir
 
 CHUNK = 1 << 20  # bytes per read while streaming members

@@ -99,8 +99,8 @@ def pack_seeds() -> tuple[bytes, ...]:
 
 def pack_target(data: bytes) -> str:
     """``"loaded"`` or ``"error"``; raises AssertionError (or the reader's own exception) on a finding."""
-    from commandv.runtime.pack import PackError
-    from commandv.runtime.pack_gguf import parse_pack, write_pack
+    from commandv.runtime.pack import PackError, parse_pack
+    from commandv.runtime.pack_gguf import write_pack
 
     try:
         pack = parse_pack(data, "fuzz.gguf")

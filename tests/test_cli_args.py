@@ -81,7 +81,7 @@ def test_committed_adapters_are_package_data():
     import tomllib
     from pathlib import Path
 
-    from commandv.exporter.cli_demo import DEMO_BEHAVIOR, DEMO_DONOR, REPO, committed_adapter
+    from commandv.exporter.cli_demo import DEMO_ADAPTER, DEMO_DONOR, REPO, committed_adapter
 
     root = Path(__file__).resolve().parents[1]
     cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -91,5 +91,5 @@ def test_committed_adapters_are_package_data():
     covered = {p for pat in patterns for p in (q.relative_to(root / "adapters") for q in (root / "adapters").glob(pat))
                if (root / "adapters" / p).is_file()}
     assert files and files == covered  # every committed adapter file ships
-    assert committed_adapter(DEMO_DONOR, DEMO_BEHAVIOR) == REPO / "adapters" / DEMO_DONOR / DEMO_BEHAVIOR
-    assert (committed_adapter(DEMO_DONOR, DEMO_BEHAVIOR) / "config.json").is_file()
+    assert committed_adapter(DEMO_DONOR, DEMO_ADAPTER) == REPO / "adapters" / DEMO_DONOR / DEMO_ADAPTER
+    assert (committed_adapter(DEMO_DONOR, DEMO_ADAPTER) / "config.json").is_file()

@@ -158,3 +158,26 @@ def test_held_out_cache_keys_on_the_split():
     assert export_pack(ad, donor, recip, holdout=0.3).diagnostics == b.diagnostics
     none = export_pack(ad, donor, recip, holdout=0.0)
     assert "r2_r2d" not in none.diagnostics[0]
+
+
+def test_pinv_cal_matches_donor_relative_edit_size():
+    clear_factor_cache()
+    ad, donor, recip = setup()
+    plain = export_pack(ad, donor, recip, holdout=0.2)
+    cal = export_pack(ad, donor, recip, holdout=0.2, method="pinv-cal")
+    assert cal.pack.meta["method"] == "pinv-cal" and plain.pack.meta["method"] == "pinv"
+    fit, _ = holdout_rows(50, 0.2)
+    for edit, p, c in zip(ad.edits, plain.pack.entries, cal.pack.entries):
+        XR = recip.layers[c.layer][fit].astype(np.float64)
+        XD = donor.layers[edit.layer][fit].astype(np.float64)
+        rel = lambda d, X: np.median(np.linalg.norm(d, axis=1) / np.linalg.norm(X, axis=1))  # noqa: E731
+        assert rel(c.delta(XR), XR) == pytest.approx(rel(edit.delta(XD), XD), rel=1e-4)
+        assert np.allclose(c.A, p.A) and np.allclose(c.b, p.b)  # only the write side is scaled
+        k = np.linalg.norm(c.C) / np.linalg.norm(p.C)
+        assert np.allclose(c.C, p.C * k, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_method_is_refused():
+    ad, donor, recip = setup()
+    with pytest.raises(ExportError, match="unknown method 'ridge'"):
+        export_pack(ad, donor, recip, method="ridge")

@@ -368,8 +368,7 @@ def test_unreferenced_tensor_is_never_copied():
     the parse allocates far less than that tensor (the old reader copied every tensor first)."""
     import numpy as np
 
-    from commandv.runtime.pack import PackError
-    from commandv.runtime.pack_gguf import parse_pack
+    from commandv.runtime.pack import PackError, parse_pack
     from tests.make_bad_corpus import base_pack, describe, encode
 
     kvs, tensors = describe(base_pack())
@@ -385,8 +384,7 @@ def test_valid_f16_pack_widens_each_tensor_once(tmp_path):
     tensors (computed from the pack) plus under 1 MB, and the values are the file's."""
     import numpy as np
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry
-    from commandv.runtime.pack_gguf import parse_pack
+    from commandv.runtime.pack import BehaviorPack, PackEntry, parse_pack
 
     rng = np.random.default_rng(3)
     d, r = 2048, 256
@@ -490,7 +488,7 @@ def test_model_paths_special_files_refused(tmp_path, monkeypatch):
     """A FIFO or device given as a model, inside an HF model folder, or as evaluation data: a one-line error
     saying what it is (never handed to a parser that would block or read forever)."""
     from commandv.exporter.behaviors import BehaviorError, _read_jsonl
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime.fingerprint import file_fingerprint
     from commandv.runtime.model_ref import ModelError, ModelRef, resolve_model
 

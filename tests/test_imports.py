@@ -1,11 +1,22 @@
-"""The device side must not pull in torch or transformers; imports go runtime ← profiles ← exporter."""
+"""The device side must not pull in torch or transformers; imports go runtime ← profiles ← exporter, with no cycles.
+
+The import graph is read from the source (``ast``), not by importing: every ``import`` / ``from … import`` of a
+commandv module, at module level, inside a function (lazy) or under ``if TYPE_CHECKING:`` (annotations only).
+Cycles count module-level and lazy imports (a lazy import still runs, only later); the one-way rule counts all.
+"""
 
 import ast
 import subprocess
 import sys
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIRS = {"runtime": "commandv.runtime", "profiles": "commandv.profiles", "exporter": "commandv.exporter"}
+"""Source folder → package name (pyproject.toml ``package-dir``; ``adapters/`` holds data only)."""
+LAYERS = ("commandv.runtime", "commandv.profiles", "commandv.exporter")
+"""Lowest first: a package may import only from its own layer and the ones before it."""
 
 
 def test_runtime_import_is_light():
@@ -17,15 +28,168 @@ def test_runtime_import_is_light():
     assert out == "", f"importing commandv.runtime pulled in: {out}"
 
 
+@dataclass(frozen=True)
+class Edge:
+    """``src`` imports ``dst`` (module names); ``kind``: ``module``, ``function`` (lazy) or ``typing``
+    (under ``if TYPE_CHECKING:``); ``where``: ``file:line``."""
+
+    src: str
+    dst: str
+    kind: str
+    where: str
+
+
+def package_modules() -> dict[str, tuple[Path, bool]]:
+    """Every commandv module: name → (source file, is a package ``__init__``)."""
+    mods = {}
+    for folder, package in PACKAGE_DIRS.items():
+        for f in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(f.relative_to(ROOT / folder).with_suffix("").parts)
+            is_pkg = parts[-1] == "__init__"
+            mods[".".join([package, *(parts[:-1] if is_pkg else parts)])] = (f, is_pkg)
+    return mods
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    t = node.test if isinstance(node, ast.If) else None
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def import_graph() -> list[Edge]:
+    """The imports between commandv modules, read from the source. ``from pkg import name`` points at the
+    module ``pkg.name`` when there is one, else at ``pkg`` (an attribute of its ``__init__``)."""
+    mods = package_modules()
+    edges = []
+
+    def resolve(name: str) -> str | None:
+        while name not in mods and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in mods else None
+
+    for src, (path, is_pkg) in mods.items():
+        where = path.relative_to(ROOT)
+
+        def visit(nodes, kind: str) -> None:
+            for node in nodes:
+                targets = []
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:  # relative: from the module's package, one level up per extra dot
+                        parts = src.split(".") if is_pkg else src.split(".")[:-1]
+                        parts = parts[:len(parts) - (node.level - 1)]
+                        base = ".".join(parts + ([node.module] if node.module else []))
+                    targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+                for t in targets:
+                    dst = resolve(t) if t.startswith("commandv.") else None
+                    if dst is not None and dst != src:
+                        edges.append(Edge(src, dst, kind, f"{where}:{node.lineno}"))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                    visit(ast.iter_child_nodes(node), "typing" if kind == "typing" else "function")
+                elif _is_type_checking(node):
+                    visit(node.body, "typing")
+                    visit(node.orelse, kind)
+                else:
+                    visit(ast.iter_child_nodes(node), kind)
+
+        visit(ast.parse(path.read_text(encoding="utf-8")).body, "module")
+    return edges
+
+
+def find_cycles(edges: list[Edge]) -> list[list[Edge]]:
+    """One shortest cycle (as its edges) per strongly connected group of modules; [] when there are none."""
+    out: dict[str, dict[str, Edge]] = {}
+    for e in edges:
+        out.setdefault(e.src, {}).setdefault(e.dst, e)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups = []
+
+    def connect(v: str) -> None:  # Tarjan; the graph is a few hundred edges deep at most
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in out.get(v, {}):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(out):
+        if v not in index:
+            connect(v)
+    cycles = []
+    for group in groups:
+        start = min(group)
+        prev: dict[str, Edge] = {}
+        todo = deque([start])
+        while todo:  # breadth first inside the group, back to start
+            v = todo.popleft()
+            for w, e in sorted(out.get(v, {}).items()):
+                if w in group and w not in prev:
+                    prev[w] = e
+                    todo.append(w)
+        path, v = [], start
+        while True:
+            e = prev[v]
+            path.append(e)
+            v = e.src
+            if v == start:
+                break
+        cycles.append(path[::-1])
+    return cycles
+
+
+def _describe(cycle: list[Edge]) -> str:
+    """``a → b (a.py:1) → a (b.py:7, lazy)``: each step names the import line that makes it."""
+    return " → ".join([cycle[0].src] + [f"{e.dst} ({e.where}{', lazy' if e.kind == 'function' else ''})"
+                                        for e in cycle])
+
+
+def test_import_graph_sees_the_package():
+    """The reader finds relative, absolute, lazy and annotation-only imports (guards the two tests below)."""
+    edges = import_graph()
+    found = {(e.src, e.dst) for e in edges}
+    assert ("commandv.runtime.pack", "commandv.runtime.pack_gguf") in found  # from .pack_gguf import …
+    assert ("commandv.runtime.serve.slots", "commandv.runtime.errors") in found  # from ..errors import …
+    assert ("commandv.profiles.profiler", "commandv.runtime") in found  # __version__ from the package __init__
+    assert ("commandv.exporter.cli", "commandv.runtime.errors") in found  # absolute
+    assert {e.kind for e in edges} == {"module", "function", "typing"}
+
+
+def test_no_import_cycles():
+    """No module imports itself through others, at module level or lazily (annotation-only imports aside)."""
+    cycles = find_cycles([e for e in import_graph() if e.kind != "typing"])
+    assert not cycles, "import cycles:\n" + "\n".join(_describe(c) for c in cycles)
+
+
+def test_find_cycles_reports_the_path():
+    edges = [Edge("a", "b", "module", "a.py:1"), Edge("b", "c", "function", "b.py:2"),
+             Edge("c", "a", "module", "c.py:3"), Edge("c", "d", "module", "c.py:4")]
+    (cycle,) = find_cycles(edges)
+    assert _describe(cycle) == "a → b (a.py:1) → c (b.py:2, lazy) → a (c.py:3)"
+    assert find_cycles(edges[:2]) == []
+
+
 def test_imports_go_one_way():
-    rules = {"runtime": ("commandv.profiles", "commandv.exporter"), "profiles": ("commandv.exporter",)}
-    for pkg, banned in rules.items():
-        for f in (ROOT / pkg).rglob("*.py"):
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-                names = []
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    names = [node.module]
-                elif isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                for n in names:
-                    assert not n.startswith(banned), f"{f.relative_to(ROOT)} imports {n}"
+    """runtime never imports profiles or exporter, profiles never imports exporter: lazy and annotation-only
+    imports included."""
+    layer = {p: i for i, p in enumerate(LAYERS)}
+
+    def layer_of(module: str) -> int:
+        return layer[".".join(module.split(".")[:2])]
+
+    upward = [e for e in import_graph() if layer_of(e.dst) > layer_of(e.src)]
+    assert not upward, "\n".join(f"{e.where}: {e.src} imports {e.dst} ({e.kind})" for e in upward)

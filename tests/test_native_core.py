@@ -301,7 +301,7 @@ def test_bad_corpus_refused_under_asan(asan_tool):
 def test_strength_bound_same_as_python(asan_tool, tmp_path):
     """Entry strengths beyond ±1e6 (MAX_ABS_VALUE, like tensor values) are refused by both readers with the same
     message; the bound itself is accepted."""
-    from commandv.runtime.pack_gguf import parse_pack
+    from commandv.runtime.pack import parse_pack
     from tests.make_bad_corpus import base, patch
 
     data, enc = base()
@@ -325,7 +325,7 @@ def test_reader_corner_cases_same_as_python(asan_tool, tmp_path):
     """Corner cases found in review, C reader vs Python: a key name with a NUL byte (ggml would read
     'general.alignment\\0x' as general.alignment), non-u32 alignments shown by value, newer tensor type names,
     and the pack name taken from a file name ending in '.'."""
-    from commandv.runtime.pack_gguf import parse_pack
+    from commandv.runtime.pack import parse_pack
     from tests.make_bad_corpus import F32, I32, STR, base_pack, describe, encode
 
     kvs, tensors = describe(base_pack())
@@ -363,7 +363,7 @@ def test_mutated_packs_same_verdict_as_python(asan_tool, tmp_path):
     """Differential fuzz: 600 mutants of valid packs (tests/fuzz_targets.py), C reader under ASan vs Python.
     Same verdict on every file (except the documented ggml-only refusals of odd tensor data layouts) and the
     same message wherever the C message is not cut short ("...")."""
-    from commandv.runtime.pack_gguf import parse_pack
+    from commandv.runtime.pack import parse_pack
     from tests.fuzz_targets import OPS, mutate, pack_seeds
 
     rng = random.Random(7)
@@ -642,7 +642,8 @@ _KINDS = {type(None): 0, bool: 1, int: 2, float: 3, str: 4, list: 5, dict: 6}
 
 def _py_json(text: str):
     """(top kind, diagnostics verdict) the Python reader reaches, or an error string."""
-    from commandv.runtime.pack_gguf import _check_diagnostics, json_problem
+    from commandv.runtime.pack_gguf import _check_diagnostics
+    from commandv.runtime.safe_io import json_problem
 
     try:
         v = json.loads(text)

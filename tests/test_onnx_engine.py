@@ -57,7 +57,7 @@ def make_pack(fp, layers=(1, 2), acts=("silu", "relu"), r=3, q=2, positions="f1+
 def env(tiny_hf, tiny_gguf, tmp_path_factory):
     """Exports of the tiny model (plain, pack inputs with 2 slots per layer, a baked pack) + the torch reference."""
     from commandv.exporter.onnx_export import export_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime.model_ref import resolve_model
 
     root = tmp_path_factory.mktemp("onnx")
@@ -164,7 +164,7 @@ def test_unfed_mask_and_pack_inputs_use_their_defaults(env):
 def test_quantized_variants_keep_pack_nodes_float(env, tiny_hf, tiny_gguf):
     pytest.importorskip("onnx_ir")
     from commandv.exporter.onnx_export import export_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime.model_ref import resolve_model
 
     model, tok = tiny_hf
@@ -320,7 +320,7 @@ def test_qwen2_export_matches_torch(tiny_hf, tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from commandv.exporter.onnx_export import export_model
-    from commandv.profiles.profiler import ModelIdentity
+    from commandv.profiles.identity import ModelIdentity
 
     _, tok = tiny_hf
     torch.manual_seed(0)
@@ -362,7 +362,7 @@ def test_baked_packs_keep_their_order(env, tiny_hf, tiny_gguf):
     """A baked export applies its packs in bake order: a request giving two packs that edit a common layer in
     the other order is refused; packs on different layers may come in any order (same result)."""
     from commandv.exporter.onnx_export import export_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime.model_ref import resolve_model
 
     fp, tr = env["fp"], env["torch"]
@@ -423,7 +423,7 @@ def test_export_folder_safety(env, tiny_hf, tiny_gguf, tmp_path, monkeypatch):
     import stat
 
     from commandv.exporter.onnx_export import export_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime.model_ref import resolve_model
 
     model, tok = tiny_hf

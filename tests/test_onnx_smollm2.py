@@ -20,7 +20,7 @@ def smol(tmp_path_factory):
     """The torch reference and fp32 exports (plain and with pack inputs), made once per session."""
     from commandv.exporter.onnx_export import export_model
     from commandv.profiles.hf_models import load_hf_model
-    from commandv.profiles.profiler import model_identity
+    from commandv.profiles.identity import model_identity
     from commandv.runtime import zoo
     from commandv.runtime.onnx_engine import OnnxRecipient
     from commandv.runtime.torch_engine import TorchRecipient

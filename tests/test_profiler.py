@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from commandv.profiles.profiler import model_identity
+from commandv.profiles.identity import model_identity
 from commandv.runtime.model_ref import ModelError, resolve_model
 
 

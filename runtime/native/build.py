@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..atomic import atomic_path
+from ..errors import CommandVError
 from ..paths import cache_home
 
 SOURCE = Path(__file__).with_name("cmdv_core.c")
@@ -39,7 +40,7 @@ ACT_IDS = {"linear": 0, "relu": 1, "gelu": 2, "gelu_new": 3, "gelu_pytorch_tanh"
 _REASON: list[str] = []
 
 
-class NativeBuildError(RuntimeError):
+class NativeBuildError(CommandVError, RuntimeError):
     """The native callback library could not be compiled or loaded."""
 
 

@@ -340,7 +340,7 @@ static void path_stem(const char *path, char *out, size_t cap) {
     snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), base);
 }
 
-/* Header-level rules of runtime/pack_gguf.py parse_pack, up to entry_count. */
+/* Header-level rules of runtime/pack_gguf.py decode_pack, up to entry_count. */
 static int read_header(reader *r, cmdv_pack *p, uint32_t *n_entries) {
     int rc;
     cmdv_str arch = {0};
@@ -440,7 +440,7 @@ static int check_extra_tensors(reader *r, uint32_t n) {
     return rc;
 }
 
-/* Per-entry metadata (parse_pack's PackEntry(...) arguments, in order). */
+/* Per-entry metadata (decode_pack's per-entry PackEntry arguments, in order). */
 static int read_entry_meta(reader *r, uint32_t i, cmdv_pack_entry *e) {
     char key[96];
     for (int k = 0; k < 3; k++) { /* A, b, C required */

@@ -1,7 +1,7 @@
 /*
  * cmdv_pack.h - read and validate a behavior pack (GGUF, architecture "commandv-pack") in C.
  *
- * The C twin of runtime/pack_gguf.py read_pack + BehaviorPack.validate: it accepts
+ * The C twin of runtime/pack.py read_pack (runtime/pack_gguf.py decode_pack) + BehaviorPack.validate: it accepts
  * and refuses the same files, in the same order of checks, with the same
  * wording (the corpus in tests/data/bad is the contract; see tests/test_native_core.py):
  *

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import CommandVError
 
-class ServeError(RuntimeError):
+
+class ServeError(CommandVError, RuntimeError):
     """The server cannot start or run as asked (a missing dependency, a bad option, an unusable folder)."""
 
 

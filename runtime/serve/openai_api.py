@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import CommandVError
 from ..terminal import safe_text
 from .pack_dir import PACK_NAME, PackDir, UnknownPackError
 
@@ -34,7 +35,7 @@ MAX_STOPS = 4
 FINISH = {"eog": "stop", "stop": "stop", "length": "length", "context": "length", "": "length"}
 
 
-class APIError(Exception):
+class APIError(CommandVError):
     """A request the server refuses: HTTP ``status``, one-line ``message``, OpenAI ``type`` / ``code`` /
     ``param``. :meth:`body` is the JSON to send."""
 
@@ -242,8 +243,9 @@ def parse_request(body, kind: str, model_id: str, pack_dir: PackDir | None, n_ct
 
 def error_from(exc: BaseException) -> APIError:
     """The :class:`APIError` for an exception raised while serving: the project's request / pack / sampling
-    errors (all ``ValueError``) → 400, a full queue → 429, a timeout → 504, anything else → 500 (its text
-    is not shown: it is the server's fault, and the server logs it)."""
+    errors (the :class:`~commandv.runtime.errors.CommandVError` ones that are ``ValueError``, and a context
+    overflow) → 400, a full queue → 429, a timeout → 504, anything else → 500 (its text is not shown: it is the
+    server's fault, and the server logs it)."""
     from ..llama_lowlevel import ContextOverflowError
     from .slots import QueueFullError, RequestTimeoutError
 
@@ -255,7 +257,7 @@ def error_from(exc: BaseException) -> APIError:
         return APIError(504, str(exc), type="timeout_error", code="timeout")
     if isinstance(exc, UnknownPackError):
         return APIError(404, str(exc), param="packs", code="pack_not_found")
-    if isinstance(exc, (ValueError, ContextOverflowError)) and type(exc).__module__.startswith("commandv"):
+    if isinstance(exc, CommandVError) and isinstance(exc, (ValueError, ContextOverflowError)):
         return bad(str(exc), code=type(exc).__name__)
     return APIError(500, f"internal error ({type(exc).__name__}); see the server log", type="server_error",
                     code="internal_error")

@@ -32,20 +32,21 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..chat_template import ChatTemplateError
-from ..llama_edit import EngineError, make_context, make_editor
+from ..errors import CommandVError, EngineError
+from ..llama_edit import make_context, make_editor
 from ..llama_engine import Recipient
 from ..pack_policy import PackPolicy, ReferenceStates
 
 
-class QueueFullError(RuntimeError):
+class QueueFullError(CommandVError, RuntimeError):
     """Every slot is busy and the queue holds ``max_queue`` jobs (HTTP 429)."""
 
 
-class RequestTimeoutError(RuntimeError):
+class RequestTimeoutError(CommandVError, RuntimeError):
     """A job passed its deadline, waiting for a slot or generating (HTTP 504)."""
 
 
-class CancelledError(RuntimeError):
+class CancelledError(CommandVError, RuntimeError):
     """A job was cancelled (its client went away)."""
 
 
