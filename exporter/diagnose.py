@@ -1,4 +1,4 @@
-"""Where does a transferred edit point? Compare it with the recipient's own directly trained adapter (issue 20).
+"""Where does a transferred edit point? Compare it with the recipient's own directly trained adapter.
 
 For one recipient, a transferred pack (e.g. Qwen0.5B → SmolLM2 refusal) and an adapter trained directly on the
 recipient for the same behavior (folded as a self-pack, :func:`.evaluate.adapter_pack`), on the same prompts

@@ -1,14 +1,21 @@
 """Adapter + two profiles → behavior pack (with held-out fit diagnostics).
 
+Call :func:`export_pack` with a donor adapter (:func:`~.adapters.load_adapter`) and two profiles made on the
+same prompts (:func:`commandv.profiles.profile_model`: per layer ``[N, d_D]`` for the donor, ``[N, d_R]`` for
+the recipient)::
+
+    res = export_pack(load_adapter("adapters/qwen2.5-coder-0.5b-instruct/pirate"), donor_profile, recipient_profile)
+    res.pack.save("pirate.gguf")  # res.diagnostics: one dict per layer pair; res.seconds: wall time
+
 Steps: check the profiles share prompts; split rows into fit / held-out; map
 donor layers to recipient layers; factor each profile layer once (cached);
 fold every donor edit; measure held-out R², cycle error and delta energy.
 
 Per process, the factors (per profile layer and fit rows) and each layer pair's
 held-out rows with their R² and cycle error (which do not depend on the adapter)
-are cached, so exporting a second adapter for the same pair only folds it and
-measures its energy: ~45 ms instead of ~2.4 s on the paper's shapes (16 pairs,
-N=1030, d 3072/4096; ``benchmarks/export_speed.py``, export_pack_*_seconds).
+are cached (:func:`clear_factor_cache` empties the cache), so exporting a second
+adapter for the same pair only folds it and measures its energy. How long each
+takes: ``benchmarks/export_speed.py`` and the README.
 """
 
 from __future__ import annotations

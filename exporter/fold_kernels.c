@@ -35,8 +35,8 @@
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 typedef float v8 __attribute__((vector_size(32), aligned(4)));
 
-#define ROWS 8         /* rows of X per register block (fastest of 4-16 measured on a 2-core EPYC) */
-#define AHEAD 512      /* floats of each row read ahead in phase 1 (into L2: prefetcht1; ~5 % faster than NTA) */
+#define ROWS 8         /* rows of X per register block (tuned among 4-16; benchmarks/export_speed.py) */
+#define AHEAD 512      /* floats of each row read ahead in phase 1 (into L2: prefetcht1, which beat NTA) */
 #define AHEAD_T 256    /* … and in phase 3 */
 #define MAX_THREADS 64
 
@@ -244,11 +244,10 @@ static void xt_times_y(const cmdv_fold_job *j, long n, long c0, long c1) {
 /* ------------------------------------------------------------------ the batch, all threads
  * Each job runs as stages of small tasks taken from the job's own counters: filling M, row chunks of
  * phase 1, the solve groups, column chunks of phase 3. A thread claims whole jobs in turn from the
- * batch counter (one streams a profile while another solves: ~20 % faster than every phase on all
- * threads); once none are left it joins an unfinished job and takes its remaining tasks, so the
- * threads finish together instead of one idling through the other's last job (~2 ms of a ~35 ms
- * batch measured) and a single job runs on all threads. Between stages a thread waits (spinning,
- * then yielding) for the tasks other threads hold.
+ * batch counter (one streams a profile while another solves, which beats every phase on all threads);
+ * once none are left it joins an unfinished job and takes its remaining tasks, so the threads finish
+ * together instead of one idling through the other's last job, and a single job runs on all threads.
+ * Between stages a thread waits (spinning, then yielding) for the tasks other threads hold.
  */
 
 #define CH1 16   /* row blocks (ROWS rows each) per phase-1 task */

@@ -4,10 +4,13 @@ A warm fold (factors cached) is, per layer pair, two products (``X_D [N, d_D]`` 
 against 16-32 columns) and two Cholesky solves with ``N×N`` factors. Through numpy, OpenBLAS repacks
 ``X`` for every skinny product and numpy has no ``trsm``, so the solves are many small products.
 ``fold_kernels.c`` streams each ``X`` once with 16-float vector registers, solves with the float32
-factor packed into 16-row panels (:func:`pack_factor`, once per factor: ~0.5 ms at N=1030), and folds
-every pair of an export in one call, so the threads start once
-and no OpenBLAS worker thread spins between the steps (measured on the paper's shapes, 2-core EPYC:
-16 pairs in ~31-37 ms per export against ~82-85 ms through numpy; ``benchmarks/export_speed.py``).
+factor packed into 16-row panels (:func:`pack_factor`, once per factor), and folds every pair of an export
+in one call, so the threads start once and no OpenBLAS worker thread spins between the steps. Timings
+against numpy: ``benchmarks/export_speed.py``.
+
+Call :func:`fold_batch` with one :class:`PairFold` per layer pair → per pair, float32 ``[d_R, w]`` then
+``[w, d_R]`` arrays, or ``None`` (then fold with numpy); :func:`pack_factor` / :func:`chol_solve` solve with
+one factor.
 
 Built on first use with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``;
 ``-O3 -march=native`` when the compiler takes it, else ``-O3``) into
@@ -42,7 +45,7 @@ TUNE = ("-march=native",)
 """Tried first; dropped when the compiler refuses it."""
 
 MAX_THREADS = 8
-"""Threads per batch at most (each batch starts its threads afresh, ~50 µs each)."""
+"""Threads per batch at most (each batch starts its threads afresh, so more threads cost start-up time)."""
 
 _REASON: list[str] = []
 

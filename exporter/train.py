@@ -5,12 +5,15 @@ Settings follow the Command-V authors' code: NodiReFT (``add_bias=True``), rank 
 weight decay 0 (any decay > 0 silently stops LoReFT/DiReFT learning), linear LR
 decay, gradient-norm clip 1.0 (transformers' Trainer default), fp32, fixed seeds.
 
-pyreft 0.1.0 on transformers 5.x needs care (see the project's MODELS.md):
-interventions are built with ``dtype=torch.float32`` and an explicit
-``add_bias``; training is a plain loop around pyreft's own forward (what
-``ReftTrainer.compute_loss`` does) instead of its Trainer subclass; and the
-saved folder is read back with :func:`commandv.exporter.adapters.load_adapter`,
-never ``ReftModel.load``.
+pyreft 0.1.0 on transformers 5.x needs care: interventions are built with
+``dtype=torch.float32`` and an explicit ``add_bias``; training is a plain loop
+around pyreft's own forward (what ``ReftTrainer.compute_loss`` does) instead of
+its Trainer subclass; and the saved folder is read back with
+:func:`commandv.exporter.adapters.load_adapter`, never ``ReftModel.load``.
+
+Call :func:`train_reft` (a transformers model, its tokenizer, examples, :class:`TrainSettings`) →
+``(reft_model, TrainStats)``, then :func:`save_adapter`; ``cmdv train-demo`` (:mod:`.train_demo`) does both
+for a built-in behavior.
 """
 
 from __future__ import annotations

@@ -1,42 +1,33 @@
 """Least-squares translators between two models' activation spaces, via the Gram matrix.
 
-For profiles ``X_R [N, d_R]`` and ``X_D [N, d_D]`` (same N prompts, one layer each):
+For profiles ``X_R [N, d_R]`` and ``X_D [N, d_D]`` (same N prompts, one layer each)::
 
     C_R→D = pinv(X_R) @ X_D   [d_R, d_D]        C_D→R = pinv(X_D) @ X_R   [d_D, d_R]
 
-With N < d, ``pinv(X) = Xᵀ (X Xᵀ)⁺``: everything goes through the N×N Gram
-matrix ``G = X Xᵀ``. We eigendecompose ``G = U diag(λ) Uᵀ`` once per profile
-layer (float64) and keep ``(U, 1/λ)`` for the eigenvalues above the pinv
-cutoff, so the full ``d_R×d_D`` matrices are never formed: products like
-``C_R→D @ W [d_D, r]`` cost ``O(N·d·r)``.
+are applied without forming them: with N < d, ``pinv(X) = Xᵀ (X Xᵀ)⁺``, so each profile layer is factored
+once through its N×N Gram matrix ``G = X Xᵀ`` and a product such as ``C_R→D @ W [d_D, r]`` costs
+``O(N·d·r)``::
 
-Cutoff: ``torch.linalg.pinv`` drops singular values ``σ ≤ rtol·σ_max`` with
-``rtol = max(N, d)·eps(dtype)``; with ``λ = σ²`` that is ``λ ≤ rtol²·λ_max``. We
-use the same rule with eps of the profile's dtype (float32 profiles → float32
-eps), and never keep eigenvalues below ``N·eps64·λ_max`` (the float64 noise
-floor of the Gram eigendecomposition).
+    fR, fD = factorize(X_R), factorize(X_D)
+    CW = fR.pinv_times(fD.x_times(W))  # C_R→D @ W = pinv(X_R) @ (X_D @ W) → float64 [d_R, r]
+    fit = fit_diagnostics(fR, fD, XR_held, XD_held)  # held-out r2_r2d, r2_d2r, cycle_err
 
-Gram precision: for a float32 profile with N ≤ d the Gram is first formed in
-float32 (BLAS ``ssyrk``, ~4× faster than float64; the float64 Gram is most of a
-cold export), Cholesky-factored in float64, and the factor is stored in float32
-(half the bytes for the triangular solves that dominate a warm fold). That
-factor is kept only when it is *measured* to be accurate and the cutoff
-provably does not bite:
+Cutoff: ``torch.linalg.pinv``'s rule, ``σ ≤ rtol·σ_max`` dropped with ``rtol = max(N, d)·eps`` of the
+profile's dtype (``λ = σ²``: ``λ ≤ rtol²·λ_max``), never keeping eigenvalues below the float64 noise floor
+``N·eps64·λ_max``; ``factorize(X, rtol=…)`` truncates harder.
 
-* accuracy probe: for a random ``z``, ``y = X (Xᵀ z)`` is computed exactly in
-  float64 and ``‖G̃⁻¹ y − z‖ / ‖z‖``, solved with the stored float32 factor,
-  must be ≤ :data:`GRAM32_TOL` (1e-5; on well-conditioned profiles it is ~1e-6,
-  below the 5e-6 error of a float32 ``torch.linalg.pinv``);
-* cutoff: the smallest eigenvalue, estimated by inverse iteration (an estimate
-  from above), must exceed 1000× the pinv cutoff, so ``pinv = inverse``.
+Two factorizations, one meaning:
 
-Otherwise (ill-conditioned or rank-deficient profiles, which real LLM profiles
-usually are) the Gram is recomputed in float64 and eigendecomposed as above,
-so the fast path never changes what the translators mean.
+* float32 Cholesky (float32 profiles with N ≤ d): the Gram is formed in float32, Cholesky-factored in float64
+  and the factor stored in float32. It is kept only when a random probe solved with it (against an exact
+  float64 product) is within :data:`GRAM32_TOL` and inverse iteration puts the smallest eigenvalue above the
+  pinv cutoff by a wide margin, so ``pinv = inverse``;
+* otherwise (ill-conditioned or rank-deficient profiles, as real LLM profiles usually are) the float64 Gram:
+  Cholesky when provably above the cutoff, else an eigendecomposition ``G = U diag(λ) Uᵀ`` keeping
+  ``(U, 1/λ)`` above the cutoff.
 
-Solves with the float32 factor run in the native fold kernels (:mod:`.fold_native`, the factor packed
-into panels once) when they are available, else as blocked numpy products
-(:class:`.triangular.TriangularSolver`).
+Solves with a float32 factor run in the native fold kernels (:mod:`.fold_native`) when they are available,
+else as blocked numpy products (:class:`.triangular.TriangularSolver`).
 """
 
 from __future__ import annotations

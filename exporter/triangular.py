@@ -10,16 +10,16 @@ class TriangularSolver:
 
     numpy has no ``trsm``; this inverts the ``block``-sized diagonal blocks once (:func:`tril_inv`) and
     does the rest as matrix products (~``n²·m`` flops per solve). Torch's ``solve_triangular`` would do, but
-    alternating torch (OpenMP) and numpy (OpenBLAS) calls makes their thread pools fight (~10× slower).
+    alternating torch (OpenMP) and numpy (OpenBLAS) calls makes their thread pools fight (many times slower).
     """
 
     def __init__(self, L: np.ndarray, block: int | None = None):
         self.L = L
         n = L.shape[0]
-        if block is None:  # fastest measured for n≈1000, 8-16 right-hand sides (2-core EPYC, OpenBLAS)
+        if block is None:  # tuned for n≈1000 and 8-16 right-hand sides (OpenBLAS); benchmarks/export_speed.py
             block = 128 if L.dtype == np.float32 else 64
         self.bounds = [(s, min(s + block, n)) for s in range(0, n, block)]
-        self.dinv = [tril_inv(L[s:e, s:e], block=32) for s, e in self.bounds]  # ~2× faster than np.linalg.inv
+        self.dinv = [tril_inv(L[s:e, s:e], block=32) for s, e in self.bounds]  # cheaper than np.linalg.inv
 
     def solve_lower(self, Y: np.ndarray) -> np.ndarray:
         """``L⁻¹ Y`` for ``Y [n, m]``."""

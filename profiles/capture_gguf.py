@@ -2,13 +2,15 @@
 
 For each prompt (chat template applied once, generation header included) we
 take the LAST prompt token's output of every transformer block -- llama.cpp's
-graph tensors ``l_out-0`` ... ``l_out-{n_layer-1}`` (before the final norm).
+graph tensors ``l_out-0`` ... ``l_out-{n_layer-1}`` (before the final norm)::
+
+    res = capture_gguf("model.gguf", ["Hello!", "Tell me about rivers."])
+    res.layers[3]  # float32 [2, d_model]: block 3's output at each prompt's last token
 
 By default prompts go one at a time and the tokens every prompt shares (the
 chat template's system prompt and turn header) are decoded once: their KV
-cells are kept and each prompt decodes only its own tail (``reuse_prefix``).
-On a CPU this is faster than batching (see below): the common prefix is often
-a third to a half of a short chat prompt.
+cells are kept and each prompt decodes only its own tail (``reuse_prefix``);
+the common prefix is often a third to a half of a short chat prompt.
 
 With ``batch_prompts`` > 1, several prompts go into one ``llama_decode`` batch
 with distinct sequence ids. The context is built with a unified KV cache and ``n_ubatch`` >= the batch's
@@ -16,8 +18,8 @@ total tokens, so the batch is one micro-batch in batch order and the eval
 callback fires once per layer. ``l_out`` of the last layer only holds the rows
 that produce logits (one per sequence, in order): rows are picked by count.
 Batching costs attention over every cell of the unified cache (masked), which
-on 2 CPU cores outweighs the larger matmuls (SmolLM2-135M Q4_1, 1 thread:
-batch 8 ≈ 1.8 prompts per CPU-second, one at a time ≈ 2.8).
+on a CPU can outweigh the larger matmuls: one prompt at a time with the shared
+prefix is the default; measure before raising ``batch_prompts``.
 """
 
 from __future__ import annotations

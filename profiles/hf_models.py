@@ -1,10 +1,10 @@
 """Load a model with transformers on the workstation (fp32 by default).
 
 ``load_hf_model(spec)`` accepts any spec :func:`commandv.runtime.model_ref.resolve_model`
-does. A GGUF file is dequantized by transformers once (slow: ~17 s for
-SmolLM2-135M, ~66 s for Qwen-1.5B) and saved as a normal HF folder in
-``hf_cache_dir()/<file sha256[:16]>/``; later loads read that folder
-(seconds). HF folders and hub ids load directly.
+does. A GGUF file is dequantized by transformers once (the slow step, longer
+for bigger models) and saved as a normal HF folder in
+``hf_cache_dir()/<file sha256[:16]>/``; later loads read that folder.
+HF folders and hub ids load directly.
 
 torch / transformers are imported lazily so importing this module is cheap.
 """

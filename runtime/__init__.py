@@ -1,10 +1,38 @@
 """commandv.runtime — the device side of Command-V.
 
 Pack format (read/write/verify) and engines. Importing this package must not
-load torch or transformers: engines import their own dependencies lazily.
+load torch, transformers, llama.cpp or ONNX Runtime: the engines are handed out
+lazily (first use imports their module), and they import their own dependencies
+when they load a model.
+
+The public names, in one import::
+
+    from commandv.runtime import BehaviorPack, Recipient
+
+    pack = BehaviorPack.load("pirate-smollm2.gguf")
+    with Recipient("smollm2-135m-instruct") as eng:  # or OnnxRecipient / TorchRecipient: see Engine
+        print(eng.generate("Tell me about rivers.", packs=[pack], max_tokens=64))
 """
 
-from .version import __version__  # noqa: F401 (the package's version; pyproject.toml has the same)
-from .pack import BehaviorPack, PackEntry, PackError  # noqa: F401
+from typing import TYPE_CHECKING
 
-__all__ = ["BehaviorPack", "PackEntry", "PackError", "__version__"]
+from .engine_protocol import Engine
+from .errors import CommandVError, EngineError, ModelError
+from .lazy_names import lazy_names
+from .pack import BehaviorPack, PackEntry, PackError
+from .version import __version__  # the package's version; pyproject.toml has the same
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__ below
+    from .llama_engine import Recipient
+    from .onnx_engine import OnnxRecipient
+    from .pack_policy import PackPolicy
+    from .torch_engine import TorchRecipient
+
+_LAZY = {"Recipient": ".llama_engine", "OnnxRecipient": ".onnx_engine", "TorchRecipient": ".torch_engine",
+         "PackPolicy": ".pack_policy"}
+"""Public names imported on first use (name → module)."""
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
+
+__all__ = ["BehaviorPack", "PackEntry", "PackError", "CommandVError", "ModelError", "EngineError", "Engine",
+           "Recipient", "OnnxRecipient", "TorchRecipient", "PackPolicy", "__version__"]

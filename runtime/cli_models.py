@@ -6,34 +6,18 @@ print one red line on stderr and exit with code 2, without a traceback.
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
 import typer
 from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from . import zoo
+from .cli_errors import user_errors
 from .errors import ModelError
 from .terminal import safe_text
 
 app = typer.Typer(help="Offline model zoo", no_args_is_help=True, add_completion=False)
-_err = Console(stderr=True)
-
-
-def _user_errors(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ModelError, OSError) as exc:  # ZooError is a ModelError; OSError: e.g. COMMANDV_HOME is a file
-            _err.print(f"[red]error:[/red] {escape(safe_text(exc))}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def human_size(n: int) -> str:
@@ -47,7 +31,7 @@ def human_size(n: int) -> str:
 
 
 @app.command("list")
-@_user_errors
+@user_errors
 def list_cmd() -> None:
     """Show the zoo's models and whether each is fetched."""
     table = Table(title="commandv model zoo", caption="* default model", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -61,7 +45,7 @@ def list_cmd() -> None:
 
 
 @app.command("fetch")
-@_user_errors
+@user_errors
 def fetch_cmd(
     key: str = typer.Argument(..., help="zoo key (see `cmdv models list`)"),
     force: bool = typer.Option(False, "--force", help="download again even if present"),
@@ -73,14 +57,14 @@ def fetch_cmd(
 
 
 @app.command("path")
-@_user_errors
+@user_errors
 def path_cmd(key: str = typer.Argument(..., help="zoo key")) -> None:
     """Print a fetched model's GGUF path (error if not fetched)."""
     typer.echo(safe_text(zoo.path(key)))
 
 
 @app.command("info")
-@_user_errors
+@user_errors
 def info_cmd(spec: str = typer.Argument(..., help="zoo key or .gguf file")) -> None:
     """Show a GGUF model's header: arch, sizes, chat template, fingerprints."""
     from .fingerprint import model_info_from_gguf
@@ -102,7 +86,7 @@ def info_cmd(spec: str = typer.Argument(..., help="zoo key or .gguf file")) -> N
 
 
 @app.command("remove")
-@_user_errors
+@user_errors
 def remove_cmd(key: str = typer.Argument(..., help="zoo key")) -> None:
     """Delete a fetched model's file."""
     typer.echo(safe_text(f"removed {key}" if zoo.remove(key) else f"{key} was not fetched"))

@@ -3,7 +3,7 @@
 ``--engine onnx`` runs an export of ``cmdv onnx export`` (MODEL: its folder, the
 ``.onnx`` file, or the zoo key / GGUF it was exported from).
 
-Wired by the main CLI with ``register(app, user_errors)``. Generated text goes
+The main CLI (``exporter/cli.py``) registers :func:`run_cmd` and :func:`chat_cmd`. Generated text goes
 to stdout (streamed); model / pack information goes to stderr.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
+from .cli_errors import user_errors
 from .errors import EngineError
 from .terminal import safe_text
 
@@ -144,120 +145,116 @@ def _stream(pieces) -> str:
     return "".join(text)
 
 
-def register(app: typer.Typer, user_errors: Callable) -> None:
-    """Add ``run`` and ``chat`` to ``app``; ``user_errors`` turns project errors into one red line."""
+@user_errors
+def run_cmd(
+    model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
+    prompt: str = typer.Argument(..., help="the user prompt (rendered with the model's chat template)"),
+    pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+    strength: Optional[List[float]] = typer.Option(None, "--strength", "-s",
+                                                   help="strength per pack, in --pack order (one = all)"),
+    max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="most tokens to generate"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
+    seed: Optional[int] = typer.Option(None, help="sampling seed (reproducible output)"),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
+    force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
+    compare: bool = typer.Option(False, "--compare", help="print the output without and with the packs"),
+    raw: bool = typer.Option(False, "--raw", help="feed the prompt without the chat template (then special-token "
+                             "text in it, e.g. <|im_start|>, is read as those tokens; with the template it is "
+                             "plain text)"),
+    n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
+    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
+    max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
+    engine: str = typer.Option("llama", help=_ENGINE_HELP),
+    quant: str = typer.Option("fp32", help=_QUANT_HELP),
+) -> None:
+    """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
+    check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
+    _check_text(prompt=prompt, stops=list(stop or []))
+    packs_in = list(pack or [])
+    rec, packs = _open(model, n_ctx, threads, force, packs_in, _policy(signatures, trusted, max_delta_norm),
+                       engine, quant)
+    kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or []),
+              template=not raw)
+    s = _strengths(packs, list(strength or []))
+    try:
+        if not compare:
+            _stream(rec.generate(prompt, packs=packs, strengths=s, stream=True, **kw))
+            return
+        from rich import box
+        from rich.table import Table
 
-    @app.command("run")
-    @user_errors
-    def run_cmd(
-        model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
-        prompt: str = typer.Argument(..., help="the user prompt (rendered with the model's chat template)"),
-        pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
-        strength: Optional[List[float]] = typer.Option(None, "--strength", "-s",
-                                                       help="strength per pack, in --pack order (one = all)"),
-        max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="most tokens to generate"),
-        temperature: float = typer.Option(0.0, help="0 = greedy"),
-        top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
-        seed: Optional[int] = typer.Option(None, help="sampling seed (reproducible output)"),
-        stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
-        force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
-        compare: bool = typer.Option(False, "--compare", help="print the output without and with the packs"),
-        raw: bool = typer.Option(False, "--raw", help="feed the prompt without the chat template (then special-token "
-                                 "text in it, e.g. <|im_start|>, is read as those tokens; with the template it is "
-                                 "plain text)"),
-        n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
-        signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-        trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
-        max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
-        engine: str = typer.Option("llama", help=_ENGINE_HELP),
-        quant: str = typer.Option("fp32", help=_QUANT_HELP),
-    ) -> None:
-        """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
-        check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
-        _check_text(prompt=prompt, stops=list(stop or []))
-        packs_in = list(pack or [])
-        rec, packs = _open(model, n_ctx, threads, force, packs_in, _policy(signatures, trusted, max_delta_norm),
-                           engine, quant)
-        kw = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=list(stop or []),
-                  template=not raw)
-        s = _strengths(packs, list(strength or []))
-        try:
-            if not compare:
-                _stream(rec.generate(prompt, packs=packs, strengths=s, stream=True, **kw))
-                return
-            from rich import box
-            from rich.table import Table
+        with_packs = rec.generate(prompt, packs=packs, strengths=s, **kw)
+        without = rec.generate(prompt, packs=(), **kw)
+        names = ", ".join(f"{p.name}×{v:g}" for p, v in zip(packs, s or [1.0] * len(packs))) or "none"
+        table = Table(box=box.SIMPLE_HEAD, expand=True, show_lines=False)
+        table.add_column("without packs", ratio=1, overflow="fold")
+        table.add_column(Text(safe_text(f"with packs ({names})")), ratio=1, overflow="fold")
+        table.add_row(Text(safe_text(without, multiline=True)), Text(safe_text(with_packs, multiline=True)))
+        Console(soft_wrap=False, highlight=False).print(table)
+    finally:
+        rec.close()
 
-            with_packs = rec.generate(prompt, packs=packs, strengths=s, **kw)
-            without = rec.generate(prompt, packs=(), **kw)
-            names = ", ".join(f"{p.name}×{v:g}" for p, v in zip(packs, s or [1.0] * len(packs))) or "none"
-            table = Table(box=box.SIMPLE_HEAD, expand=True, show_lines=False)
-            table.add_column("without packs", ratio=1, overflow="fold")
-            table.add_column(Text(safe_text(f"with packs ({names})")), ratio=1, overflow="fold")
-            table.add_row(Text(safe_text(without, multiline=True)), Text(safe_text(with_packs, multiline=True)))
-            Console(soft_wrap=False, highlight=False).print(table)
-        finally:
-            rec.close()
 
-    @app.command("chat")
-    @user_errors
-    def chat_cmd(
-        model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
-        pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
-        strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="strength per pack"),
-        system: Optional[str] = typer.Option(None, help="system message"),
-        max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="most tokens per reply"),
-        temperature: float = typer.Option(0.0, help="0 = greedy"),
-        top_p: float = typer.Option(1.0, "--top-p"),
-        seed: Optional[int] = typer.Option(None),
-        force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
-        n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
-        threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
-        signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-        trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
-        max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
-        engine: str = typer.Option("llama", help=_ENGINE_HELP),
-        quant: str = typer.Option("fp32", help=_QUANT_HELP),
-    ) -> None:
-        """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
-        from .chat_template import ChatTemplateError
+@user_errors
+def chat_cmd(
+    model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
+    pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+    strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="strength per pack"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="most tokens per reply"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: Optional[int] = typer.Option(None),
+    force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
+    n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
+    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
+    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
+    max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
+    engine: str = typer.Option("llama", help=_ENGINE_HELP),
+    quant: str = typer.Option("fp32", help=_QUANT_HELP),
+) -> None:
+    """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
+    from .chat_template import ChatTemplateError
 
-        check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
-        _check_text(system=system)
-        rec, packs = _open(model, n_ctx, threads, force, list(pack or []), _policy(signatures, trusted, max_delta_norm),
-                           engine, quant)
-        s = _strengths(packs, list(strength or []))
-        history: list[dict] = [{"role": "system", "content": system}] if system else []
-        start = len(history)
-        _err.print("[dim]type a message; /quit to exit, /reset to start over[/dim]")
-        try:
-            while True:
-                _err.print("[bold]you>[/bold] ", end="")
-                try:
-                    line = _read_line()
-                except EngineError as exc:  # not UTF-8: say so, drop the line, keep going
-                    _err.print(f"[red]error:[/red] {escape(safe_text(exc))}")
-                    continue
-                if line is None:
-                    break
-                msg = line.strip()
-                if msg in ("/quit", "/exit"):
-                    break
-                if msg == "/reset":
-                    del history[start:]
-                    continue
-                if not msg:
-                    continue
-                history.append({"role": "user", "content": msg})
-                _err.print("[bold]assistant>[/bold] ", end="")
-                try:
-                    reply = _stream(rec.chat(history, packs=packs, strengths=s, max_tokens=max_tokens,
-                                             temperature=temperature, top_p=top_p, seed=seed, stream=True))
-                except (EngineError, ChatTemplateError) as exc:  # e.g. the conversation outgrew the context
-                    history.pop()
-                    _err.print(f"[red]error:[/red] {escape(safe_text(exc))}")
-                    continue
-                history.append({"role": "assistant", "content": reply})
-        finally:
-            rec.close()
+    check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
+    _check_text(system=system)
+    rec, packs = _open(model, n_ctx, threads, force, list(pack or []), _policy(signatures, trusted, max_delta_norm),
+                       engine, quant)
+    s = _strengths(packs, list(strength or []))
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    start = len(history)
+    _err.print("[dim]type a message; /quit to exit, /reset to start over[/dim]")
+    try:
+        while True:
+            _err.print("[bold]you>[/bold] ", end="")
+            try:
+                line = _read_line()
+            except EngineError as exc:  # not UTF-8: say so, drop the line, keep going
+                _err.print(f"[red]error:[/red] {escape(safe_text(exc))}")
+                continue
+            if line is None:
+                break
+            msg = line.strip()
+            if msg in ("/quit", "/exit"):
+                break
+            if msg == "/reset":
+                del history[start:]
+                continue
+            if not msg:
+                continue
+            history.append({"role": "user", "content": msg})
+            _err.print("[bold]assistant>[/bold] ", end="")
+            try:
+                reply = _stream(rec.chat(history, packs=packs, strengths=s, max_tokens=max_tokens,
+                                         temperature=temperature, top_p=top_p, seed=seed, stream=True))
+            except (EngineError, ChatTemplateError) as exc:  # e.g. the conversation outgrew the context
+                history.pop()
+                _err.print(f"[red]error:[/red] {escape(safe_text(exc))}")
+                continue
+            history.append({"role": "assistant", "content": reply})
+    finally:
+        rec.close()

@@ -2,7 +2,7 @@
 
 Why not ``gguf.GGUFReader``: it trusts the header's counts. An array value
 claiming 2**60 items past the end of the file makes it loop forever while
-allocating (gguf 0.19: over 2 GiB within 20 s), a string claiming 2**60 bytes
+allocating (gigabytes within seconds), a string claiming 2**60 bytes
 is silently cut to what is left, and it memory-maps the path, so the bytes it
 parses are not necessarily the bytes whose signature was checked.
 

@@ -1,6 +1,7 @@
 """GGUF encoding of :class:`~commandv.runtime.pack.BehaviorPack` (gguf package writer, strict reader).
 
-Layout (architecture ``commandv-pack``, format version 1):
+Layout (architecture ``commandv-pack``, format version 1; every key and tensor name is defined once, in
+:mod:`.pack_keys`):
 
 * ``commandv.format_version`` u32, ``commandv.created_by`` str
 * ``commandv.recipient.{fingerprint,arch,name}`` str, ``commandv.recipient.{n_layer,d_model}`` u32
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import PackError
+from . import pack_keys as K
 from .gguf_strict import T_STRING, TYPE_NAMES, GGUFFormatError, Limits, parse_gguf
 from .safe_io import json_problem, read_regular
 from .version import __version__
@@ -38,13 +40,13 @@ from .version import __version__
 if TYPE_CHECKING:  # annotations only: pack.py imports this module
     from .pack import BehaviorPack
 
-PACK_ARCH = "commandv-pack"
+PACK_ARCH = K.PACK_ARCH
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_ENTRIES = 4096
 MAX_STRING = 1 << 20  # 1 MiB of metadata text per field
 
-_TENSORS = ("A", "b", "C", "P", "Q", "e")
+_TENSORS = K.TENSOR_NAMES
 F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -56,32 +58,31 @@ def write_pack(pack: BehaviorPack, path: Path, dtype: str = "f32") -> None:
         raise PackError(f"pack dtype must be f32 or f16, not {dtype!r}")
     np_dtype = np.float32 if dtype == "f32" else np.float16
     w = gguf.GGUFWriter(str(path), PACK_ARCH)
-    w.add_uint32("commandv.format_version", FORMAT_VERSION)
-    w.add_string("commandv.created_by", pack.meta.get("created_by", f"commandv {__version__}"))
-    w.add_string("general.name", pack.name)
+    w.add_uint32(K.FORMAT_VERSION, FORMAT_VERSION)
+    w.add_string(K.CREATED_BY, pack.meta.get("created_by", f"commandv {__version__}"))
+    w.add_string(K.NAME, pack.name)
     rec = pack.recipient
-    w.add_string("commandv.recipient.fingerprint", str(rec["fingerprint"]))
-    w.add_string("commandv.recipient.arch", str(rec["arch"]))
-    w.add_string("commandv.recipient.name", str(rec.get("name", "")))
-    w.add_uint32("commandv.recipient.n_layer", int(rec["n_layer"]))
-    w.add_uint32("commandv.recipient.d_model", int(rec["d_model"]))
-    w.add_string("commandv.meta", json.dumps(pack.meta, sort_keys=True))
-    w.add_string("commandv.diagnostics", json.dumps(pack.diagnostics, sort_keys=True))
-    w.add_uint32("commandv.entry_count", len(pack.entries))
+    w.add_string(K.RECIPIENT_FINGERPRINT, str(rec["fingerprint"]))
+    w.add_string(K.RECIPIENT_ARCH, str(rec["arch"]))
+    w.add_string(K.RECIPIENT_NAME, str(rec.get("name", "")))
+    w.add_uint32(K.RECIPIENT_N_LAYER, int(rec["n_layer"]))
+    w.add_uint32(K.RECIPIENT_D_MODEL, int(rec["d_model"]))
+    w.add_string(K.META, json.dumps(pack.meta, sort_keys=True))
+    w.add_string(K.DIAGNOSTICS, json.dumps(pack.diagnostics, sort_keys=True))
+    w.add_uint32(K.ENTRY_COUNT, len(pack.entries))
     for i, e in enumerate(pack.entries):
-        k = f"commandv.entry.{i}"
-        w.add_uint32(f"{k}.layer", int(e.layer))
-        w.add_int32(f"{k}.donor_layer", int(e.donor_layer))
-        w.add_string(f"{k}.act", e.act)
-        w.add_string(f"{k}.positions", e.positions)
-        w.add_float32(f"{k}.strength", float(e.strength))
+        w.add_uint32(K.entry_key(K.ENTRY_LAYER, i), int(e.layer))
+        w.add_int32(K.entry_key(K.ENTRY_DONOR_LAYER, i), int(e.donor_layer))
+        w.add_string(K.entry_key(K.ENTRY_ACT, i), e.act)
+        w.add_string(K.entry_key(K.ENTRY_POSITIONS, i), e.positions)
+        w.add_float32(K.entry_key(K.ENTRY_STRENGTH, i), float(e.strength))
         for name in _TENSORS:
             t = getattr(e, name)
             if t is not None:
                 if dtype == "f16" and t.size and float(np.max(np.abs(t))) > F16_MAX:
                     raise PackError(f"entry {i}: tensor {name} has values beyond the f16 range ±{F16_MAX:g} "
                                     "(save as f32)")
-                w.add_tensor(f"entry.{i}.{name}", np.ascontiguousarray(t, dtype=np_dtype))
+                w.add_tensor(K.tensor_name(i, name), np.ascontiguousarray(t, dtype=np_dtype))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -135,15 +136,15 @@ _DIAG_NUMBERS = ("r2_r2d", "r2_d2r", "cycle_err", "delta_energy", "donor_delta_e
 def _check_diagnostics(diags: list, path) -> None:
     """Diagnostics are shown by ``cmdv inspect``: objects of scalars, integer layers, numeric fit figures."""
     if len(diags) > MAX_ENTRIES:
-        raise PackError(f"{path}: commandv.diagnostics has {len(diags)} items, more than {MAX_ENTRIES}")
+        raise PackError(f"{path}: {K.DIAGNOSTICS} has {len(diags)} items, more than {MAX_ENTRIES}")
     for i, d in enumerate(diags):
         if not isinstance(d, dict) or not all(isinstance(v, (int, float, str, type(None))) for v in d.values()):
-            raise PackError(f"{path}: commandv.diagnostics item {i} is not an object of scalar values")
+            raise PackError(f"{path}: {K.DIAGNOSTICS} item {i} is not an object of scalar values")
         if not all(type(d.get(k)) is int for k in ("donor_layer", "recipient_layer")):
-            raise PackError(f"{path}: commandv.diagnostics item {i} lacks integer donor_layer/recipient_layer")
+            raise PackError(f"{path}: {K.DIAGNOSTICS} item {i} lacks integer donor_layer/recipient_layer")
         bad = [k for k in _DIAG_NUMBERS if k in d and type(d[k]) not in (int, float)]
         if bad:
-            raise PackError(f"{path}: commandv.diagnostics item {i}: {bad[0]} is not a number")
+            raise PackError(f"{path}: {K.DIAGNOSTICS} item {i}: {bad[0]} is not a number")
 
 
 def read_pack_bytes(path: Path) -> bytes:
@@ -172,26 +173,26 @@ def decode_pack(data: bytes, path: Path | str) -> dict:
     except GGUFFormatError as exc:
         raise PackError(str(exc)) from None
     f = _Fields(g.fields, path)
-    arch = f.string("general.architecture")
+    arch = f.string(K.ARCHITECTURE)
     if arch != PACK_ARCH:
         raise PackError(f"{path}: GGUF architecture is {arch!r}, not a behavior pack ({PACK_ARCH!r})")
-    version = f.number("commandv.format_version", ("UINT32",))
+    version = f.number(K.FORMAT_VERSION, ("UINT32",))
     if version not in SUPPORTED_VERSIONS:
         raise PackError(f"{path}: pack format version {version} is not supported (known: {SUPPORTED_VERSIONS})")
     recipient = {
-        "fingerprint": f.string("commandv.recipient.fingerprint"),
-        "arch": f.string("commandv.recipient.arch"),
-        "name": f.string("commandv.recipient.name", default=""),
-        "n_layer": int(f.number("commandv.recipient.n_layer", ("UINT32",))),
-        "d_model": int(f.number("commandv.recipient.d_model", ("UINT32",))),
+        "fingerprint": f.string(K.RECIPIENT_FINGERPRINT),
+        "arch": f.string(K.RECIPIENT_ARCH),
+        "name": f.string(K.RECIPIENT_NAME, default=""),
+        "n_layer": int(f.number(K.RECIPIENT_N_LAYER, ("UINT32",))),
+        "d_model": int(f.number(K.RECIPIENT_D_MODEL, ("UINT32",))),
     }
-    meta = f.json("commandv.meta", {})
-    diagnostics = f.json("commandv.diagnostics", [])
+    meta = f.json(K.META, {})
+    diagnostics = f.json(K.DIAGNOSTICS, [])
     if not isinstance(meta, dict) or not isinstance(diagnostics, list):
-        raise PackError(f"{path}: commandv.meta must be a JSON object and commandv.diagnostics a list")
+        raise PackError(f"{path}: {K.META} must be a JSON object and {K.DIAGNOSTICS} a list")
     _check_diagnostics(diagnostics, path)
-    meta.setdefault("created_by", f.string("commandv.created_by", default=""))
-    n = int(f.number("commandv.entry_count", ("UINT32",)))
+    meta.setdefault("created_by", f.string(K.CREATED_BY, default=""))
+    n = int(f.number(K.ENTRY_COUNT, ("UINT32",)))
     if n < 1 or n > MAX_ENTRIES:
         raise PackError(f"{path}: entry_count {n} outside 1..{MAX_ENTRIES}")
 
@@ -209,22 +210,21 @@ def decode_pack(data: bytes, path: Path | str) -> dict:
     expected = set()
     entries = []
     for i in range(n):
-        k = f"commandv.entry.{i}"
         arrays = {}
         for name in _TENSORS:
-            key = f"entry.{i}.{name}"
+            key = K.tensor_name(i, name)
             if key in tensors:
                 arrays[name] = tensors[key]
                 expected.add(key)
-            elif name in ("A", "b", "C"):
+            elif name in K.REQUIRED_TENSORS:
                 raise PackError(f"{path}: entry {i}: tensor {key!r} missing")
         entries.append(
             dict(
-                layer=int(f.number(f"{k}.layer", ("UINT32",))),
-                donor_layer=int(f.number(f"{k}.donor_layer", ("INT32",), default=-1)),
-                act=f.string(f"{k}.act"),
-                positions=f.string(f"{k}.positions"),
-                strength=float(f.number(f"{k}.strength", ("FLOAT32",))),
+                layer=int(f.number(K.entry_key(K.ENTRY_LAYER, i), ("UINT32",))),
+                donor_layer=int(f.number(K.entry_key(K.ENTRY_DONOR_LAYER, i), ("INT32",), default=-1)),
+                act=f.string(K.entry_key(K.ENTRY_ACT, i)),
+                positions=f.string(K.entry_key(K.ENTRY_POSITIONS, i)),
+                strength=float(f.number(K.entry_key(K.ENTRY_STRENGTH, i), ("FLOAT32",))),
                 **arrays,
             )
         )
@@ -240,5 +240,5 @@ def decode_pack(data: bytes, path: Path | str) -> dict:
         recipient=recipient,
         meta=meta,
         diagnostics=diagnostics,
-        name=f.string("general.name", default=Path(str(path)).stem),
+        name=f.string(K.NAME, default=Path(str(path)).stem),
     )

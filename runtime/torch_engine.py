@@ -24,9 +24,11 @@ import numpy as np
 from .chat_template import render_chat, tokenize_chat, user_turn
 from .llama_edit import normalize_strengths
 from .llama_sampling import Sampler
+from .errors import EngineError
 from .pack import BehaviorPack, PackEntry, PackError
 from .pack_policy import PackPolicy, ReferenceStates, reference_states
 from .positions import Positions
+from .request_checks import as_token_ids
 
 _TORCH_ACTS = {
     "linear": lambda t: t,
@@ -94,6 +96,11 @@ class TorchRecipient:
 
     ``TorchRecipient(model, tokenizer)``; from a zoo key / file / folder use
     ``commandv.profiles.hf_models.torch_recipient("smollm2-135m-instruct")``.
+
+    Pack-level calls (:meth:`load_packs`, :meth:`prompt_pass`, :meth:`generate`, :meth:`close`) follow
+    :class:`~commandv.runtime.engine_protocol.Engine`, like the llama.cpp and ONNX Runtime engines; the edit-level
+    calls :meth:`prompt_forward` and :meth:`generate_ids` take :class:`Edit` lists (:func:`pack_edits`,
+    :func:`unfolded_edits`). ``max_new_tokens=`` is accepted as the old name of ``max_tokens=``.
     """
 
     def __init__(self, model, tokenizer, fingerprint: str | None = None, arch: str | None = None,
@@ -164,12 +171,12 @@ class TorchRecipient:
         pack.check_model(self.fingerprint, self.arch, self.n_layer, self.d_model, force=force)
 
     def load_packs(self, packs: Sequence, strengths: Sequence[float] | None = None,
-                   force: bool = False) -> list[BehaviorPack]:
+                   force: bool | None = False) -> list[BehaviorPack]:
         """Packs (objects or files, :meth:`PackPolicy.read_packs`), checked against this model and
-        against the policy's edit-size limit."""
+        against the policy's edit-size limit (at ``strengths``)."""
         out = self.policy.read_packs(packs)
         for p in out:
-            self.check_pack(p, force)
+            self.check_pack(p, bool(force))
         self.policy.check_size(out, normalize_strengths(len(out), strengths), self.reference_states)
         return out
 
@@ -197,11 +204,26 @@ class TorchRecipient:
         hidden = {i: v[0].numpy() for i, v in (record or {}).items()}
         return out.logits[0].float().numpy(), hidden
 
-    def generate_ids(self, ids: list[int], edits: list[Edit], max_new_tokens: int = 32,
-                     stop_ids: Sequence[int] = ()) -> list[int]:
+    def prompt_pass(self, ids: Sequence[int], packs: Sequence = (), strengths: Sequence[float] | None = None,
+                    record_layers: bool = False, all_logits: bool = False, force: bool | None = False):
+        """One prompt pass with ``packs`` applied → ``(logits, hidden)``, as the other engines: ``logits`` ``[V]``
+        of the last prompt token, or ``[T, V]`` with ``all_logits``; ``hidden`` ``{layer: [T, d]}`` float32 block
+        outputs after the edits (``record_layers``), else ``{}``."""
+        ids = as_token_ids(ids)
+        if not ids:
+            raise EngineError("prompt is empty")
+        loaded = self.load_packs(packs, strengths, force)
+        logits, hidden = self.prompt_forward(ids, pack_edits(loaded, strengths), record_hidden=record_layers)
+        return (logits if all_logits else logits[-1]), hidden
+
+    def generate_ids(self, ids: list[int], edits: list[Edit], max_tokens: int = 32,
+                     stop_ids: Sequence[int] = (), *, max_new_tokens: int | None = None) -> list[int]:
         """Greedy decoding with the KV cache; edits only during the prompt pass. NaN logits (an absurd edit
-        strength) raise :class:`~.llama_sampling.SamplingError`."""
+        strength) raise :class:`~.llama_sampling.SamplingError`. ``max_new_tokens``: old name of ``max_tokens``."""
         import torch
+
+        if max_new_tokens is not None:
+            max_tokens = max_new_tokens
 
         greedy = Sampler(0.0)
         state = {"prompt": True}
@@ -213,7 +235,7 @@ class TorchRecipient:
                 out = self.model(input_ids=torch.tensor([ids]), use_cache=True)
                 state["prompt"] = False
                 past = out.past_key_values
-                for _ in range(max_new_tokens):
+                for _ in range(max_tokens):
                     nxt = greedy(out.logits[0, -1].float().numpy())
                     if nxt in stop:
                         break
@@ -226,12 +248,24 @@ class TorchRecipient:
         return out_ids
 
     def generate(self, prompt: str, packs: Sequence[BehaviorPack] = (), strengths: Sequence[float] | None = None,
-                 max_new_tokens: int = 64, force: bool = False) -> str:
-        """Greedy continuation of one user prompt with ``packs`` applied (text)."""
+                 max_tokens: int = 64, force: bool | None = False, *, max_new_tokens: int | None = None) -> str:
+        """Greedy continuation of one user prompt with ``packs`` applied (text, at most ``max_tokens`` tokens;
+        ``max_new_tokens``: old name of ``max_tokens``)."""
+        if max_new_tokens is not None:
+            max_tokens = max_new_tokens
         packs = self.load_packs(packs, strengths, force)
         ids = self.encode(prompt)
-        new = self.generate_ids(ids, pack_edits(packs, strengths), max_new_tokens)
+        new = self.generate_ids(ids, pack_edits(packs, strengths), max_tokens)
         return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Nothing to free: the model and tokenizer belong to the caller (API parity with the other engines)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def unfolded_edits(donor_edits, layer_pairs, C_rd: dict, C_dr: dict, positions: str = "l1",

@@ -201,19 +201,20 @@ def tensor_table_pack(n_entries: int, d: int, r: int, offset, data_bytes: int, n
     import math
     import struct
 
+    from commandv.runtime import pack_keys as K
     from tests.make_bad_corpus import F32, I32, STR, U32, _s, _val
 
-    kvs = [("general.architecture", STR, "commandv-pack"), ("commandv.format_version", U32, 1),
-           ("general.name", STR, "hostile"), ("commandv.recipient.fingerprint", STR, "0" * 64),
-           ("commandv.recipient.arch", STR, "llama"), ("commandv.recipient.n_layer", U32, n_layer),
-           ("commandv.recipient.d_model", U32, d), ("commandv.meta", STR, json.dumps({"donor": "x"})),
-           ("commandv.entry_count", U32, n_entries)]
+    kvs = [(K.ARCHITECTURE, STR, K.PACK_ARCH), (K.FORMAT_VERSION, U32, 1),
+           (K.NAME, STR, "hostile"), (K.RECIPIENT_FINGERPRINT, STR, "0" * 64),
+           (K.RECIPIENT_ARCH, STR, "llama"), (K.RECIPIENT_N_LAYER, U32, n_layer),
+           (K.RECIPIENT_D_MODEL, U32, d), (K.META, STR, json.dumps({"donor": "x"})),
+           (K.ENTRY_COUNT, U32, n_entries)]
     infos = []
     for i in range(n_entries):
-        k = f"commandv.entry.{i}"
-        kvs += [(f"{k}.layer", U32, i % n_layer), (f"{k}.donor_layer", I32, -1), (f"{k}.act", STR, "linear"),
-                (f"{k}.positions", STR, "l1"), (f"{k}.strength", F32, 1.0)]
-        infos += [(f"entry.{i}.A", (d, r)), (f"entry.{i}.b", (r,)), (f"entry.{i}.C", (r, d))]
+        kvs += [(K.entry_key(key, i), vtype, value) for key, vtype, value in (
+            (K.ENTRY_LAYER, U32, i % n_layer), (K.ENTRY_DONOR_LAYER, I32, -1), (K.ENTRY_ACT, STR, "linear"),
+            (K.ENTRY_POSITIONS, STR, "l1"), (K.ENTRY_STRENGTH, F32, 1.0))]
+        infos += [(K.tensor_name(i, "A"), (d, r)), (K.tensor_name(i, "b"), (r,)), (K.tensor_name(i, "C"), (r, d))]
     out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(kvs)))
     for key, vtype, value in kvs:
         out += _s(key.encode()) + struct.pack("<I", vtype) + _val(vtype, value)

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent / "data" / "bad"
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT.parents[2]))
 
+from commandv.runtime import pack_keys as K  # noqa: E402
 from commandv.runtime.pack import BehaviorPack, PackEntry  # noqa: E402
 from commandv.runtime.pack_gguf import write_pack  # noqa: E402
 
@@ -83,21 +84,21 @@ def encode(kvs, tensors, version=3, align=32, n_kv=None, n_tensors=None) -> Enc:
 def describe(pack: BehaviorPack, dtype=np.float32):
     """The (kvs, tensors) write_pack produces for ``pack`` (checked against it in :func:`base`)."""
     r = pack.recipient
-    kvs = [("general.architecture", STR, "commandv-pack"), ("commandv.format_version", U32, 1),
-           ("commandv.created_by", STR, pack.meta["created_by"]), ("general.name", STR, pack.name),
-           ("commandv.recipient.fingerprint", STR, r["fingerprint"]), ("commandv.recipient.arch", STR, r["arch"]),
-           ("commandv.recipient.name", STR, r.get("name", "")), ("commandv.recipient.n_layer", U32, r["n_layer"]),
-           ("commandv.recipient.d_model", U32, r["d_model"]),
-           ("commandv.meta", STR, json.dumps(pack.meta, sort_keys=True)),
-           ("commandv.diagnostics", STR, json.dumps(pack.diagnostics, sort_keys=True)),
-           ("commandv.entry_count", U32, len(pack.entries))]
+    kvs = [(K.ARCHITECTURE, STR, K.PACK_ARCH), (K.FORMAT_VERSION, U32, 1),
+           (K.CREATED_BY, STR, pack.meta["created_by"]), (K.NAME, STR, pack.name),
+           (K.RECIPIENT_FINGERPRINT, STR, r["fingerprint"]), (K.RECIPIENT_ARCH, STR, r["arch"]),
+           (K.RECIPIENT_NAME, STR, r.get("name", "")), (K.RECIPIENT_N_LAYER, U32, r["n_layer"]),
+           (K.RECIPIENT_D_MODEL, U32, r["d_model"]),
+           (K.META, STR, json.dumps(pack.meta, sort_keys=True)),
+           (K.DIAGNOSTICS, STR, json.dumps(pack.diagnostics, sort_keys=True)),
+           (K.ENTRY_COUNT, U32, len(pack.entries))]
     tensors = []
     for i, e in enumerate(pack.entries):
-        k = f"commandv.entry.{i}"
-        kvs += [(f"{k}.layer", U32, e.layer), (f"{k}.donor_layer", I32, e.donor_layer), (f"{k}.act", STR, e.act),
-                (f"{k}.positions", STR, e.positions), (f"{k}.strength", F32, e.strength)]
-        tensors += [(f"entry.{i}.{n}", np.ascontiguousarray(getattr(e, n), dtype=dtype))
-                    for n in ("A", "b", "C", "P", "Q", "e") if getattr(e, n) is not None]
+        kvs += [(K.entry_key(key, i), vtype, value) for key, vtype, value in (
+            (K.ENTRY_LAYER, U32, e.layer), (K.ENTRY_DONOR_LAYER, I32, e.donor_layer), (K.ENTRY_ACT, STR, e.act),
+            (K.ENTRY_POSITIONS, STR, e.positions), (K.ENTRY_STRENGTH, F32, e.strength))]
+        tensors += [(K.tensor_name(i, n), np.ascontiguousarray(getattr(e, n), dtype=dtype))
+                    for n in K.TENSOR_NAMES if getattr(e, n) is not None]
     return kvs, tensors
 
 
@@ -170,9 +171,25 @@ def pack_cases(c: Corpus) -> None:
     o = enc.off
     add = lambda name, match, note, b: c.add(f"pack/{name}.gguf", "pack", "PackError", match, note, b)  # noqa: E731
 
+    def kv_at(key: str, i: int | None = None) -> int:
+        """Offset of the value type of metadata key ``key`` (a per-entry template: of entry ``i``)."""
+        return o["kv:" + (key if i is None else K.entry_key(key, i))]
+
+    def info_at(i: int, name: str) -> int:
+        """Offset of the tensor info (name length) of tensor ``name`` of entry ``i``."""
+        return o["ti:" + K.tensor_name(i, name)]
+
+    def data_at(i: int, name: str) -> int:
+        """Offset of the data of tensor ``name`` of entry ``i``."""
+        return o["data:" + K.tensor_name(i, name)]
+
+    def with_value(key: str, value) -> list:
+        """``kvs`` with the value of ``key`` replaced."""
+        return [(k, t, value if k == key else v) for k, t, v in kvs]
+
     # truncations
-    for cut, match in ((0, "magic"), (3, "magic"), (12, "truncated"), (o["kv:commandv.meta"] + 9, "truncated"),
-                       (o["ti:entry.0.C"] + 5, "truncated"), (o["data:entry.1.A"] + 4, "truncated"),
+    for cut, match in ((0, "magic"), (3, "magic"), (12, "truncated"), (kv_at(K.META) + 9, "truncated"),
+                       (info_at(0, "C") + 5, "truncated"), (data_at(1, "A") + 4, "truncated"),
                        (len(data) - 1, "truncated")):
         add(f"truncated_{cut}", match, f"first {cut} of {len(data)} bytes", data[:cut])
     # magic / versions
@@ -181,25 +198,26 @@ def pack_cases(c: Corpus) -> None:
     for v in (1, 4, 0xFFFFFFFF):
         add(f"gguf_version_{v}", f"GGUF version {v} not supported", "GGUF container version", patch(data, 4, struct.pack("<I", v)))
     add("gguf_big_endian", "big-endian", "version field byte-swapped", patch(data, 4, struct.pack(">I", 3)))
-    fv = o["kv:commandv.format_version"] + 4
+    fv = kv_at(K.FORMAT_VERSION) + 4
     add("pack_format_version_2", "pack format version 2 is not supported", "future pack format",
         patch(data, fv, struct.pack("<I", 2)))
     add("pack_format_version_0", "pack format version 0 is not supported", "pack format 0", patch(data, fv, struct.pack("<I", 0)))
     add("not_a_pack_arch", "not a behavior pack", "a GGUF of another architecture",
-        encode([("general.architecture", STR, "llama")] + kvs[1:], tensors).data)
+        encode(with_value(K.ARCHITECTURE, "llama"), tensors).data)
     # flipped bytes in the header / metadata
     add("flip_type_n_layer", "has type INT32, expected UINT32", "value type of recipient.n_layer flipped 4→5",
-        patch(data, o["kv:commandv.recipient.n_layer"], struct.pack("<I", I32)))
+        patch(data, kv_at(K.RECIPIENT_N_LAYER), struct.pack("<I", I32)))
     add("flip_type_unknown", "unknown value type 77", "value type byte flipped to 77",
-        patch(data, o["kv:commandv.entry_count"], struct.pack("<I", 77)))
-    k = o["kv:commandv.entry_count"] - 2  # last char of the key name
-    add("flip_key_name", "metadata key 'commandv.entry_count' missing", "one byte of a key name flipped",
+        patch(data, kv_at(K.ENTRY_COUNT), struct.pack("<I", 77)))
+    k = kv_at(K.ENTRY_COUNT) - 2  # last char of the key name
+    add("flip_key_name", f"metadata key '{K.ENTRY_COUNT}' missing", "one byte of a key name flipped",
         patch(data, k, bytes([data[k] ^ 0x20])))
-    add("flip_meta_json", "'commandv.meta' is not valid JSON", "first byte of the meta JSON flipped",
-        patch(data, o["kv:commandv.meta"] + 12, b"?"))
-    add("flip_utf8", "not valid UTF-8", "0xff inside the act string", patch(data, o["kv:commandv.entry.0.act"] + 12, b"\xff"))
-    ti = o["ti:entry.0.A"] + 8 + len("entry.0.A")
-    add("flip_tensor_dims", "tensors 'entry.0.A' and 'entry.0.b' share data bytes", "A's d dimension 8→9: "
+    add("flip_meta_json", f"'{K.META}' is not valid JSON", "first byte of the meta JSON flipped",
+        patch(data, kv_at(K.META) + 12, b"?"))
+    add("flip_utf8", "not valid UTF-8", "0xff inside the act string", patch(data, kv_at(K.ENTRY_ACT, 0) + 12, b"\xff"))
+    ti = info_at(0, "A") + 8 + len(K.tensor_name(0, "A"))
+    add("flip_tensor_dims", f"tensors '{K.tensor_name(0, 'A')}' and '{K.tensor_name(0, 'b')}' share data bytes",
+        "A's d dimension 8→9: "
         "A's data now runs into b's",
         patch(data, ti + 4 + 8, struct.pack("<Q", D + 1)))
     add("flip_tensor_type_q4", "has type Q4_0; packs use F32 or F16", "tensor type F32→Q4_0",
@@ -211,12 +229,12 @@ def pack_cases(c: Corpus) -> None:
     add("alignment_3", "general.alignment 3 is not a power of two", "general.alignment = 3",
         encode(kvs + [("general.alignment", U32, 3)], tensors).data)
     # flipped bytes in tensor data
-    a0 = o["data:entry.0.A"]
+    a0 = data_at(0, "A")
     add("data_nan", "tensor A has NaN or Inf values", "A[0,0] bytes → NaN", patch(data, a0, struct.pack("<f", float("nan"))))
-    add("data_inf", "tensor C has NaN or Inf values", "C[0,0] → +Inf", patch(data, o["data:entry.1.C"], b"\x00\x00\x80\x7f"))
-    add("data_huge", "beyond ±1e+06", "b[0] exponent byte flipped → ~1e38", patch(data, o["data:entry.0.b"] + 3, b"\x7e"))
+    add("data_inf", "tensor C has NaN or Inf values", "C[0,0] → +Inf", patch(data, data_at(1, "C"), b"\x00\x00\x80\x7f"))
+    add("data_huge", "beyond ±1e+06", "b[0] exponent byte flipped → ~1e38", patch(data, data_at(0, "b") + 3, b"\x7e"))
     add("strength_nan", "strength nan is not finite", "entry 0 strength NaN",
-        patch(data, o["kv:commandv.entry.0.strength"] + 4, struct.pack("<f", float("nan"))))
+        patch(data, kv_at(K.ENTRY_STRENGTH, 0) + 4, struct.pack("<f", float("nan"))))
     # values that lie (written by the real writer, which does not validate)
     nan = lambda p: p.entries[1].b.__setitem__(0, np.nan)  # noqa: E731
     add("nan_b_f16", "tensor b has NaN or Inf values", "NaN in b, f16 pack",
@@ -233,43 +251,45 @@ def pack_cases(c: Corpus) -> None:
     add("shape_Q", "Q has shape", "Q is [q, d-1]", _with_value(lambda p: setattr(p.entries[0], "Q", np.ones((1, D - 1), np.float32))))
     add("p_without_q", "P and Q must be given together", "P present, Q absent", _with_value(lambda p: setattr(p.entries[0], "Q", None)))
     add("d_model_lie", "A has shape [8, 2], expected [d=16, r]", "recipient.d_model says 16, tensors are d=8",
-        patch(data, o["kv:commandv.recipient.d_model"] + 4, struct.pack("<I", 16)))
-    add("d_model_zero", "d_model 0 outside", "recipient.d_model 0", patch(data, o["kv:commandv.recipient.d_model"] + 4, struct.pack("<I", 0)))
+        patch(data, kv_at(K.RECIPIENT_D_MODEL) + 4, struct.pack("<I", 16)))
+    add("d_model_zero", "d_model 0 outside", "recipient.d_model 0", patch(data, kv_at(K.RECIPIENT_D_MODEL) + 4, struct.pack("<I", 0)))
     add("layer_out_of_range", "layer 4 out of range 0..3", "entry layer = n_layer",
-        patch(data, o["kv:commandv.entry.1.layer"] + 4, struct.pack("<I", N_LAYER)))
+        patch(data, kv_at(K.ENTRY_LAYER, 1) + 4, struct.pack("<I", N_LAYER)))
     add("layer_u32_max", "layer 4294967295 out of range", "entry layer 2^32-1",
-        patch(data, o["kv:commandv.entry.0.layer"] + 4, struct.pack("<I", 0xFFFFFFFF)))
+        patch(data, kv_at(K.ENTRY_LAYER, 0) + 4, struct.pack("<I", 0xFFFFFFFF)))
     zr = lambda p: [setattr(p.entries[0], n, np.zeros(s, np.float32)) for n, s in (("A", (D, 0)), ("b", (0,)), ("C", (0, D)))]  # noqa: E731
     add("zero_rank", "rank 0 outside 1..4096", "A [d, 0], b [0], C [0, d]", _with_value(zr))
     add("unknown_activation", "unknown activation 'swishy'", "act = swishy", _with_value(lambda p: setattr(p.entries[0], "act", "swishy")))
     add("unknown_positions", "bad positions spec 'x3'", "positions = x3", _with_value(lambda p: setattr(p.entries[1], "positions", "x3")))
     add("positions_huge", "count 2000 outside 1..1024", "positions = l2000", _with_value(lambda p: setattr(p.entries[1], "positions", "l2000")))
-    add("extra_tensor", "unexpected tensors ['entry.7.A']", "a tensor no entry references",
-        encode(kvs, tensors + [("entry.7.A", np.ones((D, R), np.float32))]).data)
-    add("missing_tensor_C", "tensor 'entry.1.C' missing", "entry 1 without C", encode(kvs, [t for t in tensors if t[0] != "entry.1.C"]).data)
-    add("missing_key_act", "metadata key 'commandv.entry.1.act' missing", "entry 1 without act",
-        encode([kv for kv in kvs if kv[0] != "commandv.entry.1.act"], tensors).data)
-    add("dup_entry_key", "duplicate metadata key 'commandv.entry.0.layer'", "entry 0 layer key twice",
-        encode(kvs + [("commandv.entry.0.layer", U32, 2)], tensors).data)
-    add("dup_tensor", "duplicate tensor 'entry.0.b'", "tensor entry.0.b twice", encode(kvs, tensors + [tensors[1]]).data)
-    ec = o["kv:commandv.entry_count"] + 4
+    stray, c1, act1, layer0 = (K.tensor_name(7, "A"), K.tensor_name(1, "C"), K.entry_key(K.ENTRY_ACT, 1),
+                               K.entry_key(K.ENTRY_LAYER, 0))
+    add("extra_tensor", f"unexpected tensors [{stray!r}]", "a tensor no entry references",
+        encode(kvs, tensors + [(stray, np.ones((D, R), np.float32))]).data)
+    add("missing_tensor_C", f"tensor {c1!r} missing", "entry 1 without C", encode(kvs, [t for t in tensors if t[0] != c1]).data)
+    add("missing_key_act", f"metadata key {act1!r} missing", "entry 1 without act",
+        encode([kv for kv in kvs if kv[0] != act1], tensors).data)
+    add("dup_entry_key", f"duplicate metadata key {layer0!r}", "entry 0 layer key twice",
+        encode(kvs + [(layer0, U32, 2)], tensors).data)
+    add("dup_tensor", f"duplicate tensor {K.tensor_name(0, 'b')!r}", "tensor entry.0.b twice",
+        encode(kvs, tensors + [tensors[1]]).data)
+    ec = kv_at(K.ENTRY_COUNT) + 4
     add("entry_count_0", "entry_count 0 outside", "entry_count 0", patch(data, ec, struct.pack("<I", 0)))
-    add("entry_count_3", "entry 2: tensor 'entry.2.A' missing", "entry_count claims 3 of 2", patch(data, ec, struct.pack("<I", 3)))
+    add("entry_count_3", f"entry 2: tensor {K.tensor_name(2, 'A')!r} missing", "entry_count claims 3 of 2", patch(data, ec, struct.pack("<I", 3)))
     add("entry_count_huge", "entry_count 4294967295 outside", "entry_count 2^32-1", patch(data, ec, struct.pack("<I", 0xFFFFFFFF)))
-    add("meta_deep_json", "'commandv.meta' is not valid JSON (", "20k nested JSON arrays "
-        "(json.loads raised RecursionError)", encode([(k, t, "[" * 20000 if k == "commandv.meta" else v)
-                                                     for k, t, v in kvs], tensors).data)
-    add("meta_long_int", "'commandv.meta' is not valid JSON (Exceeds the limit (4300 digits)", "a 5000-digit "
+    add("meta_deep_json", f"'{K.META}' is not valid JSON (", "20k nested JSON arrays "
+        "(json.loads raised RecursionError)", encode(with_value(K.META, "[" * 20000), tensors).data)
+    add("meta_long_int", f"'{K.META}' is not valid JSON (Exceeds the limit (4300 digits)", "a 5000-digit "
         "number in the meta JSON (json.loads raised a bare ValueError)",
-        encode([(k, t, '{"n": ' + "7" * 5000 + "}" if k == "commandv.meta" else v) for k, t, v in kvs], tensors).data)
+        encode(with_value(K.META, '{"n": ' + "7" * 5000 + "}"), tensors).data)
     for name, diag, match in (("diag_not_objects", "[1, 2]", "diagnostics item 0 is not an object"),
                               ("diag_no_layers", '[{"r2_r2d": 0.5}]', "lacks integer donor_layer/recipient_layer"),
                               ("diag_text_figure", '[{"donor_layer": 1, "recipient_layer": 1, "r2_r2d": "high"}]',
                                "r2_r2d is not a number")):
         add(name, match, "diagnostics `cmdv inspect` would crash on (was an uncaught error there)",
-            encode([(k, t, diag if k == "commandv.diagnostics" else v) for k, t, v in kvs], tensors).data)
+            encode(with_value(K.DIAGNOSTICS, diag), tensors).data)
     add("meta_not_object", "must be a JSON object", "commandv.meta is a JSON list",
-        encode([(k, t, "[1, 2]" if k == "commandv.meta" else v) for k, t, v in kvs], tensors).data)
+        encode(with_value(K.META, "[1, 2]"), tensors).data)
     # huge header counts and lengths (must fail fast, in bounded memory)
     big = 1 << 60
     add("huge_kv_count", f"claims {big} metadata keys", "kv count 2^60", patch(data, 16, struct.pack("<Q", big)))
@@ -278,7 +298,7 @@ def pack_cases(c: Corpus) -> None:
         patch(data, 16, struct.pack("<Q", 30000)))
     add("huge_key_length", f"metadata key name claims {big} bytes", "first key's length 2^60", patch(data, 24, struct.pack("<Q", big)))
     add("huge_string_length", f"string value claims {big} bytes", "commandv.meta length 2^60",
-        patch(data, o["kv:commandv.meta"] + 4, struct.pack("<Q", big)))
+        patch(data, kv_at(K.META) + 4, struct.pack("<Q", big)))
     arr = lambda n, it: b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _s(b"general.tags") + struct.pack("<IIQ", ARR, it, n)  # noqa: E731
     add("huge_array_count", f"array of {big} items", "an array claiming 2^60 UINT8 items (gguf's reader loops forever on this)",
         arr(big, 0))
@@ -324,7 +344,7 @@ def signed_cases(c: Corpus) -> None:
         patch(data, 16, struct.pack("<Q", 1 << 60)), None)
     add("unknown_signer", "signed by unknown key", "signed by a key nobody trusts", data,
         sign_bytes(data, corpus_key("stranger")).to_json())
-    flip = enc.off["data:entry.0.C"] + 1  # a low mantissa byte: still a valid pack, silently changed
+    flip = enc.off["data:" + K.tensor_name(0, "C")] + 1  # a low mantissa byte: still a valid pack, silently changed
     add("tampered_pack", "pack was tampered with", "one tensor byte changed after signing (the pack alone still loads)",
         patch(data, flip, bytes([data[flip] ^ 0x01])), sig.to_json())
     forged = Signature(sig.key_id, hashlib.sha256(data[:-1] + b"\x01").hexdigest(), len(data), sig.signature)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import typer
 from typer.testing import CliRunner
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.cli_run import register  # noqa: E402
+from commandv.runtime.cli_run import chat_cmd, run_cmd  # noqa: E402
 from commandv.runtime.terminal import safe_text  # noqa: E402
 from commandv.runtime.llama_engine import Recipient  # noqa: E402
 from tests.test_llama_parity import random_pack  # noqa: E402
@@ -19,23 +17,17 @@ pytestmark = pytest.mark.llama
 PROMPT = "Tell me something nice about rivers."
 
 
-def _user_errors(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        try:
-            return fn(*a, **k)
-        except (ValueError, RuntimeError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
+def run_chat_app() -> typer.Typer:
+    """An app with only ``run`` and ``chat``, as the main CLI registers them."""
+    a = typer.Typer()
+    a.command("run")(run_cmd)
+    a.command("chat")(chat_cmd)
+    return a
 
 
 @pytest.fixture(scope="module")
 def app():
-    a = typer.Typer()
-    register(a, _user_errors)
-    return a
+    return run_chat_app()
 
 
 @pytest.fixture(scope="module")

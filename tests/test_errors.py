@@ -94,6 +94,35 @@ def test_cli_lets_other_errors_through():
     assert res.exit_code == 1 and isinstance(res.exception, ValueError)
 
 
+def test_cli_names_the_missing_optional_package():
+    """A command whose optional dependency is missing says, in one line, which pip package to install; a missing
+    module that is no optional dependency (a bug, e.g. a misspelled import) keeps its traceback."""
+    from commandv.runtime.cli_errors import OPTIONAL_PACKAGES
+
+    assert OPTIONAL <= set(OPTIONAL_PACKAGES)
+    res = CliRunner().invoke(_app(ModuleNotFoundError("No module named 'pyreft'", name="pyreft")), [])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        "error: this command needs pyreft (pyreft is not installed); pip install pyreft"]
+    res = CliRunner().invoke(_app(ModuleNotFoundError("No module named 'ray.serve'", name="ray.serve")), [])
+    assert res.exit_code == 2 and res.output.strip().endswith("pip install ray[serve]")
+    res = CliRunner().invoke(_app(ModuleNotFoundError("No module named 'commandv.nope'", name="commandv.nope")), [])
+    assert res.exit_code == 1 and isinstance(res.exception, ModuleNotFoundError)
+
+
+def test_cli_command_without_its_optional_dependency(monkeypatch):
+    """``cmdv onnx info`` imports onnx when it runs: without it, one line naming the package."""
+    import sys
+
+    from commandv.exporter.cli import app
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ModuleNotFoundError
+    res = CliRunner().invoke(app, ["onnx", "info", "model.onnx"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [
+        "error: this command needs onnx (onnx is not installed); pip install onnx"]
+
+
 def test_server_maps_commandv_value_errors_to_400():
     from commandv.runtime.serve.openai_api import error_from
 

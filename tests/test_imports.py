@@ -28,6 +28,30 @@ def test_runtime_import_is_light():
     assert out == "", f"importing commandv.runtime pulled in: {out}"
 
 
+HEAVY = ("torch", "transformers", "onnxruntime", "onnx", "llama_cpp", "fastapi", "uvicorn", "ray", "pyreft")
+"""Optional dependencies no package import (nor the CLI's, for ``cmdv --help``) may load."""
+
+
+def test_packages_and_cli_import_light():
+    """The public names of the packages are lazy (PEP 562 ``__getattr__``) and the CLI imports heavy
+    dependencies inside its commands."""
+    code = ("import sys, commandv.runtime, commandv.profiles, commandv.exporter, commandv.exporter.cli\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"importing the packages or the CLI pulled in: {out}"
+
+
+def test_public_names_resolve():
+    """Every name in a package's ``__all__`` is there (lazy ones import their module on first use)."""
+    import importlib
+
+    for package in LAYERS:
+        mod = importlib.import_module(package)
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None, f"{package}.{name}"
+            assert name in dir(mod)
+
+
 @dataclass(frozen=True)
 class Edge:
     """``src`` imports ``dst`` (module names); ``kind``: ``module``, ``function`` (lazy) or ``typing``
@@ -165,7 +189,7 @@ def test_import_graph_sees_the_package():
     assert ("commandv.runtime.pack", "commandv.runtime.pack_gguf") in found  # from .pack_gguf import …
     assert ("commandv.runtime.serve.slots", "commandv.runtime.errors") in found  # from ..errors import …
     assert ("commandv.profiles.profiler", "commandv.runtime") in found  # __version__ from the package __init__
-    assert ("commandv.exporter.cli", "commandv.runtime.errors") in found  # absolute
+    assert ("commandv.exporter.cli", "commandv.runtime.cli_errors") in found  # absolute
     assert {e.kind for e in edges} == {"module", "function", "typing"}
 
 

@@ -301,6 +301,7 @@ def test_bad_corpus_refused_under_asan(asan_tool):
 def test_strength_bound_same_as_python(asan_tool, tmp_path):
     """Entry strengths beyond ±1e6 (MAX_ABS_VALUE, like tensor values) are refused by both readers with the same
     message; the bound itself is accepted."""
+    from commandv.runtime import pack_keys as K
     from commandv.runtime.pack import parse_pack
     from tests.make_bad_corpus import base, patch
 
@@ -308,7 +309,7 @@ def test_strength_bound_same_as_python(asan_tool, tmp_path):
     files, want = [], []
     for k, s in enumerate((1e6, -1e6, 2e6, -3.0e38)):
         f = tmp_path / f"s{k}.gguf"
-        f.write_bytes(patch(data, enc.off["kv:commandv.entry.0.strength"] + 4, struct.pack("<f", s)))
+        f.write_bytes(patch(data, enc.off["kv:" + K.entry_key(K.ENTRY_STRENGTH, 0)] + 4, struct.pack("<f", s)))
         files.append(f)
         try:
             parse_pack(f.read_bytes(), str(f)).validate()

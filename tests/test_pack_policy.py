@@ -193,13 +193,9 @@ def _hf_reference_states(tiny_hf) -> list[dict]:
 
 @pytest.mark.llama
 def test_cli_run_policy_options(tiny_gguf, signed, monkeypatch):
-    from tests.test_cli_run import _user_errors  # one-line error wrapper
-    import typer
+    from tests.test_cli_run import run_chat_app
 
-    from commandv.runtime.cli_run import register
-
-    app = typer.Typer()
-    register(app, _user_errors)
+    app = run_chat_app()
     path, unsigned, pub = signed
     base = ["run", str(tiny_gguf), PROMPT, "-n", "4", "--ctx", "256", "--threads", "1"]
     res = CliRunner().invoke(app, base + ["--pack", str(unsigned), "--signatures", "require", "--trusted", str(pub)])

@@ -126,3 +126,22 @@ def test_pack_mismatch_refused(eng):
     p = random_pack(d=32)
     with pytest.raises(PackError, match="d=32"):
         eng.generate("hi", packs=[p])
+
+
+def test_engine_protocol_names(eng):
+    """``prompt_pass(record_layers=)`` and ``max_tokens=`` (the names all engines share) give what the edit-level
+    ``prompt_forward(record_hidden=)`` and the old ``max_new_tokens=`` give."""
+    prompt = "Tell me something nice about rivers."
+    ids = eng.encode(prompt)
+    pack = random_pack(layers=(1, 2), seed=4)
+    lf, hf = eng.prompt_forward(ids, pack_edits([pack], [1.5]), record_hidden=True)
+    lp, hp = eng.prompt_pass(ids, [pack], [1.5], record_layers=True, all_logits=True, force=True)
+    assert np.array_equal(lp, lf) and sorted(hp) == sorted(hf) == list(range(eng.n_layer))
+    assert all(np.array_equal(hp[i], hf[i]) for i in hf)
+    last, hidden = eng.prompt_pass(ids, [pack], [1.5], force=True)
+    assert hidden == {} and np.array_equal(last, lf[-1])
+    assert eng.generate(prompt, [pack], max_tokens=3, force=True) == eng.generate(prompt, [pack], max_new_tokens=3,
+                                                                                  force=True)
+    assert eng.generate_ids(ids, [], max_tokens=3) == eng.generate_ids(ids, [], max_new_tokens=3)
+    with eng as same:
+        assert same is eng
