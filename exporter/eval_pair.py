@@ -140,6 +140,23 @@ def report_prompts(behavior: str):
     return out
 
 
+def trained_behavior(adapter_dir: str | Path, default: str) -> str:
+    """The behavior the adapter was trained for (``training_metadata.json``'s ``behavior``, written by
+    ``cmdv train-demo``; e.g. ``refusal-broad`` for a pack judged as ``refusal``), else ``default``."""
+    from commandv.runtime.safe_io import read_regular
+
+    path = Path(adapter_dir) / "training_metadata.json"
+    try:
+        name = json.loads(read_regular(path, 1 << 20, "training metadata").decode("utf-8")).get("behavior")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return default
+    try:
+        get_behavior(name)
+    except (ValueError, TypeError):
+        return default
+    return name
+
+
 def report_notes(behavior: str, prompts) -> list[str]:
     """Caveats about the reported prompts: reported prompts that are in the behavior's training pool
     (refusal trains on all of AdvBench, so its AdvBench split is not held out for it)."""
@@ -218,7 +235,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
                                   "rcond": s.rcond if s.rcond is not None else "plain pinv",
                                   "method": s.method, "adapter": adapter_label(adapter_dir)},
-                        notes=report_notes(behavior, prompts))
+                        notes=report_notes(trained_behavior(adapter_dir, behavior), prompts))
     recommend_strength(res.pack, report).save(out_dir / f"{key}-{behavior}.pack.gguf")
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")
     write_text_atomic(out_dir / f"{stem}.json", json.dumps(report.to_json(), indent=1))

@@ -15,7 +15,9 @@ one factor.
 Built on first use with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``;
 ``-O3 -march=native`` when the compiler takes it, else ``-O3``) into
 ``cache_home()/native/fold_kernels-<hash>.so``; the hash covers the source, compiler, flags and this
-CPU's flag list, so a cache shared between machines never loads code built for another CPU. A freshly
+CPU's identity (:func:`commandv.runtime.cpu.build_key`: machine, model name, identity lines, flags), so
+a cache shared between machines never loads code built for another CPU. Speed figures of these kernels
+hold only for the CPU they were measured on; quote them with its model name. A freshly
 loaded library must reproduce numpy float64 results on ragged random problems or it is not used.
 Without a compiler, after a failed build or self-test, or with ``COMMANDV_NATIVE=0``,
 :func:`available` is False, :func:`unavailable_reason` says why, and callers use numpy.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from commandv.runtime import cpu
 from commandv.runtime.atomic import atomic_path
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.native.build import cached_library_path, disabled_by_env, toolchain
@@ -91,24 +93,10 @@ class PairFold:
     to_d: Sequence[np.ndarray]
 
 
-def _cpu_id() -> bytes:
-    """What ``-march=native`` depends on: the machine and, on Linux, the CPU model and flags."""
-    parts = [platform.machine(), platform.processor()]
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features", "model name")):
-                parts.append(line)
-                if line.startswith(("flags", "Features")):
-                    break
-    except OSError:
-        pass
-    return "\n".join(parts).encode()
-
-
 def library_path(cc: str) -> Path:
     """Where the library built from the current source with compiler ``cc`` for this CPU lives."""
     return cached_library_path("fold_kernels", (SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS + TUNE).encode(),
-                                                _cpu_id(), sys.platform.encode()))
+                                                cpu.build_key(), sys.platform.encode()))
 
 
 def build(force: bool = False) -> Path:

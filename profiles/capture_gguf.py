@@ -97,7 +97,7 @@ class _LayerGrabber:
     """Eval callback collecting each sequence's last-token row of every ``l_out-N``."""
 
     def __init__(self, n_layer: int):
-        self.targets = {f"l_out-{i}": i for i in range(n_layer)}
+        self.targets = gb.layer_outputs(n_layer)
         self.last_rows: list[int] = []
         self.got: dict[int, np.ndarray] = {}
         self.enabled = True

@@ -44,10 +44,20 @@ class CpuInfo:
     model: str
     flags: frozenset[str]
     machine: str
+    ident: str = ""
+    """Further identity lines (arm: ``CPU implementer`` / ``CPU part`` …), which ``-mcpu=native`` depends on."""
 
     @property
     def has_amx(self) -> bool:
         return any(f in self.flags for f in AMX_FLAGS)
+
+    @property
+    def build_key(self) -> bytes:
+        """What code compiled with ``-march=native`` depends on: machine, model, identity lines and flags.
+
+        Part of the cache key of every natively tuned build, so a cache folder shared between machines
+        never loads a library built for another CPU (an illegal instruction, not an error)."""
+        return "\n".join((self.machine, self.model, self.ident, " ".join(sorted(self.flags)))).encode()
 
 
 def _parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
@@ -63,16 +73,41 @@ def _parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
     return model, flags
 
 
+_IDENT_KEYS = ("cpu implementer", "cpu architecture", "cpu variant", "cpu part", "cpu revision", "cpu family",
+               "model", "stepping")
+
+
+def _parse_ident(text: str) -> str:
+    """The identity lines of the first processor in ``/proc/cpuinfo`` text (x86 family/model/stepping,
+    arm implementer/part …), as ``key=value`` joined by ``;``."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in _IDENT_KEYS and key not in out:
+            out[key] = value.strip()
+    return ";".join(f"{k}={out[k]}" for k in _IDENT_KEYS if k in out)
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
     """This machine's CPU (Linux: ``/proc/cpuinfo``; elsewhere ``platform.processor()`` and no flags)."""
-    model, flags = "", frozenset()
+    model, flags, ident = "", frozenset(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            model, flags = _parse_cpuinfo(fh.read(1 << 20))
+            text = fh.read(1 << 20)
+        model, flags = _parse_cpuinfo(text)
+        ident = _parse_ident(text)
     except OSError:
         pass
-    return CpuInfo(model=model or platform.processor() or "unknown", flags=flags, machine=platform.machine())
+    return CpuInfo(model=model or platform.processor() or "unknown", flags=flags, machine=platform.machine(),
+                   ident=ident)
+
+
+def build_key() -> bytes:
+    """:attr:`CpuInfo.build_key` of this machine's CPU (:func:`cpu_info`): the part of a native build's cache
+    key that keeps code tuned for one CPU (``-march=native``) from loading on another."""
+    return cpu_info().build_key
 
 
 def extra_buffers(info: CpuInfo | None = None, env: dict | None = None) -> tuple[bool, str]:

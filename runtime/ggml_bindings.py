@@ -89,8 +89,10 @@ def _lib_dir() -> Path:
     return Path(spec.origin).parent / "lib"
 
 
-def _find_lib(name: str) -> Path:
-    d = _lib_dir()
+def _find_lib(name: str, lib_dir: Path | None = None, error: type[Exception] = GgmlError) -> Path:
+    """``lib<name>.so`` / ``.dylib`` / ``.dll`` in ``lib_dir`` (default: llama-cpp-python's library folder),
+    or ``error``. The one lookup of ``libggml-base`` (:func:`lib`, and the native core's link step)."""
+    d = _lib_dir() if lib_dir is None else Path(lib_dir)
     cands = {
         "linux": [f"lib{name}.so"],
         "darwin": [f"lib{name}.dylib", f"lib{name}.so"],
@@ -99,7 +101,27 @@ def _find_lib(name: str) -> Path:
     for c in cands:
         if (d / c).exists():
             return d / c
-    raise GgmlError(f"shared library {name!r} not found in {d} (tried {cands})")
+    raise error(f"shared library {name!r} not found in {d} (tried {cands})")
+
+
+def ggml_base_path(lib_dir: Path | None = None, error: type[Exception] = GgmlError) -> Path:
+    """Path of ``libggml-base`` in ``lib_dir`` (default: llama-cpp-python's), or ``error``."""
+    return _find_lib("ggml-base", lib_dir, error)
+
+
+LAYER_OUTPUT = "l_out-"
+"""Name prefix of llama.cpp's per-layer residual output tensors (``l_out-N``, N = the layer)."""
+
+
+def layer_output_name(layer: int) -> str:
+    """``'l_out-<layer>'``: the graph tensor holding block ``layer``'s output."""
+    return f"{LAYER_OUTPUT}{int(layer)}"
+
+
+def layer_outputs(n_layer: int) -> dict[str, int]:
+    """``{'l_out-0': 0, …}`` for a model of ``n_layer`` blocks: the one ``l_out-N`` → N table of the eval
+    callbacks (edits and captures; the C core parses the same names in ``cmdv_core.c``)."""
+    return {layer_output_name(i): i for i in range(int(n_layer))}
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,7 +130,7 @@ def lib() -> ctypes.CDLL:
     import llama_cpp.llama_cpp  # noqa: F401  -- make sure libllama (and its ggml) is loaded first
 
     try:
-        L = ctypes.CDLL(str(_find_lib("ggml-base")))
+        L = ctypes.CDLL(str(ggml_base_path()))
     except OSError as e:
         raise GgmlError(f"cannot load libggml-base: {e}") from e
     p, sz = ctypes.c_void_p, ctypes.c_size_t

@@ -34,7 +34,7 @@ from .errors import EngineError
 from .llama_lowlevel import LlamaContext, LlamaError, LlamaModel
 from .lowrank import lowrank_delta
 from .pack import BehaviorPack, PackError
-from .positions import Positions
+from .positions import parse_positions
 
 
 class StrengthError(EngineError):
@@ -83,6 +83,22 @@ def normalize_strengths(n_packs: int, strengths: float | Sequence[float] | None)
     return out
 
 
+def target_rows(positions: str, n: int, rows: Sequence[int] | None, where: str) -> list[int]:
+    """Absolute prompt rows targeted by ``positions`` in a prompt of ``n`` tokens (``rows`` overrides; tests).
+
+    The one positions → rows step of every engine that edits by row (llama.cpp, ONNX); raises
+    :class:`PositionsError` (``where: …`` naming the pack / entry) when the spec reaches beyond the prompt."""
+    if rows is not None:
+        idx = sorted({int(r) for r in rows})
+        if idx and (idx[0] < 0 or idx[-1] >= n):
+            raise PositionsError(f"rows {idx[:4]}… outside the prompt of {n} tokens")
+        return idx
+    try:
+        return parse_positions(positions).indices(n)
+    except ValueError as exc:
+        raise PositionsError(f"{where}: {exc}") from None
+
+
 def _f32(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else np.ascontiguousarray(a, dtype=np.float32)
 
@@ -100,15 +116,7 @@ def compile_entries(packs: Sequence[BehaviorPack], strengths: Sequence[float], n
             eff = float(en.strength) * float(s)
             if not math.isfinite(eff):
                 raise StrengthError(f"pack {pack.name!r} entry {ei}: strength {eff} is not finite")
-            if rows is not None:
-                idx = sorted({int(r) for r in rows})
-                if idx and (idx[0] < 0 or idx[-1] >= n_tokens):
-                    raise PositionsError(f"rows {idx[:4]}… outside the prompt of {n_tokens} tokens")
-            else:
-                try:
-                    idx = Positions.parse(en.positions).indices(n_tokens)
-                except ValueError as exc:
-                    raise PositionsError(f"pack {pack.name!r} entry {ei}: {exc}") from None
+            idx = target_rows(en.positions, n_tokens, rows, f"pack {pack.name!r} entry {ei}")
             if eff == 0.0 or not idx:
                 continue
             out.append(EditEntry(int(en.layer), _f32(en.A), _f32(en.b), _f32(en.C), en.act, eff,
@@ -130,7 +138,7 @@ class PyEditor:
         self.out_pos: list[int] = []
         self.rec: np.ndarray | None = None
         self.n_applied = 0
-        self._names = {f"l_out-{i}": i for i in range(self.n_layer)}
+        self._names = gb.layer_outputs(self.n_layer)
 
     def load(self, entries: list[EditEntry]) -> None:
         self.entries = list(entries)
@@ -173,7 +181,7 @@ class PyEditor:
         elif n_rows == len(self.out_pos):
             pos = np.asarray(self.out_pos)
         else:
-            raise LlamaError(f"l_out-{il} has {n_rows} rows; expected {self.n_tokens} tokens "
+            raise LlamaError(f"{gb.layer_output_name(il)} has {n_rows} rows; expected {self.n_tokens} tokens "
                              f"or {len(self.out_pos)} outputs")
         local = {int(p): r for r, p in enumerate(pos)}
         if il in self.need:

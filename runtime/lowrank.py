@@ -11,56 +11,10 @@ and optional offset ``e [d]``. Every pyreft intervention folds into this form
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-# Activation names follow transformers' ACT2FN keys (what pyreft passes as act_fn).
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def _gelu_erf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
-
-
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
-
-
-def _silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-ACTIVATIONS = {
-    "linear": lambda x: x,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "gelu": _gelu_erf,
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "silu": _silu,
-    "swish": _silu,
-    "tanh": np.tanh,
-    "sigmoid": _sigmoid,
-}
-"""Supported activation names (transformers ``ACT2FN`` spelling) → numpy functions."""
-
-ACTIVATION_ALIASES = {"identity": "linear", "none": "linear", "": "linear"}
-
-
-def canonical_activation(name: str | None) -> str:
-    """Return the canonical activation name, or raise ``ValueError`` naming the unknown one."""
-    key = (name or "linear").strip().lower()
-    key = ACTIVATION_ALIASES.get(key, key)
-    if key not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}"
-        )
-    return key
+from .activations import ACTIVATIONS, canonical_activation  # noqa: F401  (the one table: activations.py)
+from .activations import ALIASES as ACTIVATION_ALIASES  # noqa: F401
 
 
 def apply_activation(name: str, x: np.ndarray) -> np.ndarray:

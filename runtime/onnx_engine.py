@@ -123,13 +123,11 @@ class OnnxRecipient(TextEngine):
         return sorted(self.eog)
 
     # ------------------------------------------------------------------ packs
-    def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
-        """:meth:`TextEngine.load_packs`, plus: this ONNX file must have pack sites."""
-        out = super().load_packs(packs, force)
-        if out and self.info.pack_mode == "none":
+    def _check_packs_fit(self, packs: list[BehaviorPack]) -> None:
+        """Part of :meth:`TextEngine.load_packs` (and every request): this ONNX file must have pack sites."""
+        if packs and self.info.pack_mode == "none":
             raise PackError(f"ONNX file {self.path} has no pack sites; export it with pack inputs (the default of "
                             "cmdv onnx export) or bake the pack in (cmdv onnx export --pack)")
-        return out
 
     def pack_feeds(self, packs: Sequence[BehaviorPack], strengths: Sequence[float], n: int,
                    rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:

@@ -18,24 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .llama_edit import PositionsError
+from .llama_edit import PositionsError, target_rows  # noqa: F401  (the one positions → rows step)
 from .lowrank import canonical_activation
 from .onnx_surgery import _ACT_ALIAS, SLOT_ACTS, OnnxMeta, pack_digest
 from .pack import BehaviorPack, PackError
-from .positions import Positions
-
-
-def target_rows(positions: str, n: int, rows: Sequence[int] | None, where: str) -> list[int]:
-    """Absolute prompt rows targeted by ``positions`` in a prompt of ``n`` tokens (``rows`` overrides; tests)."""
-    if rows is not None:
-        idx = sorted({int(r) for r in rows})
-        if idx and (idx[0] < 0 or idx[-1] >= n):
-            raise PositionsError(f"rows {idx[:4]}… outside the prompt of {n} tokens")
-        return idx
-    try:
-        return Positions.parse(positions).indices(n)
-    except ValueError as exc:
-        raise PositionsError(f"{where}: {exc}") from None
 
 
 def _baked(meta: OnnxMeta, packs, strengths, n, rows, where, mask) -> None:

@@ -38,11 +38,14 @@ from typing import Sequence
 import numpy as np
 
 from .errors import CommandVError
+from . import activations as _activations
 from .lowrank import canonical_activation
 from .pack import BehaviorPack, PackError
 
-SLOT_ACTS = ("linear", "relu", "gelu", "gelu_tanh", "silu", "tanh", "sigmoid")
-_ACT_ALIAS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "swish": "silu"}
+SLOT_ACTS = _activations.SLOT_ACTS
+"""Activation functions in C id order: the one-hot ``act`` input of a slot (from :mod:`.activations`)."""
+_ACT_ALIAS = {n: s for n, s in _activations.SLOT_OF.items() if n != s}
+"""Canonical names whose function goes by another name (``gelu_new`` → ``gelu_tanh``)."""
 FORMAT_VERSION = 1
 
 
@@ -168,10 +171,9 @@ def _act_nodes(act: str, u: str, p: str) -> tuple[list, str]:
     mk, out = helper.make_node, f"{p}/z"
     c = lambda v: helper.make_tensor(f"{p}/c{v}", 1, [], [v])  # noqa: E731  (FLOAT scalar)
     const = lambda nm, v: mk("Constant", [], [nm], name=nm, value=c(v))  # noqa: E731
-    if act == "linear":
-        return [mk("Identity", [u], [out], name=out)], out
-    if act in ("relu", "tanh", "sigmoid"):
-        return [mk({"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}[act], [u], [out], name=out)], out
+    kind = _activations.SLOT_KIND.get(act)
+    if kind is not None and kind.onnx_op:  # one operator (Identity, Relu, Tanh, Sigmoid)
+        return [mk(kind.onnx_op, [u], [out], name=out)], out
     if act == "silu":
         return [mk("Sigmoid", [u], [f"{p}/sg"], name=f"{p}/sg"), mk("Mul", [u, f"{p}/sg"], [out], name=out)], out
     if act == "gelu":  # 0.5·x·(1 + erf(x/√2))

@@ -25,7 +25,7 @@ from .atomic import atomic_path
 from .errors import PackError
 from .lowrank import canonical_activation, delta_row_norms, lowrank_delta
 from .pack_gguf import MAX_ENTRIES, decode_pack, read_pack_bytes, write_pack
-from .positions import Positions
+from .positions import parse_positions
 
 MAX_RANK = 4096
 MAX_DIM = 1 << 17
@@ -77,7 +77,7 @@ class PackEntry:
             raise PackError(f"{where}: layer {self.layer} out of range 0..{n_layer - 1}")
         try:
             self.act = canonical_activation(self.act)
-            Positions.parse(self.positions)
+            parse_positions(self.positions)
         except ValueError as exc:
             raise PackError(f"{where}: {exc}") from None
         if not math.isfinite(float(self.strength)):

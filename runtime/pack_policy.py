@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .pack import BehaviorPack, PackError
-from .positions import Positions
+from .positions import Positions, parse_positions
 from .signing import POLICIES, TrustedKey, default_trusted_keys, load_pack_checked, load_trusted
 from .terminal import safe_text
 
@@ -115,12 +115,8 @@ class PackPolicy:
 
         Files go through :meth:`load`; in-memory packs are validated, since their shapes and values reach
         the engine just the same; anything else is a :class:`PackError`."""
-        if packs is None:
-            return []
-        if isinstance(packs, (BehaviorPack, str, os.PathLike)):
-            packs = [packs]
         out = []
-        for p in packs:
+        for p in pack_list(packs):
             if isinstance(p, BehaviorPack):
                 p.validate()
                 out.append(p)
@@ -151,6 +147,15 @@ class PackPolicy:
                 f"layer {z.layer}: the summed edit of {z.sources} is {z.ratio:.3g}× the norm of the recipient's "
                 f"hidden state (reference prompt {z.prompt}, token {z.row}), above the limit "
                 f"{self.max_delta_norm:g} (max_delta_norm)")
+
+
+def pack_list(packs) -> list:
+    """An engine's ``packs`` argument (None, one pack or file, or a list of them) as a list."""
+    if packs is None:
+        return []
+    if isinstance(packs, (BehaviorPack, str, os.PathLike)):
+        return [packs]
+    return list(packs)
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ def edit_sizes(packs: Sequence[BehaviorPack], strengths: Sequence[float],
             if eff == 0.0:  # the engines skip these
                 continue
             try:
-                pos = Positions.parse(e.positions)
+                pos = parse_positions(e.positions)
             except ValueError as exc:
                 raise PackError(f"pack {safe_text(pack.name)[:60]!r}: {exc}") from None
             by_layer.setdefault(int(e.layer), []).append((i, e, eff, pos))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _PART = re.compile(r"^([fl])(\d{1,4})$")
 MAX_SPAN = 1024
@@ -63,3 +64,14 @@ class Positions:
         n = max(int(n_tokens), 0)
         f, l = min(self.first, n), min(self.last, n)
         return sorted(set(range(f)) | set(range(n - l, n)))
+
+
+@lru_cache(maxsize=512)
+def _parse_cached(spec: str) -> Positions:
+    return Positions.parse(spec)
+
+
+def parse_positions(spec: str) -> Positions:
+    """:meth:`Positions.parse`, remembered per spec string (a request parses each entry's spec once per process,
+    not once per request); the same ``ValueError`` for a bad spec."""
+    return _parse_cached(spec) if isinstance(spec, str) else Positions.parse(spec)

@@ -1,7 +1,14 @@
 """What the llama.cpp and ONNX Runtime engines share: identity properties, pack loading and request
 checks, ``generate``/``chat``, stop-string streaming and the reference states of the edit-size check.
 Each engine supplies ``info``, ``n_layer``, ``d_model``, ``n_ctx``, ``n_vocab``, ``force``, ``policy``,
-``_reference`` (None), ``encode``, ``encode_chat``, ``prompt_pass``, ``_text`` and ``close``."""
+``_reference`` (None), ``encode``, ``encode_chat``, ``prompt_pass``, ``_text`` and ``close``.
+
+Packs are checked once: :meth:`TextEngine.load_packs` validates a pack (shapes, the full finite / range scans
+of every tensor) and checks it against the model, then marks the pack object (:func:`mark_loaded`). A request
+given that same, unchanged pack object skips both (:func:`loaded_for`); a pack passed to a request directly,
+not through ``load_packs``, or changed since (other entries, arrays, layer, activation, positions or strength)
+is checked in full, with the same errors. Tensor values changed in place are not seen: a loaded pack's arrays
+are treated as read-only (load it again after editing them)."""
 
 from __future__ import annotations
 
@@ -10,8 +17,43 @@ from typing import Iterable, Iterator, Sequence
 from .llama_edit import check_packs, normalize_strengths
 from .llama_sampling import stream_text
 from .pack import BehaviorPack
-from .pack_policy import ReferenceStates, reference_states
+from .pack_policy import ReferenceStates, pack_list, reference_states
 from .request_checks import as_token_ids, check_prompt
+
+_MARK = "_cmdv_loaded"
+"""Attribute of a pack object that :meth:`TextEngine.load_packs` checked: ``(content key, {model key, …})``."""
+
+
+def _content_key(pack: BehaviorPack) -> tuple:
+    """What :meth:`BehaviorPack.validate` read, without the tensor values: recipient metadata, and per entry its
+    object, layer, activation, positions, strength and each tensor's object, address, shape and dtype. Costs
+    O(entries), not O(values); a pack whose key changed since it was checked is checked again."""
+    rec = pack.recipient if isinstance(pack.recipient, dict) else {}
+    arrays = lambda e: tuple(None if t is None else (id(t), getattr(t, "shape", None), str(getattr(t, "dtype", "")),  # noqa: E731
+                                                      getattr(t, "__array_interface__", {}).get("data"))
+                             for t in (e.A, e.b, e.C, e.P, e.Q, e.e))
+    return (id(pack.entries), len(pack.entries),
+            tuple(repr(rec.get(k)) for k in ("fingerprint", "arch", "n_layer", "d_model")),
+            tuple((id(e), repr(e.layer), repr(e.act), repr(e.positions), repr(e.strength), arrays(e))
+                  for e in pack.entries))
+
+
+def mark_loaded(pack: BehaviorPack, model: tuple) -> None:
+    """Record that ``pack`` (as it is now) passed validation and the check against ``model`` (a model key
+    with the ``force`` it was checked under)."""
+    key = _content_key(pack)
+    prev = pack.__dict__.get(_MARK)
+    models = set(prev[1]) if prev is not None and prev[0] == key else set()
+    pack.__dict__[_MARK] = (key, frozenset(models | {model}))
+
+
+def loaded_for(pack, model: tuple, force: bool) -> bool:
+    """True when ``pack`` is a pack object :meth:`TextEngine.load_packs` checked, unchanged since, against this
+    ``model`` (without ``force``, or with it when ``force`` is asked now)."""
+    mark = getattr(pack, "__dict__", {}).get(_MARK) if isinstance(pack, BehaviorPack) else None
+    if mark is None or not ({model + (False,), model + (force,)} & mark[1]):
+        return False
+    return mark[0] == _content_key(pack)
 
 
 class TextEngine:
@@ -31,16 +73,39 @@ class TextEngine:
 
     def load_packs(self, packs, force: bool | None = None) -> list[BehaviorPack]:
         """Packs (objects or files, :meth:`PackPolicy.read_packs`) checked against this model;
-        :class:`PackError` if one does not fit."""
-        out = self.policy.read_packs(packs)
-        check_packs(out, self.fingerprint, self.arch, self.n_layer, self.d_model,
-                    self.force if force is None else bool(force))
+        :class:`PackError` if one does not fit. The returned pack objects are marked as checked, so requests
+        given them skip the checks (see the module docstring)."""
+        force = self.force if force is None else bool(force)
+        out = self._read_packs(packs, force, reuse=False)
+        model = self._model_key()
+        for p in out:
+            mark_loaded(p, model + (force,))
         return out
 
+    def _model_key(self) -> tuple:
+        return (self.fingerprint, self.arch, int(self.n_layer), int(self.d_model))
+
+    def _read_packs(self, packs, force: bool, reuse: bool) -> list[BehaviorPack]:
+        """``packs`` read, validated and checked against this model; with ``reuse``, pack objects that
+        :meth:`load_packs` checked (and that did not change since) are taken as they are."""
+        items = pack_list(packs)
+        model = self._model_key()
+        known = [reuse and loaded_for(p, model, force) for p in items]
+        fresh = self.policy.read_packs([p for p, k in zip(items, known) if not k])
+        check_packs(fresh, self.fingerprint, self.arch, self.n_layer, self.d_model, force)
+        it = iter(fresh)
+        out = [p if k else next(it) for p, k in zip(items, known)]
+        self._check_packs_fit(out)
+        return out
+
+    def _check_packs_fit(self, packs: list[BehaviorPack]) -> None:
+        """Engine-specific refusals of checked packs (e.g. an ONNX file without pack sites)."""
+
     def _checked_request(self, ids: Sequence[int], packs, strengths, force):
-        """Token ids, packs, strengths of one request, all checked → ``(ids, packs, strengths)``."""
+        """Token ids, packs, strengths of one request, all checked → ``(ids, packs, strengths)``. Packs that
+        :meth:`load_packs` returned are not validated again (the rest are, in full)."""
         ids = as_token_ids(ids)
-        loaded = self.load_packs(packs, force)
+        loaded = self._read_packs(packs, self.force if force is None else bool(force), reuse=True)
         s = normalize_strengths(len(loaded), strengths)
         self.policy.check_size(loaded, s, self.reference_states)
         check_prompt(ids, self.n_ctx, self.n_vocab)

@@ -21,26 +21,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .activations import ACTIVATIONS, torch_activation
 from .chat_template import render_chat, tokenize_chat, user_turn
 from .llama_edit import normalize_strengths
 from .llama_sampling import Sampler
 from .errors import EngineError
 from .pack import BehaviorPack, PackEntry, PackError
 from .pack_policy import PackPolicy, ReferenceStates, reference_states
-from .positions import Positions
+from .positions import Positions, parse_positions
 from .request_checks import as_token_ids
 
-_TORCH_ACTS = {
-    "linear": lambda t: t,
-    "relu": lambda t: t.clamp_min(0),
-    "gelu": lambda t: __import__("torch").nn.functional.gelu(t),
-    "gelu_new": lambda t: __import__("torch").nn.functional.gelu(t, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda t: __import__("torch").nn.functional.gelu(t, approximate="tanh"),
-    "silu": lambda t: __import__("torch").nn.functional.silu(t),
-    "swish": lambda t: __import__("torch").nn.functional.silu(t),
-    "tanh": lambda t: t.tanh(),
-    "sigmoid": lambda t: t.sigmoid(),
-}
+_TORCH_ACTS = {name: (lambda t, _n=name: torch_activation(_n)(t)) for name in ACTIVATIONS}
+"""Canonical activation name → torch function (derived from :mod:`.activations`; imports torch when called)."""
 
 
 def decoder_layers(model):
@@ -72,7 +64,7 @@ def entry_edit(entry: PackEntry, strength: float = 1.0) -> Edit:
 
     t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     A, b, C, P, Q, e = (t(entry.A), t(entry.b), t(entry.C), t(entry.P), t(entry.Q), t(entry.e))
-    act = _TORCH_ACTS[entry.act]
+    act = torch_activation(entry.act)
 
     def fn(h):
         out = act(h @ A + b) @ C
@@ -82,12 +74,16 @@ def entry_edit(entry: PackEntry, strength: float = 1.0) -> Edit:
             out = out + e
         return out
 
-    return Edit(entry.layer, fn, float(entry.strength) * strength, Positions.parse(entry.positions))
+    return Edit(entry.layer, fn, float(entry.strength) * strength, parse_positions(entry.positions))
 
 
 def pack_edits(packs: Sequence[BehaviorPack], strengths: Sequence[float] | None = None) -> list[Edit]:
     """Edits of several packs, composed in list order."""
-    strengths = normalize_strengths(len(packs), strengths)
+    return _edits(packs, normalize_strengths(len(packs), strengths))
+
+
+def _edits(packs: Sequence[BehaviorPack], strengths: Sequence[float]) -> list[Edit]:
+    """:func:`pack_edits` with strengths already normalized (one finite float per pack)."""
     return [entry_edit(e, s) for p, s in zip(packs, strengths) for e in p.entries]
 
 
@@ -174,11 +170,16 @@ class TorchRecipient:
                    force: bool | None = False) -> list[BehaviorPack]:
         """Packs (objects or files, :meth:`PackPolicy.read_packs`), checked against this model and
         against the policy's edit-size limit (at ``strengths``)."""
+        return self._checked(packs, strengths, force)[0]
+
+    def _checked(self, packs, strengths, force) -> tuple[list[BehaviorPack], list[float]]:
+        """:meth:`load_packs` → ``(packs, strengths normalized once)``, for a request's edits."""
         out = self.policy.read_packs(packs)
         for p in out:
             self.check_pack(p, bool(force))
-        self.policy.check_size(out, normalize_strengths(len(out), strengths), self.reference_states)
-        return out
+        s = normalize_strengths(len(out), strengths)
+        self.policy.check_size(out, s, self.reference_states)
+        return out, s
 
     def reference_states(self) -> ReferenceStates:
         """Unedited block outputs on every token of the reference prompts (chat-rendered, raw text for a model
@@ -212,8 +213,8 @@ class TorchRecipient:
         ids = as_token_ids(ids)
         if not ids:
             raise EngineError("prompt is empty")
-        loaded = self.load_packs(packs, strengths, force)
-        logits, hidden = self.prompt_forward(ids, pack_edits(loaded, strengths), record_hidden=record_layers)
+        loaded, s = self._checked(packs, strengths, force)
+        logits, hidden = self.prompt_forward(ids, _edits(loaded, s), record_hidden=record_layers)
         return (logits if all_logits else logits[-1]), hidden
 
     def generate_ids(self, ids: list[int], edits: list[Edit], max_tokens: int = 32,
@@ -253,9 +254,9 @@ class TorchRecipient:
         ``max_new_tokens``: old name of ``max_tokens``)."""
         if max_new_tokens is not None:
             max_tokens = max_new_tokens
-        packs = self.load_packs(packs, strengths, force)
+        packs, s = self._checked(packs, strengths, force)
         ids = self.encode(prompt)
-        new = self.generate_ids(ids, pack_edits(packs, strengths), max_tokens)
+        new = self.generate_ids(ids, _edits(packs, s), max_tokens)
         return self.tokenizer.decode(new, skip_special_tokens=True)
 
     def close(self) -> None:
@@ -286,5 +287,5 @@ def unfolded_edits(donor_edits, layer_pairs, C_rd: dict, C_dr: dict, positions: 
             x = (h.double() @ crd).numpy()
             return (torch.from_numpy(edit.delta(x)) @ cdr).float()
 
-        out.append(Edit(l_r, fn, strength, Positions.parse(positions)))
+        out.append(Edit(l_r, fn, strength, parse_positions(positions)))
     return out

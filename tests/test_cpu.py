@@ -54,6 +54,27 @@ def test_cpuinfo_parsing_x86_and_arm():
     assert cpu._parse_cpuinfo(arm)[1] == {"fp", "asimd", "asimddp"}
 
 
+def test_build_key_tells_cpus_apart(monkeypatch):
+    """The cache key of ``-march=native`` builds: equal for the same CPU, different for another one."""
+    a, b = _cpu(EPYC), _cpu(SAPPHIRE_RAPIDS)
+    assert a.build_key != b.build_key
+    assert a.build_key == CpuInfo(model="test", flags=frozenset(reversed(EPYC)), machine="x86_64").build_key
+    assert CpuInfo(model="other", flags=a.flags, machine="x86_64").build_key != a.build_key
+    assert CpuInfo(model="test", flags=a.flags, machine="aarch64").build_key != a.build_key
+    assert CpuInfo(model="test", flags=a.flags, machine="x86_64", ident="cpu part=0xd0c").build_key != a.build_key
+    monkeypatch.setattr(cpu, "cpu_info", lambda: b)
+    assert cpu.build_key() == b.build_key
+
+
+def test_cpuinfo_identity_lines():
+    arm = ("processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x1\n"
+           "CPU part\t: 0xd0c\nCPU revision\t: 1\n\nprocessor\t: 1\nCPU part\t: 0xd40\n")
+    assert cpu._parse_ident(arm) == ("cpu implementer=0x41;cpu architecture=8;cpu variant=0x1;cpu part=0xd0c;"
+                                     "cpu revision=1")
+    x86 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\nstepping\t: 0\n"
+    assert cpu._parse_ident(x86) == "cpu family=25;model=1;stepping=0"
+
+
 def test_this_cpu_matches_lscpu():
     """The flags read here are the ones ``lscpu`` reports (an independent reader of the same kernel data)."""
     if not os.path.exists("/proc/cpuinfo") or not __import__("shutil").which("lscpu"):

@@ -327,3 +327,20 @@ def test_report_sizes_on_the_real_data():
     assert not {p.prompt for p in by["advbench"]} & {p.prompt for p in by["harmful"]}
     broad = {s.prompt for s in get_behavior("refusal-broad").train_specs()}
     assert not {p.prompt for p in by["advbench"]} & broad  # held out from the behavior that reserves it
+
+
+def test_report_notes_follow_the_adapters_training_behavior(tmp_path):
+    """refusal-broad adapters never train on the AdvBench held-out split: no "not held out" note for them; the
+    refusal adapters train on all of AdvBench: the note stays."""
+    import json as _json
+
+    from commandv.exporter.eval_pair import report_notes, report_prompts, trained_behavior
+
+    (tmp_path / "training_metadata.json").write_text(_json.dumps({"behavior": "refusal-broad"}))
+    assert trained_behavior(tmp_path, "refusal") == "refusal-broad"
+    (tmp_path / "training_metadata.json").write_text(_json.dumps({"behavior": "no-such-behavior"}))
+    assert trained_behavior(tmp_path, "refusal") == "refusal"
+    assert trained_behavior(tmp_path / "missing", "refusal") == "refusal"
+    ps = report_prompts("refusal")
+    assert report_notes("refusal-broad", ps) == []
+    assert any("advbench" in n for n in report_notes("refusal", ps))

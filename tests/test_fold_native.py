@@ -218,6 +218,25 @@ def test_failed_compile_leaves_no_library(tmp_home, monkeypatch, tmp_path):
     assert not native_dir.exists() or not any(native_dir.iterdir())
 
 
+def test_cache_path_is_keyed_by_the_cpu(tmp_home, monkeypatch):
+    """A ``-march=native`` build is cached per CPU: a cache folder shared between machines never hands one
+    machine the library built for another (that would die with an illegal instruction)."""
+    from commandv.runtime import cpu
+
+    def on(model, flags, ident=""):
+        monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo(model=model, flags=frozenset(flags.split()),
+                                                                 machine="x86_64", ident=ident))
+        return fold_native.library_path("/usr/bin/cc")
+
+    zen = on("AMD EPYC 7B13", "fpu sse2 avx avx2 fma")
+    assert on("AMD EPYC 7B13", "avx2 fma fpu sse2 avx") == zen  # same CPU (flag order aside): same library
+    assert zen.parent == tmp_home / "native" and zen.name.startswith("fold_kernels-")
+    xeon = on("Intel(R) Xeon(R) Platinum 8480+", "fpu sse2 avx avx2 fma avx512f amx_tile")
+    assert xeon != zen
+    assert on("AMD EPYC 7B13", "fpu sse2 avx avx2 fma avx512f") != zen  # same name, other flags
+    assert on("AMD EPYC 7B13", "fpu sse2 avx avx2 fma", ident="cpu family=25;model=1") != zen
+
+
 def test_export_folds_every_pair_in_one_call(monkeypatch):
     from commandv.exporter.adapters import Adapter
     from commandv.exporter.export import clear_factor_cache, export_pack

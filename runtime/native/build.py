@@ -18,6 +18,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..activations import ACT_IDS as _ACT_IDS
 from ..atomic import atomic_path
 from ..errors import CommandVError
 from ..paths import cache_home
@@ -32,10 +34,12 @@ from ..paths import cache_home
 SOURCE = Path(__file__).with_name("cmdv_core.c")
 HEADER = SOURCE.with_name("cmdv_core.h")  # included by SOURCE (public API, shared with native apps)
 CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall")
+"""No ``-march``/``-mcpu``: the library runs on any CPU of the machine architecture, so its cache key holds the
+architecture (``platform.machine()``) but not the CPU identity. A build tuned with ``-march=native`` must put
+:func:`commandv.runtime.cpu.build_key` in its key (as ``exporter/fold_native.py`` does)."""
 ABI_VERSION = 1
-ACT_IDS = {"linear": 0, "relu": 1, "gelu": 2, "gelu_new": 3, "gelu_pytorch_tanh": 3,
-           "silu": 4, "swish": 4, "tanh": 5, "sigmoid": 6}
-"""Activation name (canonical, see ``lowrank.ACTIVATIONS``) → C activation id."""
+ACT_IDS = _ACT_IDS
+"""Activation name (canonical) → C activation id: derived from the one table, :mod:`commandv.runtime.activations`."""
 
 _REASON: list[str] = []
 
@@ -58,11 +62,9 @@ def _llama_dirs() -> tuple[Path, Path]:
 
 
 def _ggml_base(lib_dir: Path) -> Path:
-    names = {"darwin": ["libggml-base.dylib"], "linux": ["libggml-base.so"]}.get(sys.platform, [])
-    for n in names:
-        if (lib_dir / n).exists():
-            return lib_dir / n
-    raise NativeBuildError(f"libggml-base not found in {lib_dir}")
+    from ..ggml_bindings import ggml_base_path  # the one lookup of libggml-base
+
+    return ggml_base_path(lib_dir, NativeBuildError)
 
 
 def disabled_by_env() -> bool:
@@ -96,7 +98,7 @@ def library_path() -> Path:
     cc = compiler() or "none"
     return cached_library_path("cmdv_core", (SOURCE.read_bytes(), HEADER.read_bytes(), (inc / "ggml.h").read_bytes(),
                                              cc.encode(), " ".join(CFLAGS).encode(), str(lib_dir.resolve()).encode(),
-                                             sys.platform.encode()))
+                                             sys.platform.encode(), platform.machine().encode()))
 
 
 def toolchain(error: type[Exception]) -> str:
