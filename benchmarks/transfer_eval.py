@@ -36,6 +36,8 @@ def main() -> None:
     figures, sources, partial = {}, [], []
     for f in sorted((RESULTS / "transfer").glob("*.json")):
         doc = json.loads(f.read_text())
+        if "configs" not in doc:  # e.g. a cmdv diagnose report beside the pair reports
+            continue
         rep = PairReport.from_json(doc)
         figures.update(rep.figures())
         sources.append(str(f.relative_to(RESULTS.parent.parent)))
@@ -45,7 +47,8 @@ def main() -> None:
         raise SystemExit("no pair reports in benchmarks/results/transfer/ (run `cmdv eval` first)")
     score = RESULTS / "transfer_score.json"  # benchmarks/transfer_score.py: the score's rank correlation
     if score.is_file():
-        for name in ("transfer_score_spearman", "transfer_score_spearman_points", "transfer_score_configs"):
+        for name in ("transfer_score_spearman", "transfer_score_configs", "transfer_score_spearman_share",
+                     "transfer_score_spearman_with_methods", "transfer_score_configs_with_methods"):
             v = json.loads(score.read_text())["figures"].get(name)
             if v:
                 figures[name] = (v["value"], v["unit"])

@@ -56,6 +56,16 @@ def pinv_maps(XR, XD):
     return Crd, np.zeros(XD.shape[1]), Cdr
 
 
+def robust_pinv(M: np.ndarray) -> np.ndarray:
+    """``pinv(M)``, through LAPACK's gesvd when the default SVD driver does not converge."""
+    try:
+        return np.linalg.pinv(M)
+    except np.linalg.LinAlgError:  # through the eigendecomposition of MᵀM: pinv(M) = V diag(1/λ) Vᵀ Mᵀ
+        lam, V = np.linalg.eigh(M.T @ M)
+        keep = lam > lam.max() * (max(M.shape) * np.finfo(np.float64).eps) ** 2
+        return (V[:, keep] / lam[keep]) @ V[:, keep].T @ M.T
+
+
 def _ridge(Xs, Ys, lam):
     d = Xs.shape[1]
     G = Xs.T @ Xs
@@ -134,6 +144,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=65)
     ap.add_argument("--judge", default="generation", help="generation (greedy, judged rates) or proxy")
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the measured methods of the results file (refolded, not re-run) and add the others")
     ap.add_argument("--target", action="append", default=None,
                     help="teacher-forced answer text (repeatable; default: the behavior's)")
     ap.add_argument("--methods", default="pinv-N128,pinv-N256,pinv-N512,pinv-N1024,pinv-anchored,ridge,roundtrip,"
@@ -169,11 +181,14 @@ def main() -> None:
         return {"expected": c.expected_rate, "unexpected": c.unexpected_rate, "utility": c.utility,
                 "selectivity": c.expected_rate - c.unexpected_rate}
 
-    off = score([], None)
+    key = f"{pair_key(args.donor, args.recipient)}-{args.behavior}"
+    if args.resume and (RESULTS / f"transfer_methods-{key}.json").is_file():
+        results.update(json.loads((RESULTS / f"transfer_methods-{key}.json").read_text())["details"]["results"])
+    off = results["off-shelf"]["1"] if "off-shelf" in results else score([], None)
     results["off-shelf"] = {"1": off}
     print(f"off-shelf: {off}", flush=True)
     rng = np.random.default_rng(0)
-    best = None
+    best, best_gain = None, float("nan")
     for method in args.methods.split(","):
         name, _, mod = method.partition("+")
         figs = []
@@ -197,7 +212,7 @@ def main() -> None:
                 else:
                     Crd, crd, Cdr = pinv_maps(XR, XD)
                 if name == "roundtrip":
-                    Cdr = np.linalg.pinv(Crd)
+                    Cdr = robust_pinv(Crd)
                 ent = fold(edit, Crd, crd, Cdr, l_r, positions)
                 if mod == "cal":
                     ent = calibrated(ent, edit, XR, XD)
@@ -207,8 +222,9 @@ def main() -> None:
                                           dprof.layer(edit.layer)[held]))
         pack = dataclasses.replace(base, entries=entries, name=method)
         packs[method] = pack
-        results[method] = {}
-        for s in strengths:
+        done = results.get(method, {})
+        results[method] = done
+        for s in [x for x in strengths if f"{x:g}" not in done]:
             results[method][f"{s:g}"] = v = score([pack], [s])
             v["transfer_score"] = pack_score(figs, s)
             print(f"{method} @{s:g}: " + " ".join(f"{k} {x:.3f}" for k, x in v.items())
@@ -217,15 +233,20 @@ def main() -> None:
             gain = max(v["selectivity"] for v in results[method].values()) - off["selectivity"]
             if best is None or gain > best_gain:
                 best, best_gain = method, gain
+        save(args, results, best, best_gain, len(prompts))  # after every method: a crash keeps what was measured
     engine.close()
+    print(f"best: {best} (selectivity gain {best_gain:.3f})")
+
+
+def save(args, results: dict, best: str | None, best_gain: float, n_prompts: int) -> None:
+    """Write ``benchmarks/results/transfer_methods-<pair>-<behavior>.json`` with what is measured so far."""
     key = f"{pair_key(args.donor, args.recipient)}-{args.behavior}"
     unit = "logprob" if args.judge == "proxy" else "rate"
     figures = {f"{m}@{s}.{k}": (v[k], unit)
                for m, by_s in results.items() for s, v in by_s.items() for k in ("expected", "selectivity")}
     figures["best_method_gain"] = (best_gain, unit)
     write_results(f"transfer_methods-{key}", figures, extra={"best_method": best, "adapter": args.adapter,
-                                                               "n_prompts": len(prompts), "results": results})
-    print(f"best: {best} (selectivity gain {best_gain:.3f}); wrote {RESULTS}/transfer_methods-{key}.json")
+                                                               "n_prompts": n_prompts, "results": results})
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ The measured gain of a configuration: the behavior rate with the pack at strengt
 where the behavior is expected, divided by the donor adapter's own gain on the donor (the share of the donor's
 effect that arrived; the raw points are kept too). Figures:
 
-* ``transfer_score_spearman``: Spearman ρ between score and donor-normalized gain over the configurations;
-* ``transfer_score_spearman_points``: the same against the raw gain in points;
-* ``transfer_score_configs``: how many configurations.
+* ``transfer_score_spearman``: Spearman ρ between score and gain (points, strength 1) over the reports;
+  ``transfer_score_configs``: how many;
+* ``transfer_score_spearman_share``: the same against the donor-normalized gain (reports with donor rows);
+* ``transfer_score_spearman_with_methods``: pooled with every (method, strength) of the method sweeps
+  (``benchmarks/transfer_methods.py``: gains on the tuning prompts), ``transfer_score_configs_with_methods``.
 
     python benchmarks/transfer_score.py        # profiles 964-1024 prompts per model the first time (~20 min)
 """
@@ -40,17 +42,23 @@ from commandv.runtime.pack import BehaviorPack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "benchmarks" / "results" / "transfer"
-OLD_SETTINGS = {"profile set": "general_v1 (1024 prompts)", "layer rule": "nearest", "rcond": 0.003}
-"""Reports written before settings were recorded were made with these (checked against their packs below)."""
+OLD_SETTINGS = {
+    "qwen0.5b-to-qwen1.5b-pirate": {"profile set": "general_v1 (1024 prompts)", "layer rule": "nearest",
+                                    "rcond": 0.003},
+    "qwen0.5b-to-smollm2-pirate": {"profile set": "general_v1 (256 prompts)", "layer rule": "nearest",
+                                   "rcond": None},
+}
+"""Settings of the reports written before settings were recorded (from the README of the time; checked against
+their committed packs below)."""
 
 
-def report_settings(doc: dict) -> tuple[int, float | None, str, str | None]:
-    """``(general prompts, rcond, layer rule, adapter)`` the report was made with."""
-    s = doc.get("settings") or OLD_SETTINGS
+def report_settings(doc: dict, stem: str) -> tuple[int, float | None, str, str | None, str]:
+    """``(general prompts, rcond, layer rule, adapter, method)`` the report ``stem`` was made with."""
+    s = doc.get("settings") or OLD_SETTINGS[stem]
     m = re.search(r"\[:(\d+)\]", s["profile set"]) or re.search(r"\((\d+) prompts\)", s["profile set"])
     rcond = s.get("rcond")
     return (int(m.group(1)), None if rcond in (None, "plain pinv") else float(rcond), s.get("layer rule", "nearest"),
-            s.get("adapter"))
+            s.get("adapter"), s.get("method", "pinv"))
 
 
 def pack_difference(a: BehaviorPack, b: BehaviorPack) -> float:
@@ -71,18 +79,18 @@ def main() -> None:
         rep = PairReport.from_json(doc)
         off, tr = rep.by_label("recipient"), rep.by_label("recipient+transfer@1")
         d_off, d_ad = rep.by_label("donor"), rep.by_label("donor+adapter")
-        if tr is None or d_off is None or d_ad is None:
-            print(f"{path.name}: no strength-1 or donor configurations, skipped")
+        if tr is None:
+            print(f"{path.name}: no strength-1 configuration, skipped")
             continue
-        n_gen, rcond, rule, adapter_dir = report_settings(doc)
+        n_gen, rcond, rule, adapter_dir, method = report_settings(doc, path.stem)
         adapter = load_adapter(REPO / adapter_dir if adapter_dir else committed_adapter(rep.donor, rep.behavior))
         pset = profiling_set(rep.behavior, n_gen)
         dprof, _, _ = profile_model(rep.donor, pset, "gguf")
         rprof, _, _ = profile_model(rep.recipient, pset, "gguf")
-        res = export_pack(adapter, dprof, rprof, layer_rule=rule, rcond=rcond)
+        res = export_pack(adapter, dprof, rprof, layer_rule=rule, rcond=rcond, method=method)
         committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
         diff = pack_difference(res.pack, BehaviorPack.load(committed)) if committed.is_file() else float("nan")
-        donor_gain = d_ad.expected_rate - d_off.expected_rate
+        donor_gain = d_ad.expected_rate - d_off.expected_rate if d_off and d_ad else float("nan")
         gain = tr.expected_rate - off.expected_rate
         rows.append({"config": path.stem, "score": res.pack.meta.get("transfer_score", float("nan")),
                      "gain_pts": 100 * gain, "donor_gain_pts": 100 * donor_gain,
@@ -93,14 +101,37 @@ def main() -> None:
         r = rows[-1]
         print(f"{path.stem}: score {r['score']:.3f}, gain {r['gain_pts']:+.0f} pts (share {r['share']:.2f}), "
               f"re-export vs committed pack {diff:.1e}", flush=True)
-    ok = [r for r in rows if np.isfinite(r["score"]) and np.isfinite(r["share"])]
-    rho = spearman([r["score"] for r in ok], [r["share"] for r in ok])
-    rho_pts = spearman([r["score"] for r in ok], [r["gain_pts"] for r in ok])
-    print(f"Spearman rho over {len(ok)} configurations: {rho:.3f} (vs points: {rho_pts:.3f})")
+    ok = [r for r in rows if np.isfinite(r["score"]) and np.isfinite(r["gain_pts"])]
+    rho = spearman([r["score"] for r in ok], [r["gain_pts"] for r in ok])
+    shared = [r for r in ok if np.isfinite(r["share"])]
+    rho_share = spearman([r["score"] for r in shared], [r["share"] for r in shared])
+    methods = method_rows()
+    both = ok + methods
+    rho_all = spearman([r["score"] for r in both], [r["gain_pts"] for r in both])
+    print(f"Spearman rho over {len(ok)} (pair, behavior) reports: {rho:.3f} (donor-normalized, {len(shared)}: "
+          f"{rho_share:.3f}); with {len(methods)} method-sweep configurations: {rho_all:.3f}")
     write_results("transfer_score", {"transfer_score_spearman": (rho, "rho"),
-                                     "transfer_score_spearman_points": (rho_pts, "rho"),
-                                     "transfer_score_configs": (float(len(ok)), "configs")},
-                  extra={"configs": rows})
+                                     "transfer_score_configs": (float(len(ok)), "configs"),
+                                     "transfer_score_spearman_share": (rho_share, "rho"),
+                                     "transfer_score_spearman_with_methods": (rho_all, "rho"),
+                                     "transfer_score_configs_with_methods": (float(len(both)), "configs")},
+                  extra={"configs": rows, "method_configs": methods})
+
+
+def method_rows() -> list[dict]:
+    """Every (method, strength) of the method sweeps (``benchmarks/results/transfer_methods-*.json``, written by
+    ``benchmarks/transfer_methods.py``, which stores each pack's score beside its judged rates on the tuning
+    prompts): ``{"config", "score", "gain_pts"}``."""
+    out = []
+    for path in sorted((REPO / "benchmarks" / "results").glob("transfer_methods-*.json")):
+        res = json.loads(path.read_text())["details"]["results"]
+        off = res["off-shelf"]["1"]["expected"]
+        for method, by_s in res.items():
+            for s, v in by_s.items():
+                if "transfer_score" in v:
+                    out.append({"config": f"{path.stem}:{method}@{s}", "score": v["transfer_score"],
+                                "gain_pts": 100 * (v["expected"] - off)})
+    return out
 
 
 if __name__ == "__main__":
