@@ -87,6 +87,8 @@ def export_cmd(
                                "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖)"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
+    check: int = typer.Option(10, "--utility-check", help="ask a GGUF recipient this many exact-answer questions "
+                              "without and with the pack and warn when the pack costs more than 10 points (0: skip)"),
     name: Optional[str] = typer.Option(None, help="pack name"),
 ) -> None:
     """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
@@ -116,6 +118,21 @@ def export_cmd(
             out.print(score_line(res.pack), markup=False)
         out.print(f"{safe_text(res.pack.summary())}\n" + safe_text(f"folded in {res.seconds * 1000:.0f} ms; wrote "
                   f"{path} ({path.stat().st_size / 1e3:.1f} kB)"), markup=False)
+        if check > 0 and rprof.meta.backend == "gguf":
+            report_utility(recipient, res.pack, check)
+
+
+def report_utility(recipient: str, pack, n: int) -> None:
+    """Print the quick utility check of ``pack`` on ``recipient`` and warn when it costs more than 10 points."""
+    from .evaluate import utility_check
+
+    off, on, k = utility_check(recipient, pack, n)
+    out.print(f"utility check ({k} exact-answer questions, greedy): without the pack {round(off * k)}/{k}, "
+              f"with it {round(on * k)}/{k}", soft_wrap=True)
+    if 100 * (off - on) > 10:
+        err.print(f"[yellow]warning:[/yellow] this pack costs the recipient utility ({100 * off:.0f} → {100 * on:.0f} % "
+                  "on the quick check): its answers may be broken; try a lower --strength or check with cmdv eval",
+                  soft_wrap=True)
 
 
 def _export_targets(adapters: list[Path], out_path: Path, name: str | None) -> list[tuple[Path, str]]:

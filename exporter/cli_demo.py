@@ -157,7 +157,7 @@ def run_demo(recipient: str, donor: str, behavior: str, adapter_dir: Path, stren
     ad = load_adapter(adapter_dir)
     figs = measured_figures(donor, recipient, behavior)
     if strength is None:
-        strength = figs.get(f"best_strength{'' if behavior.startswith('refusal') else '_' + behavior}", {}).get("value", 1.0)
+        strength = figs.get(f"best_strength_{behavior}", {}).get("value", 1.0)
     out.print(f"[bold]1/4 profiling[/bold] {escape(safe_text(donor))} and {escape(safe_text(recipient))} on "
               f"{profile_prompts} prompts (cached after the first run)")
     dprof, _, _ = profile_model(donor, "general", "gguf", limit=profile_prompts)

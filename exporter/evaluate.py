@@ -515,3 +515,20 @@ def _frac(g: float, ci: tuple[float, float] | None = None) -> str:
     if g != g:
         return "–"
     return f"{g:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def utility_check(recipient: str, pack: BehaviorPack, n: int = 10, max_tokens: int = 16) -> tuple[float, float, int]:
+    """Quick check that ``pack`` does not break ``recipient`` (zoo key or ``.gguf``): the first ``n`` utility
+    questions (:func:`utility_questions`) without and with the pack at its own strength, greedy, through the
+    llama.cpp engine. Returns ``(rate without, rate with, questions)``."""
+    from commandv.runtime.llama_engine import Recipient
+
+    util = utility_questions()[:n]
+    eng = Recipient(recipient, n_ctx=1024)
+    try:
+        off = run_config(eng, "without", None, [], util, None, 1.0, max_tokens)
+        on = run_config(eng, "with", None, [], util, pack, 1.0, max_tokens)
+    finally:
+        eng.close()
+    return off.utility, on.utility, len(util)
+

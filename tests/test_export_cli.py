@@ -39,6 +39,7 @@ def test_export_and_inspect(tmp_home, tmp_path):
                                    str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert "translator fit" in res.output and "R² R→D" in res.output
+    assert "utility check (10 exact-answer questions" in res.output and "transferability score" in res.output
     pack = BehaviorPack.load(out)
     assert [e.layer for e in pack.entries] == [0, 1]  # nearest, ties down: 2*3/4 = 1.5 -> 1
     ins = CliRunner().invoke(app, ["inspect", str(out)])
@@ -97,3 +98,18 @@ def test_export_several_adapters_into_a_folder(tmp_home, tmp_path):
     res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "a" / "style"), "--adapter",
                                    str(tmp_path / "b" / "tone"), *common, "-o", str(tmp_path / "file.gguf")])
     assert res.exit_code == 2 and "is a file" in res.output and (tmp_path / "file.gguf").read_bytes() == b"x"
+
+
+def test_export_warns_when_the_pack_costs_utility(tmp_home, tmp_path, monkeypatch):
+    """The quick utility check after export: its counts are printed, and a drop over 10 points is a warning
+    (the check itself is stubbed to a 9/10 → 3/10 drop; the real one runs in test_export_and_inspect)."""
+    from commandv.exporter import evaluate
+
+    monkeypatch.setattr(evaluate, "utility_check", lambda recipient, pack, n: (0.9, 0.3, 10))
+    pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)
+    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
+                                   str(donor), "--recipient", str(recip), "--prompts", str(prompts),
+                                   "-o", str(tmp_path / "out.gguf")])
+    assert res.exit_code == 0, res.output
+    assert "without the pack 9/10, with it 3/10" in res.output and "costs the recipient utility (90 → 30 %" in res.output
