@@ -7,8 +7,8 @@ Each re-export is checked against the committed pack beside the report (``*.pack
 matrices up to float32 rounding), so the score belongs to the pack that was evaluated.
 
 The measured gain of a configuration: the behavior rate with the pack at strength 1 minus the off-shelf rate
-where the behavior is expected, divided by the donor adapter's own gain on the donor (the share of the donor's
-effect that arrived; the raw points are kept too). Figures:
+where the behavior is expected, in points (and, where the report has donor rows, divided by the donor adapter's own
+gain on the donor: the share of the donor's effect that arrived). Figures:
 
 * ``transfer_score_spearman``: Spearman ρ between score and gain (points, strength 1) over the reports;
   ``transfer_score_configs``: how many;
@@ -16,11 +16,12 @@ effect that arrived; the raw points are kept too). Figures:
 * ``transfer_score_spearman_with_methods``: pooled with every (method, strength) of the method sweeps
   (``benchmarks/transfer_methods.py``: gains on the tuning prompts), ``transfer_score_configs_with_methods``.
 
-    python benchmarks/transfer_score.py        # profiles 964-1024 prompts per model the first time (~20 min)
+    python benchmarks/transfer_score.py        # profiles general[:1024] once per model (Qwen1.5B: ~6 min)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -38,6 +39,8 @@ from commandv.exporter.evaluate import PairReport  # noqa: E402
 from commandv.exporter.export import export_pack  # noqa: E402
 from commandv.exporter.stats import spearman  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
+from commandv.profiles.prompts import load_prompt_set  # noqa: E402
+from commandv.profiles.store import Profile  # noqa: E402
 from commandv.runtime.pack import BehaviorPack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +62,48 @@ def report_settings(doc: dict, stem: str) -> tuple[int, float | None, str, str |
     rcond = s.get("rcond")
     return (int(m.group(1)), None if rcond in (None, "plain pinv") else float(rcond), s.get("layer rule", "nearest"),
             s.get("adapter"), s.get("method", "pinv"))
+
+
+def report_prompt_set(behavior: str, n_gen: int, settings: dict):
+    """The profiling prompts of a report: today's :func:`profiling_set`, or, for reports made before the style
+    behaviors were reported on 160 prompts, ``general[:n_gen]`` without only the behavior's own held-out prompts,
+    or the whole ``general[:n_gen]`` (earlier still): the one with the prompt count the report recorded."""
+    from commandv.exporter.behaviors import get_behavior
+    from commandv.profiles.prompts import combine_prompt_sets
+
+    m = re.search(r"\((\d+) prompts\)", settings["profile set"])
+    want = int(m.group(1)) if m else None
+    gen = load_prompt_set("general", limit=n_gen)
+    own = {p.prompt for p in get_behavior(behavior).eval_prompts()}
+    keep = [i for i, p in enumerate(gen.prompts) if p not in own]
+    older = combine_prompt_sets(f"{gen.name}[:{n_gen}]-{behavior}-eval",
+                                [([gen.prompts[i] for i in keep], [gen.ids[i] for i in keep], gen.source)])
+    for cand in (profiling_set(behavior, n_gen), older, gen):
+        if want is None or len(cand) == want:
+            return cand
+    raise SystemExit(f"no prompt set of {want} prompts for {behavior} (general[:{n_gen}])")
+
+
+MAX_PACK_DIFF = 1e-2
+"""A re-export further than this (largest relative difference of the folded matrices) from the committed pack
+is not the pack the report evaluated (float32 rounding and profiling give ~1e-3 at most)."""
+
+_FULL: dict[str, Profile] = {}
+
+
+def rows_of(model: str, pset) -> Profile:
+    """``model``'s profile on ``pset``, cut out of one profile on general[:1024] (a prompt's last-token states do
+    not depend on the other prompts), so each model is profiled once for every report."""
+    if model not in _FULL:
+        _FULL[model], _, _ = profile_model(model, load_prompt_set("general", limit=1024), "gguf")
+    full = _FULL[model]
+    index = {p: i for i, p in enumerate(load_prompt_set("general", limit=1024).prompts)}
+    missing = [p for p in pset.prompts if p not in index]
+    if missing:
+        raise SystemExit(f"{len(missing)} prompts of {pset.name} are not in general[:1024]")
+    rows = np.array([index[p] for p in pset.prompts])
+    meta = dataclasses.replace(full.meta, n_prompts=len(rows), prompt_set=pset.name, prompt_sha256=pset.sha256)
+    return Profile(layers=[x[rows] for x in full.layers], meta=meta)
 
 
 def pack_difference(a: BehaviorPack, b: BehaviorPack) -> float:
@@ -84,9 +129,8 @@ def main() -> None:
             continue
         n_gen, rcond, rule, adapter_dir, method = report_settings(doc, path.stem)
         adapter = load_adapter(REPO / adapter_dir if adapter_dir else committed_adapter(rep.donor, rep.behavior))
-        pset = profiling_set(rep.behavior, n_gen)
-        dprof, _, _ = profile_model(rep.donor, pset, "gguf")
-        rprof, _, _ = profile_model(rep.recipient, pset, "gguf")
+        pset = report_prompt_set(rep.behavior, n_gen, doc.get("settings") or OLD_SETTINGS[path.stem])
+        dprof, rprof = (rows_of(model, pset) for model in (rep.donor, rep.recipient))
         res = export_pack(adapter, dprof, rprof, layer_rule=rule, rcond=rcond, method=method)
         committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
         diff = pack_difference(res.pack, BehaviorPack.load(committed)) if committed.is_file() else float("nan")
@@ -101,7 +145,12 @@ def main() -> None:
         r = rows[-1]
         print(f"{path.stem}: score {r['score']:.3f}, gain {r['gain_pts']:+.0f} pts (share {r['share']:.2f}), "
               f"re-export vs committed pack {diff:.1e}", flush=True)
-    ok = [r for r in rows if np.isfinite(r["score"]) and np.isfinite(r["gain_pts"])]
+    # a re-export that is not the evaluated pack (its adapter or profile changed since) says nothing about it
+    ok = [r for r in rows if np.isfinite(r["score"]) and np.isfinite(r["gain_pts"])
+          and not r["pack_max_rel_diff"] > MAX_PACK_DIFF]
+    for r in rows:
+        if r["pack_max_rel_diff"] > MAX_PACK_DIFF:
+            print(f"{r['config']}: left out, the re-export differs from the evaluated pack")
     rho = spearman([r["score"] for r in ok], [r["gain_pts"] for r in ok])
     shared = [r for r in ok if np.isfinite(r["share"])]
     rho_share = spearman([r["score"] for r in shared], [r["share"] for r in shared])

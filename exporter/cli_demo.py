@@ -20,13 +20,19 @@ from commandv.runtime.terminal import safe_text
 from .cli_args import comma_list
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_DONOR = "smollm2-135m-instruct"
-DEMO_RECIPIENT = "qwen2.5-coder-0.5b-instruct"
+DEMO_DONOR = "qwen2.5-coder-0.5b-instruct"
+DEMO_RECIPIENT = "qwen2.5-coder-1.5b-instruct"
 DEMO_BEHAVIOR = "refusal"
-DEMO_ADAPTER = "refusal-broad"
+DEMO_ADAPTER = "refusal"
+DEMO_PROFILE_PROMPTS = 1024
+DEMO_RCOND = 3e-3
 DEMO_N = 10
-"""The demo's pair, behavior and committed adapter (``adapters/<donor>/<adapter>``): the cross-family transfer that
-measured best (benchmarks/results/transfer_eval.json); held-out prompts per group."""
+DEMO_FIGURES = ("n_harmful", "n_harmless", "n_", "offshelf_", "transferred_", "gain_pts_", "recovered_gain_",
+                "over_", "utility_delta_pts_", "donor_share_", "best_strength_")
+"""The measured figures the demo prints (name prefixes; each with its interval)."""
+"""The demo's pair, behavior, committed adapter (``adapters/<donor>/<adapter>``) and export settings: the transfer
+that measured best (small → large within the Qwen family; benchmarks/results/transfer_eval.json); held-out prompts
+per group."""
 
 out = Console()
 
@@ -98,14 +104,16 @@ def register(app: typer.Typer, user_errors) -> None:
                                                           f"{DEMO_ADAPTER} for {DEMO_BEHAVIOR}, else adapters/<donor>/<behavior>)"),
         strength: Optional[float] = typer.Option(None, help="pack strength (default: the one the pair's evaluation "
                                                             "recommends, else 1)"),
-        profile_prompts: int = typer.Option(256, help="prompts used to fit the translators"),
+        profile_prompts: int = typer.Option(DEMO_PROFILE_PROMPTS, help="prompts used to fit the translators"),
+        rcond: Optional[float] = typer.Option(DEMO_RCOND, help="translator singular-value cutoff (see cmdv export "
+                                                               "--help); 0 = plain pinv"),
         n: int = typer.Option(DEMO_N, help="held-out prompts per group (expected / not expected / utility)"),
         max_tokens: int = typer.Option(24, help="tokens per answer"),
     ) -> None:
         """Transfer the committed donor adapter to the recipient and show, on held-out prompts, what it changes."""
         if adapter is None:
             adapter = committed_adapter(donor, DEMO_ADAPTER if behavior == DEMO_BEHAVIOR else behavior)
-        run_demo(recipient, donor, behavior, adapter, strength, profile_prompts, n, max_tokens)
+        run_demo(recipient, donor, behavior, adapter, strength, profile_prompts, rcond or None, n, max_tokens)
 
 
 def measured_figures(donor: str, recipient: str, behavior: str) -> dict[str, dict]:
@@ -138,7 +146,7 @@ def demo_prompts(behavior: str, n: int) -> list:
 
 
 def run_demo(recipient: str, donor: str, behavior: str, adapter_dir: Path, strength: float | None,
-             profile_prompts: int, n: int, max_tokens: int) -> None:
+             profile_prompts: int, rcond: float | None, n: int, max_tokens: int) -> None:
     """The demo's steps (see :func:`register`'s ``demo``): profile, export, run without / with the pack, judge."""
     from commandv.profiles.profiler import profile_model
     from commandv.runtime import zoo
@@ -164,7 +172,8 @@ def run_demo(recipient: str, donor: str, behavior: str, adapter_dir: Path, stren
     rprof, _, _ = profile_model(recipient, "general", "gguf", limit=profile_prompts)
     out.print(f"[bold]2/4 exporting[/bold] {escape(safe_text(ad.kind))} adapter {escape(safe_text(adapter_dir.name))} "
               f"({len(ad.edits)} layers, rank {ad.edits[0].rank}) into a pack for {escape(safe_text(recipient))}")
-    res = export_pack(ad, dprof, rprof, strength=strength, name=f"{behavior}-demo", donor_name=dprof.meta.model_name)
+    res = export_pack(ad, dprof, rprof, strength=strength, rcond=rcond, name=f"{behavior}-demo",
+                      donor_name=dprof.meta.model_name)
     pack_path = Path.cwd() / f"{behavior}-{model_label(recipient)}.pack.gguf"
     res.pack.save(pack_path)
     out.print(diagnostics_table(res.diagnostics))
@@ -231,7 +240,7 @@ def verdict(behavior: str, off, on, figs: dict) -> None:
         out.print("measured for this pair on every held-out prompt (benchmarks/results/transfer_eval.json, 95 % "
                   "intervals):")
         for name, v in figs.items():
-            if name.endswith(("_ci_low", "_ci_high")):
+            if name.endswith(("_ci_low", "_ci_high", "_best")) or not name.startswith(DEMO_FIGURES):
                 continue
             lo, hi = figs.get(f"{name}_ci_low"), figs.get(f"{name}_ci_high")
             ci = f" [{lo['value']:.3g}, {hi['value']:.3g}]" if lo and hi else ""

@@ -27,7 +27,7 @@ def test_demo_runs_and_writes_the_pack(smollm2, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     adapter = cli_demo.committed_adapter(SMOL, "refusal-broad")
     res = CliRunner().invoke(app, ["demo", "--donor", SMOL, "--recipient", SMOL, "--adapter", str(adapter),
-                                   "--n", "2", "--profile-prompts", "700", "--max-tokens", "6", "--strength", "1"])
+                                   "--n", "2", "--profile-prompts", "700", "--rcond", "0", "--max-tokens", "6", "--strength", "1"])
     assert res.exit_code == 0, res.output
     for step in ("1/4 profiling", "2/4 exporting", "3/4 running", "4/4 judged", "transferability score"):
         assert step in res.output
