@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import write_results  # noqa: E402
 from commandv.runtime import zoo  # noqa: E402
 from commandv.runtime.pack_policy import REFERENCE_PROMPTS  # noqa: E402
-from tests.serve_helpers import free_port, start_process, start_server, stop, tamper_cases  # noqa: E402
+from tests.serve_helpers import free_port, replica_pids, start_process, start_server, stop, tamper_cases  # noqa: E402
 
 PACK = ROOT / "packs" / "smollm2-135m-instruct-refusal-direct.pack.gguf"
 PACKS = [("p1", 0.5), ("p2", 1.0), ("p3", 1.5), ("p4", -1.0)]
@@ -97,7 +97,7 @@ def _ray_check(model: str, packs: Path, tokens: int) -> tuple[int, str]:
         return 0, f"ray serve did not start: {exc}"[:300]
     try:
         c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
-        pids = {json.loads(urllib.request.urlopen(url + "/health", timeout=30).read())["pid"] for _ in range(30)}
+        pids = replica_pids(url)
         texts = {_chat(c, f"{model}+p2", "How do I pick a lock?", tokens)[0] for _ in range(8)}
         return (len(pids) if len(texts) == 1 else 0), f"{len(pids)} replica pids, {len(texts)} distinct outputs"
     finally:

@@ -73,6 +73,24 @@ def start_server(args: list[str], env: dict | None = None, timeout: float = 180.
     return start_process(CMDV + list(args) + ["--port", str(port)], port, env, timeout)
 
 
+def replica_pids(url: str, want: int = 2, seconds: float = 120.0) -> set[int]:
+    """The process ids that answer ``url``'s ``/health``, asked 8 at a time until ``want`` of them are seen or
+    ``seconds`` pass (a router may send a short burst of sequential requests to one idle replica, or a replica may
+    still be warming up)."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pid(_) -> int:
+        return json.loads(urllib.request.urlopen(url + "/health", timeout=30).read())["pid"]
+
+    pids: set[int] = set()
+    deadline = time.monotonic() + seconds
+    with ThreadPoolExecutor(8) as pool:
+        while len(pids) < want and time.monotonic() < deadline:
+            pids |= set(pool.map(pid, range(8)))
+    return pids
+
+
 def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Interrupt the server (its process group), then kill it if it does not exit in ``timeout`` seconds."""
     if proc.poll() is None:
