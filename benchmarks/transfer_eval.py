@@ -47,9 +47,10 @@ def main() -> None:
         raise SystemExit("no pair reports in benchmarks/results/transfer/ (run `cmdv eval` first)")
     score = RESULTS / "transfer_score.json"  # benchmarks/transfer_score.py: the score's rank correlation
     if score.is_file():
+        score_figures = json.loads(score.read_text())["figures"]
         for name in ("transfer_score_spearman", "transfer_score_configs", "transfer_score_spearman_share",
                      "transfer_score_spearman_with_methods", "transfer_score_configs_with_methods"):
-            v = json.loads(score.read_text())["figures"].get(name)
+            v = score_figures.get(name)
             if v:
                 figures[name] = (v["value"], v["unit"])
     extra = {"reports": sources}

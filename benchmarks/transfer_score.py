@@ -22,6 +22,7 @@ gain on the donor: the share of the donor's effect that arrived). Figures:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -91,13 +92,19 @@ is not the pack the report evaluated (float32 rounding and profiling give ~1e-3 
 _FULL: dict[str, Profile] = {}
 
 
+@functools.cache
+def _general_1024():
+    return load_prompt_set("general", limit=1024)
+
+
 def rows_of(model: str, pset) -> Profile:
     """``model``'s profile on ``pset``, cut out of one profile on general[:1024] (a prompt's last-token states do
     not depend on the other prompts), so each model is profiled once for every report."""
+    general = _general_1024()
     if model not in _FULL:
-        _FULL[model], _, _ = profile_model(model, load_prompt_set("general", limit=1024), "gguf")
+        _FULL[model], _, _ = profile_model(model, general, "gguf")
     full = _FULL[model]
-    index = {p: i for i, p in enumerate(load_prompt_set("general", limit=1024).prompts)}
+    index = {p: i for i, p in enumerate(general.prompts)}
     missing = [p for p in pset.prompts if p not in index]
     if missing:
         raise SystemExit(f"{len(missing)} prompts of {pset.name} are not in general[:1024]")

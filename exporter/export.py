@@ -36,7 +36,7 @@ from .adapters import Adapter, adapter_name
 from .fold import FoldItem, fold_edits
 from .interventions import DonorEdit
 from .layermap import DEFAULT_LAYER_RULE, build_layer_map
-from .transfer_score import layer_figures, pack_score, pinv_to_donor
+from .transfer_score import layer_figures, median_relative_edit, pack_score, pinv_to_donor
 from .translators import GramFactor, factorize, fit_diagnostics
 
 
@@ -246,9 +246,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
 def calibrated(entry: PackEntry, edit: DonorEdit, XR: np.ndarray, XD: np.ndarray) -> PackEntry:
     """``entry`` with its write side (``C``, ``Q``, ``e``) scaled so that the median ``‖δ_R(h)‖/‖h‖`` over the
     recipient rows ``XR [N, d_R]`` equals the donor edit's median ``‖δ_D(h)‖/‖h‖`` over ``XD [N, d_D]``."""
-    rel = lambda norms, X: float(np.median(norms / np.maximum(np.linalg.norm(X, axis=1), 1e-30)))  # noqa: E731
-    r_r = rel(entry.delta_norms(np.asarray(XR, np.float32)), XR)
-    r_d = rel(edit.delta_norms(np.asarray(XD, np.float64)), XD)
+    r_r = median_relative_edit(entry.delta_norms(np.asarray(XR, np.float32)), XR)
+    r_d = median_relative_edit(edit.delta_norms(np.asarray(XD, np.float64)), XD)
     k = np.float32(r_d / r_r) if r_r > 0 else np.float32(1.0)
     scale = lambda M: None if M is None else (M * k).astype(np.float32)  # noqa: E731
     return dataclasses.replace(entry, C=scale(entry.C), Q=scale(entry.Q), e=scale(entry.e))

@@ -41,6 +41,11 @@ def pinv_to_donor(fR: GramFactor, fD: GramFactor) -> Callable[[np.ndarray], np.n
     return lambda M: fD.times_x(fR.times_pinv(M))
 
 
+def median_relative_edit(edit_norms: np.ndarray, X: np.ndarray) -> float:
+    """Median over rows of ``‖δ(h)‖ / ‖h‖``: ``edit_norms [M]`` the edit's row norms on the states ``X [M, d]``."""
+    return float(np.median(edit_norms / np.maximum(np.linalg.norm(X, axis=1), 1e-30)))
+
+
 def layer_figures(edit: DonorEdit, entry, to_donor: Callable[[np.ndarray], np.ndarray], XR_held: np.ndarray,
                   XD_held: np.ndarray) -> dict[str, float]:
     """``{"edit_cos", "read_r2", "norm_ratio", "donor_edit_energy"}`` for one layer pair.
@@ -55,8 +60,8 @@ def layer_figures(edit: DonorEdit, entry, to_donor: Callable[[np.ndarray], np.nd
     dR = entry.delta(XR.astype(np.float32)).astype(np.float64)  # [M, d_R]
     cos = float(np.mean(_row_cos(to_donor(dR), dD)))
     read = _r2(to_donor(XR) @ edit.A, XD @ edit.A)
-    rel_r = np.median(np.linalg.norm(dR, axis=1) / np.maximum(np.linalg.norm(XR, axis=1), 1e-30))
-    rel_d = np.median(np.linalg.norm(dD, axis=1) / np.maximum(np.linalg.norm(XD, axis=1), 1e-30))
+    rel_r = median_relative_edit(np.linalg.norm(dR, axis=1), XR)
+    rel_d = median_relative_edit(np.linalg.norm(dD, axis=1), XD)
     return {"edit_cos": cos, "read_r2": read, "norm_ratio": float(rel_r / max(rel_d, 1e-30)),
             "donor_edit_energy": float(rel_d)}
 

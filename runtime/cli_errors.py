@@ -32,6 +32,13 @@ from .terminal import safe_text
 
 err = Console(stderr=True)
 """The console user errors (and the CLI's warnings) are printed on."""
+_out = Console(highlight=False, soft_wrap=True)
+
+
+def say(*lines: str) -> None:
+    """Print lines built from paths, key ids and file text on stdout: no markup, and control characters (newlines
+    included) shown as escapes, so a file name or pack name cannot draw a line of its own."""
+    _out.print("\n".join(safe_text(line) for line in lines), markup=False)
 
 OPTIONAL_PACKAGES = {
     "torch": "torch",

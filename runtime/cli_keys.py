@@ -11,19 +11,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from .cli_errors import user_errors
-from .terminal import safe_text
-
-_out = Console(highlight=False, soft_wrap=True)
-
-
-def _say(*lines: str) -> None:
-    """Print lines built from paths, key ids and pack text: no markup, and control characters (newlines included)
-    shown as escapes, so a file name or pack name cannot draw a line of its own."""
-    _out.print("\n".join(safe_text(line) for line in lines), markup=False)
-
+from .cli_errors import say, user_errors
 
 keys_app = typer.Typer(help="Pack-signing keys (ed25519).", no_args_is_help=True)
 
@@ -40,7 +29,7 @@ def keys_new(
     from .signing import generate_keypair
 
     priv, pub, kid = generate_keypair(out, name=name, overwrite=overwrite)
-    _say(f"key id {kid}", f"private key: {priv} (keep it secret)", f"public key:  {pub} (give it to users)")
+    say(f"key id {kid}", f"private key: {priv} (keep it secret)", f"public key:  {pub} (give it to users)")
 
 
 @keys_app.command("trust")
@@ -56,7 +45,7 @@ def keys_trust(pub: Path = typer.Argument(..., help="public key file (.pub) to t
 
     with atomic_path(dest) as tmp:
         shutil.copyfile(pub, tmp)
-    _say(f"trusting key {kid}: {dest}")
+    say(f"trusting key {kid}: {dest}")
 
 
 @user_errors
@@ -68,7 +57,7 @@ def sign_cmd(
     from .signing import load_private_key, key_id, sign_pack
 
     sig = sign_pack(pack, key)
-    _say(f"signed {pack} with key {key_id(load_private_key(key).public_key())}: {sig}")
+    say(f"signed {pack} with key {key_id(load_private_key(key).public_key())}: {sig}")
 
 
 @user_errors
@@ -84,4 +73,4 @@ def verify_cmd(
     keys_ = load_trusted(trusted) if trusted else default_trusted_keys()
     kid = verify_pack(pack, keys_)
     p = load_pack_checked(pack, "require", keys_)
-    _say(f"OK: {pack} is signed by trusted key {kid}", p.summary())
+    say(f"OK: {pack} is signed by trusted key {kid}", p.summary())

@@ -8,19 +8,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
-from .cli_errors import user_errors
+from .cli_errors import say, user_errors
 from .cli_run import _POLICY_HELP, _TRUSTED_HELP
-from .terminal import safe_text
 
-_out = Console(highlight=False, soft_wrap=True)
 _STORE_HELP = "pack store folder [default: $COMMANDV_HOME/packs]"
-
-
-def _say(*lines: str) -> None:
-    """Print lines holding index / pack text: no markup, control characters shown as escapes."""
-    _out.print("\n".join(safe_text(line) for line in lines), markup=False)
 
 
 packs_app = typer.Typer(help="Pack distribution: index a folder, pull from an index, the local pack store.",
@@ -37,7 +29,7 @@ def index_cmd(
     from .pack_index import build_index
 
     doc = build_index(folder, out)
-    _say(f"indexed {len(doc['packs'])} packs: {out}")
+    say(f"indexed {len(doc['packs'])} packs: {out}")
 
 
 @packs_app.command("pull")
@@ -55,7 +47,7 @@ def pull_cmd(
     from .pack_index import pull
 
     path = pull(index, name, store=store, policy=_policy(signatures, trusted, None))
-    _say(f"installed {name}: {path}")
+    say(f"installed {name}: {path}")
 
 
 @packs_app.command("list")
@@ -67,12 +59,12 @@ def list_cmd(store: Optional[Path] = typer.Option(None, "--store", help=_STORE_H
 
     rows = list_store(store)
     if not rows:
-        _say(f"no packs in {store or default_store()}")
+        say(f"no packs in {store or default_store()}")
     for r in rows:
         if r["error"]:
-            _say(f"{r['name']}  unreadable: {r['error']}")
+            say(f"{r['name']}  unreadable: {r['error']}")
             continue
-        _say(f"{r['name']}  {human_size(r['size'])}  sha256 {r['sha256'][:16]}…  for {r['recipient']}  "
+        say(f"{r['name']}  {human_size(r['size'])}  sha256 {r['sha256'][:16]}…  for {r['recipient']}  "
              f"signer {r['signer'] or 'none (unsigned)'}")
 
 
@@ -86,4 +78,4 @@ def rm_cmd(
     from .pack_index import remove
 
     for p in remove(name, store):
-        _say(f"removed {p}")
+        say(f"removed {p}")
