@@ -382,7 +382,7 @@ def compare(x86: dict, arm: dict) -> dict:
 
 def default_model() -> Path:
     try:
-        from commandv.runtime import zoo
+        from commandv.runtime.models import zoo
     except ImportError as exc:
         raise Failure(f"commandv is not importable ({exc}); pass --model") from None
     return zoo.fetch(MODEL_KEY, progress=False)

@@ -77,18 +77,18 @@ def main() -> None:
 
     import torch
 
-    from commandv.exporter import fold_native
-    from commandv.exporter.export import cached_factor, clear_factor_cache
-    from commandv.exporter.fold import FoldItem, fold_edits
-    from commandv.exporter.interventions import DonorEdit
+    from commandv.exporter.adapters.interventions import DonorEdit
+    from commandv.exporter.transfer import fold_native
+    from commandv.exporter.transfer.export import cached_factor, clear_factor_cache
+    from commandv.exporter.transfer.fold import FoldItem, fold_edits
 
     torch.set_num_threads(torch.get_num_threads())
     rng = np.random.default_rng(0)
     L, n, dR, dD, r = args.layers, args.n, args.d_r, args.d_d, args.rank
     XR = [rng.standard_normal((n, dR)).astype(np.float32) for _ in range(L)]
     XD = [rng.standard_normal((n, dD)).astype(np.float32) for _ in range(L)]
-    edits = [DonorEdit(i, "NodiReFT", rng.standard_normal((dD, r)) / 64, rng.standard_normal(r),
-                       rng.standard_normal((r, dD)) / 64, "linear") for i in range(L)]
+    edits = [DonorEdit(i, rng.standard_normal((dD, r)) / 64, rng.standard_normal(r),
+                       rng.standard_normal((r, dD)) / 64, "linear", kind="NodiReFT") for i in range(L)]
 
     def reference(i):
         xr, xd = torch.from_numpy(XR[i]), torch.from_numpy(XD[i])
@@ -99,8 +99,8 @@ def main() -> None:
         return A.numpy(), C.numpy()
 
     # Warm exports fold a second adapter (same shapes, other weights): what the factor cache is for.
-    second = [DonorEdit(i, "NodiReFT", rng.standard_normal((dD, r)) / 64, rng.standard_normal(r),
-                        rng.standard_normal((r, dD)) / 64, "linear") for i in range(L)]
+    second = [DonorEdit(i, rng.standard_normal((dD, r)) / 64, rng.standard_normal(r),
+                        rng.standard_normal((r, dD)) / 64, "linear", kind="NodiReFT") for i in range(L)]
 
     def items(pairs, adapter=edits):
         return [FoldItem(adapter[i], cached_factor(("bench-R", i), XR[i]), cached_factor(("bench-D", i), XD[i]), i)
@@ -244,8 +244,8 @@ def whole_export_pack(XR: list, XD: list, edits: list, second: list, rounds: int
     """``export_pack`` itself on the same arrays (as two 16-layer profiles): what a user calls, with the
     10 % held-out diagnostics and the pack's validation. Cold = empty caches (factors of the fit rows,
     held-out R² and cycle error); warm = the second adapter, median of ``rounds`` exports."""
-    from commandv.exporter.adapters import Adapter
-    from commandv.exporter.export import clear_factor_cache, export_pack
+    from commandv.exporter.adapters.folder import Adapter
+    from commandv.exporter.transfer.export import clear_factor_cache, export_pack
     from commandv.profiles.store import Profile, ProfileMeta
 
     def profile(layers: list, tag: str) -> Profile:
@@ -279,19 +279,19 @@ def real_pack_sizes(n_prompts: int) -> dict:
     """Pack for Qwen1.5B → Qwen0.5B with a random rank-8 NodiReFT on every 2nd donor layer."""
     import tempfile
 
-    from commandv.exporter.adapters import Adapter
-    from commandv.exporter.export import export_pack
-    from commandv.exporter.interventions import DonorEdit
+    from commandv.exporter.adapters.folder import Adapter
+    from commandv.exporter.adapters.interventions import DonorEdit
+    from commandv.exporter.transfer.export import export_pack
     from commandv.profiles.profiler import profile_model
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     donor, recip = "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"
     dprof, _, _ = profile_model(donor, "general", "gguf", limit=n_prompts)
     rprof, _, _ = profile_model(recip, "general", "gguf", limit=n_prompts)
     rng = np.random.default_rng(1)
     d = dprof.meta.d_model
-    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((d, 8)) / 40, rng.standard_normal(8),
-                       rng.standard_normal((8, d)) / 40) for l in range(0, dprof.meta.n_layer, 2)]
+    edits = [DonorEdit(l, rng.standard_normal((d, 8)) / 40, rng.standard_normal(8),
+                       rng.standard_normal((8, d)) / 40, kind="NodiReFT") for l in range(0, dprof.meta.n_layer, 2)]
     ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="0" * 64,
                  source="random")
     res = export_pack(ad, dprof, rprof, name="size-probe")

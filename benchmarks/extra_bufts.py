@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_results  # noqa: E402
 from commandv.runtime import cpu  # noqa: E402
-from commandv.runtime.llama_engine import Recipient  # noqa: E402
-from commandv.runtime.pack_policy import REFERENCE_PROMPTS  # noqa: E402
+from commandv.runtime.engines.llama.engine import Recipient  # noqa: E402
+from commandv.runtime.pack.policy import REFERENCE_PROMPTS  # noqa: E402
 
 
 def _load(model: str, on: bool, threads: int) -> Recipient:

@@ -35,8 +35,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _common import RESULTS, write_results  # noqa: E402
 
 from tests.bad_corpus import load_manifest, run_case, summarize  # noqa: E402
-from tests.fuzz_targets import (OPS, adapter_seeds, adapter_target, mutate, mutate_adapter,  # noqa: E402
-                                pack_seeds, pack_target)
+from tests.fuzz_targets import OPS, adapter_seeds, adapter_target, mutate, mutate_adapter, pack_seeds, pack_target  # noqa: E402
 
 
 def _cap_memory(extra_gib: float) -> str:

@@ -53,7 +53,7 @@ def cmdv_command() -> list[str]:
     if beside.is_file():
         return [str(beside)]
     found = shutil.which("cmdv")
-    return [found] if found else [sys.executable, "-m", "commandv.exporter.cli"]
+    return [found] if found else [sys.executable, "-m", "commandv.exporter.cli.main"]
 
 
 def inspect_rss(path: Path, timeout: float) -> dict:

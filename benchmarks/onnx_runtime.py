@@ -44,9 +44,9 @@ MODEL = "smollm2-135m-instruct"
 
 def _export(quant: str, **kw) -> Path:
     """The cached export of MODEL (made once), or a fresh one with options ``kw`` (e.g. ``out=``, ``packs=``)."""
-    from commandv.exporter.onnx_export import export_onnx
-    from commandv.runtime.onnx_files import find_onnx_model
-    from commandv.runtime.onnx_surgery import OnnxModelError
+    from commandv.exporter.onnx.export import export_onnx
+    from commandv.runtime.engines.onnx.files import find_onnx_model
+    from commandv.runtime.engines.onnx.surgery import OnnxModelError
 
     if kw:
         return export_onnx(MODEL, quant=quant, progress=False, **kw).model_path
@@ -59,7 +59,7 @@ def _export(quant: str, **kw) -> Path:
 def parity(rec, pack, prompts: list[str]) -> dict:
     """ONNX engine vs the torch reference with ``pack``: max rel err of logits / edited hidden; greedy identity."""
     from commandv.profiles.hf_models import torch_recipient
-    from commandv.runtime.torch_engine import pack_edits
+    from commandv.runtime.engines.reference import pack_edits
 
     rel = lambda a, b: float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))  # noqa: E731
     tr = torch_recipient(MODEL)
@@ -112,8 +112,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from commandv.profiles.prompts import load_prompt_set
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.onnx_engine import OnnxRecipient
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.engines.onnx.engine import OnnxRecipient
 
     load0 = os.getloadavg()
     prompts = load_prompt_set("general", limit=max(args.prompts, args.parity_prompts)).prompts

@@ -34,7 +34,7 @@ MODEL = "smollm2-135m-instruct"
 def worker(backend: str, n: int, out: str, batch: int) -> None:
     """One timed capture in this process; prints seconds, prompts/s (wall and per CPU-second) and peak RSS."""
     from commandv.profiles.prompts import load_prompt_set
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     prompts = load_prompt_set("general", limit=n).prompts
     if backend == "hf":
@@ -47,7 +47,7 @@ def worker(backend: str, n: int, out: str, batch: int) -> None:
         res = capture_hf(model, tok, prompts, batch_size=batch, progress=False)
     else:
         from commandv.profiles.capture_gguf import capture_gguf
-        from commandv.runtime.llama_lowlevel import LlamaModel
+        from commandv.runtime.engines.llama.lowlevel import LlamaModel
 
         model = LlamaModel(zoo.path(MODEL))  # loaded off the clock, like the HF model
         capture_gguf(model, prompts[:4], batch_prompts=batch, progress=False)  # warm-up
@@ -81,7 +81,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.prompts, args.out, args.batch)
         return
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     zoo.fetch(MODEL)
     runs: dict[str, list[dict]] = {"hf": [], "gguf": []}

@@ -1,4 +1,4 @@
-"""Does the fast proxy (``commandv.exporter.proxy``) rank configurations like generation does? (issue 20)
+"""Does the fast proxy (``commandv.exporter.evaluation.proxy``) rank configurations like generation does? (issue 20)
 
 Configurations (pack, strength) on the SmolLM2 recipient whose behavior rate was measured by generation:
 
@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
-from commandv.exporter.stats import average_ranks  # noqa: E402
+
+from commandv.exporter.evaluation.stats import average_ranks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPIENT = "smollm2-135m-instruct"
@@ -60,11 +61,11 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def report_configs(behavior: str) -> tuple[list[dict], list, dict]:
     """The SmolLM2-recipient configurations of the pair report for ``behavior`` → ``(configs, prompts, doc)``.
     Each config: label, pack (path, BehaviorPack or None), strength, rates and per-prompt judged outcomes."""
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.behaviors import EvalPrompt
-    from commandv.exporter.evaluate import adapter_pack
-    from commandv.runtime import zoo
-    from commandv.runtime.fingerprint import model_info_from_gguf
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.evaluation.evaluate import adapter_pack
+    from commandv.exporter.training.behaviors import EvalPrompt
+    from commandv.runtime.models import zoo
+    from commandv.runtime.models.fingerprint import model_info_from_gguf
 
     stem = RESULTS / "transfer" / f"qwen0.5b-to-smollm2-{behavior}"
     doc = json.loads(stem.with_name(stem.name + ".json").read_text())
@@ -97,7 +98,7 @@ def report_configs(behavior: str) -> tuple[list[dict], list, dict]:
 
 def generate_config(engine, behavior: str, prompts, pack, strength: float, max_tokens: int) -> dict:
     """Greedy generation and the behavior's judge on ``prompts`` (no utility questions)."""
-    from commandv.exporter.behaviors import get_behavior
+    from commandv.exporter.training.behaviors import get_behavior
 
     judge = get_behavior(behavior).judge
     t0 = time.perf_counter()
@@ -129,9 +130,9 @@ def main() -> None:
     ap.add_argument("--behaviors", default=",".join(BEHAVIORS))
     args = ap.parse_args()
 
-    from commandv.exporter.proxy import proxy_score
-    from commandv.exporter.stats import spearman
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.exporter.evaluation.proxy import proxy_score
+    from commandv.exporter.evaluation.stats import spearman
+    from commandv.runtime.engines.llama.engine import Recipient
 
     old = {}
     prev = RESULTS / "proxy_validation.json"

@@ -40,7 +40,7 @@ from _common import write_results  # noqa: E402
 def calibrated_pack(rec, rank: int = 8, layer_step: int = 2, rel_norm: float = 0.2, seed: int = 0):
     """Random rank-``rank`` pack (linear A,b,C plus a rank-``rank`` P/Q term) on every ``layer_step``-th layer,
     scaled so ``|delta(h)| ≈ rel_norm·|h|`` on the last token of a calibration prompt."""
-    from commandv.runtime.pack import BehaviorPack, PackEntry
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
     rng = np.random.default_rng(seed)
     d = rec.d_model
@@ -72,8 +72,8 @@ class Vanilla:
     """The same Recipient code path on a context WITHOUT any eval callback (stock llama.cpp)."""
 
     def __init__(self, rec, threads):
-        from commandv.runtime.llama_edit import PyEditor
-        from commandv.runtime.llama_lowlevel import LlamaContext
+        from commandv.runtime.engines.llama.editor import PyEditor
+        from commandv.runtime.engines.llama.lowlevel import LlamaContext
 
         self.rec = rec
         self.ctx = LlamaContext(rec.model, n_ctx=rec.n_ctx, n_batch=rec.n_ubatch, n_ubatch=rec.n_ubatch,
@@ -128,7 +128,7 @@ def overheads(m: dict, base: str, test: str, suffix: str) -> dict:
 
 def rss_child(model: str, pack_file: str | None, prompts: list[str], tokens: int, threads: int | None) -> None:
     """Subprocess body: load, run every prompt once (with the pack file if given), print peak RSS in MiB."""
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     rec = Recipient(model, n_ctx=2048, n_threads=threads)
     packs = rec.load_packs([pack_file]) if pack_file else []
@@ -165,7 +165,7 @@ def main() -> None:
         return
 
     from commandv.profiles.prompts import load_prompt_set
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     prompts = load_prompt_set("general", limit=args.prompts).prompts
     rec = Recipient(args.model, n_ctx=2048, n_threads=args.threads)

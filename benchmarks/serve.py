@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import write_results  # noqa: E402
-from commandv.runtime import zoo  # noqa: E402
-from commandv.runtime.pack_policy import REFERENCE_PROMPTS  # noqa: E402
+from commandv.runtime.models import zoo  # noqa: E402
+from commandv.runtime.pack.policy import REFERENCE_PROMPTS  # noqa: E402
 from tests.serve_helpers import free_port, replica_pids, start_process, start_server, stop, tamper_cases  # noqa: E402
 
 PACK = ROOT / "packs" / "smollm2-135m-instruct-refusal-direct.pack.gguf"

@@ -1,6 +1,6 @@
 """Soak: many requests with alternating packs on one loaded llama.cpp model.
 
-One :class:`~commandv.runtime.llama_engine.Recipient` serves ``--requests``
+One :class:`~commandv.runtime.engines.llama.engine.Recipient` serves ``--requests``
 greedy requests in a row, cycling through packs (two calibrated random packs,
 the two together at other strengths, and no pack) and prompts. Every output
 must equal the output of a *fresh* Recipient given the same request (reference
@@ -59,8 +59,8 @@ def run_soak(model: str | os.PathLike, requests: int = 500, tokens: int = 8, wor
     """Run the soak; returns a dict of figures and per-request mismatches (see module doc)."""
     from runtime_overhead import calibrated_pack
 
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack_policy import PackPolicy
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.policy import PackPolicy
     from commandv.runtime.progress import progress_bar
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cmdv-soak-"))

@@ -31,7 +31,7 @@ def main() -> None:
     import argparse
 
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # --help only; no options
-    from commandv.exporter.evaluate import PairReport
+    from commandv.exporter.evaluation.evaluate import PairReport
 
     figures, sources, partial = {}, [], []
     for f in sorted((RESULTS / "transfer").glob("*.json")):

@@ -1,10 +1,10 @@
 """Which translator method carries a behavior from donor to recipient? A proxy sweep (issue 20).
 
 For one (donor, recipient, behavior, adapter) this folds the donor adapter with several translator methods,
-each into a pack for the recipient, and scores every pack with the fast proxy (:mod:`commandv.exporter.proxy`,
+each into a pack for the recipient, and scores every pack with the fast proxy (:mod:`commandv.exporter.evaluation.proxy`,
 one teacher-forced pass per prompt, 64 held-out tuning prompts: refusal = HarmBench val + harmless validation
 probes) at a few strengths. Methods (explicit float64 translators, the fold written out as in
-:mod:`commandv.exporter.fold`):
+:mod:`commandv.exporter.transfer.fold`):
 
 * ``pinv-N<k>``: the paper's ``C_R→D = pinv(X_R) X_D``, ``C_D→R = pinv(X_D) X_R`` on the first k general prompts;
 * ``pinv-anchored``: the same on general[:256] + 256 of the behavior's training prompts (both labels);
@@ -37,16 +37,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
-from commandv.exporter.adapters import load_adapter  # noqa: E402
-from commandv.exporter.eval_pair import pair_key, profiling_set  # noqa: E402
-from commandv.exporter.export import calibrated, export_pack  # noqa: E402
-from commandv.exporter.layermap import build_layer_map  # noqa: E402
-from commandv.exporter.behaviors import get_behavior  # noqa: E402
-from commandv.exporter.evaluate import run_config, utility_questions  # noqa: E402
-from commandv.exporter.proxy import default_prompts, proxy_score  # noqa: E402
-from commandv.exporter.transfer_score import layer_figures, pack_score  # noqa: E402
+from commandv.exporter.adapters.folder import load_adapter  # noqa: E402
+from commandv.exporter.evaluation.evaluate import run_config, utility_questions  # noqa: E402
+from commandv.exporter.evaluation.pair import pair_key, profiling_set  # noqa: E402
+from commandv.exporter.evaluation.proxy import default_prompts, proxy_score  # noqa: E402
+from commandv.exporter.training.behaviors import get_behavior  # noqa: E402
+from commandv.exporter.transfer.export import calibrated, export_pack  # noqa: E402
+from commandv.exporter.transfer.layermap import build_layer_map  # noqa: E402
+from commandv.exporter.transfer.score import layer_figures, pack_score  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
-from commandv.runtime.pack import PackEntry  # noqa: E402
+from commandv.runtime.pack.model import PackEntry  # noqa: E402
 
 
 def pinv_maps(XR, XD):
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--methods", default="pinv-N128,pinv-N256,pinv-N512,pinv-N1024,pinv-anchored,ridge,roundtrip,"
                                         "pinv-N256+cal,ridge+cal,random")
     args = ap.parse_args()
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     strengths = [float(s) for s in args.strengths.split(",")]
     adapter = load_adapter(args.adapter)

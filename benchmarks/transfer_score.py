@@ -1,4 +1,4 @@
-"""Does the transferability score (``commandv.exporter.transfer_score``) rank measured transfers? (issue 20)
+"""Does the transferability score (``commandv.exporter.transfer.score``) rank measured transfers? (issue 20)
 
 For every pair report ``benchmarks/results/transfer/<pair>-<behavior>.json`` (written by ``cmdv eval``), the
 pack is exported again exactly as the report made it (the report's profile set size, rcond and layer rule; the
@@ -33,16 +33,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
-from commandv.exporter.adapters import load_adapter  # noqa: E402
-from commandv.exporter.cli_demo import committed_adapter  # noqa: E402
-from commandv.exporter.eval_pair import profiling_set  # noqa: E402
-from commandv.exporter.evaluate import PairReport  # noqa: E402
-from commandv.exporter.export import export_pack  # noqa: E402
-from commandv.exporter.stats import spearman  # noqa: E402
+from commandv.exporter.adapters.folder import load_adapter  # noqa: E402
+from commandv.exporter.cli.demo import committed_adapter  # noqa: E402
+from commandv.exporter.evaluation.evaluate import PairReport  # noqa: E402
+from commandv.exporter.evaluation.pair import profiling_set  # noqa: E402
+from commandv.exporter.evaluation.stats import spearman  # noqa: E402
+from commandv.exporter.transfer.export import export_pack  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
 from commandv.profiles.prompts import load_prompt_set  # noqa: E402
 from commandv.profiles.store import Profile  # noqa: E402
-from commandv.runtime.pack import BehaviorPack  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "benchmarks" / "results" / "transfer"
@@ -69,7 +69,7 @@ def report_prompt_set(behavior: str, n_gen: int, settings: dict):
     """The profiling prompts of a report: today's :func:`profiling_set`, or, for reports made before the style
     behaviors were reported on 160 prompts, ``general[:n_gen]`` without only the behavior's own held-out prompts,
     or the whole ``general[:n_gen]`` (earlier still): the one with the prompt count the report recorded."""
-    from commandv.exporter.behaviors import get_behavior
+    from commandv.exporter.training.behaviors import get_behavior
     from commandv.profiles.prompts import combine_prompt_sets
 
     m = re.search(r"\((\d+) prompts\)", settings["profile set"])

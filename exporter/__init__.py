@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from commandv.runtime.lazy_names import lazy_names
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__ below
-    from .adapters import Adapter, load_adapter
-    from .export import ExportError, ExportResult, export_pack
-    from .interventions import AdapterError
+    from commandv.exporter.adapters.folder import Adapter, load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
+    from commandv.exporter.transfer.export import ExportError, ExportResult, export_pack
 
-_LAZY = {"Adapter": ".adapters", "load_adapter": ".adapters", "AdapterError": ".interventions",
-         "export_pack": ".export", "ExportResult": ".export", "ExportError": ".export"}
+_LAZY = {"Adapter": ".adapters.folder", "load_adapter": ".adapters.folder", "AdapterError": ".adapters.interventions",
+         "export_pack": ".transfer.export", "ExportResult": ".transfer.export", "ExportError": ".transfer.export"}
 """Public names imported on first use (name → module)."""
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from commandv.exporter.adapters import load_adapter
-from commandv.exporter.evaluate import adapter_pack
-from commandv.runtime import zoo
-from commandv.runtime.fingerprint import model_info_from_gguf
+from commandv.exporter.adapters.folder import load_adapter
+from commandv.exporter.evaluation.evaluate import adapter_pack
+from commandv.runtime.models import zoo
+from commandv.runtime.models.fingerprint import model_info_from_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "packs" / "smollm2-135m-instruct-refusal-direct.pack.gguf"

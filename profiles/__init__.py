@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from commandv.runtime.lazy_names import lazy_names
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__ below
-    from .profiler import profile_model
-    from .prompts import PromptSet, load_prompt_set
-    from .store import Profile, ProfileError, ProfileMeta
+    from commandv.profiles.profiler import profile_model
+    from commandv.profiles.prompts import PromptSet, load_prompt_set
+    from commandv.profiles.store import Profile, ProfileError, ProfileMeta
 
 _LAZY = {"profile_model": ".profiler", "Profile": ".store", "ProfileMeta": ".store", "ProfileError": ".store",
          "PromptSet": ".prompts", "load_prompt_set": ".prompts"}

@@ -33,8 +33,8 @@ from typing import Sequence
 import numpy as np
 
 from commandv.runtime import crash
-from commandv.runtime import ggml_bindings as gb
-from commandv.runtime.llama_lowlevel import ContextOverflowError, LlamaContext, LlamaError, LlamaModel
+from commandv.runtime.engines.llama import ggml_bindings as gb
+from commandv.runtime.engines.llama.lowlevel import ContextOverflowError, LlamaContext, LlamaError, LlamaModel
 
 MAX_BATCH_TOKENS = 2048
 MIN_SHARED_PREFIX = 4  # shorter common prefixes are decoded with each prompt
@@ -57,7 +57,7 @@ class CaptureError(LlamaError):
     """A capture could not be done as asked (bad input, unexpected graph)."""
 
 
-from .capture_result import CaptureResult  # noqa: E402  (re-exported)
+from commandv.profiles.capture_result import CaptureResult  # noqa: E402  (re-exported)
 
 
 def prepare_prompts(model: LlamaModel, prompts: Sequence[str], template: bool = True) -> tuple[list[str], list[list[int]]]:
@@ -169,7 +169,14 @@ class _Runner:
 
 
 def _progress(enabled: bool, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]capture gguf"),

@@ -13,12 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from commandv.runtime.chat_template import render_chat, user_turn
+from commandv.profiles.capture_result import CaptureResult
+from commandv.runtime.engines.reference import decoder_layers  # noqa: F401  (re-exported)
 from commandv.runtime.errors import CommandVError
-
-from commandv.runtime.torch_engine import decoder_layers  # noqa: F401  (re-exported)
-
-from .capture_result import CaptureResult
+from commandv.runtime.models.chat_template import render_chat, user_turn
 
 
 class HFCaptureError(CommandVError, ValueError):

@@ -1,6 +1,6 @@
 """Load a model with transformers on the workstation (fp32 by default).
 
-``load_hf_model(spec)`` accepts any spec :func:`commandv.runtime.model_ref.resolve_model`
+``load_hf_model(spec)`` accepts any spec :func:`commandv.runtime.models.ref.resolve_model`
 does. A GGUF file is dequantized by transformers once (the slow step, longer
 for bigger models) and saved as a normal HF folder in
 ``hf_cache_dir()/<file sha256[:16]>/``; later loads read that folder.
@@ -17,13 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from commandv.profiles.identity import model_identity
 from commandv.runtime.atomic import atomic_dir
 from commandv.runtime.errors import ModelError
-from commandv.runtime.fingerprint import file_fingerprint
-from commandv.runtime.model_ref import ModelRef, resolve_model
+from commandv.runtime.models.fingerprint import file_fingerprint
+from commandv.runtime.models.ref import ModelRef, resolve_model
 from commandv.runtime.paths import hf_cache_dir
-
-from .identity import model_identity
 
 DTYPES = ("float32", "float16", "bfloat16")
 SOURCE_FILE = "commandv_source.json"
@@ -113,9 +112,9 @@ def load_hf_model(spec: str | os.PathLike, dtype: str = "float32", auto_fetch: b
 
 
 def torch_recipient(spec: str | os.PathLike):
-    """The reference engine (:class:`~commandv.runtime.torch_engine.TorchRecipient`) on ``spec``'s HF model,
+    """The reference engine (:class:`~commandv.runtime.engines.reference.TorchRecipient`) on ``spec``'s HF model,
     with the model's fingerprint so packs are checked against it."""
-    from commandv.runtime.torch_engine import TorchRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
 
     model, tok, ref = load_hf_model(spec)
     ident = model_identity(ref)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commandv.runtime.errors import ModelError
-from commandv.runtime.fingerprint import file_fingerprint, model_info_from_gguf
-from commandv.runtime.model_ref import ModelRef
+from commandv.runtime.models.fingerprint import file_fingerprint, model_info_from_gguf
+from commandv.runtime.models.ref import ModelRef
 from commandv.runtime.safe_io import json_problem, not_regular_reason, read_regular
 
 MAX_MODEL_JSON_BYTES = 64 << 20

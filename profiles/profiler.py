@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from commandv.profiles.identity import ModelIdentity, model_identity
+from commandv.profiles.prompts import PromptSet, load_prompt_set
+from commandv.profiles.store import Profile, ProfileMeta, find_profile, profile_path
 from commandv.runtime import __version__
 from commandv.runtime.errors import ModelError
-from commandv.runtime.model_ref import ModelRef, resolve_model
-
-from .identity import ModelIdentity, model_identity
-from .prompts import PromptSet, load_prompt_set
-from .store import Profile, ProfileMeta, find_profile, profile_path
+from commandv.runtime.models.ref import ModelRef, resolve_model
 
 BACKENDS = ("gguf", "hf")
 
@@ -39,13 +38,13 @@ def compute_profile(ref: ModelRef, ident: ModelIdentity, prompts: PromptSet, bac
     if backend == "gguf":
         if ref.kind != "gguf":
             raise ModelError(f"backend 'gguf' needs a .gguf model, got {ref.kind} ({ref.spec}); use --backend hf")
-        from .capture_gguf import capture_gguf
+        from commandv.profiles.capture_gguf import capture_gguf
 
         res = capture_gguf(ref.path, prompts.prompts, template=template, batch_prompts=1 if batch is None else batch,
                            progress=progress)
     elif backend == "hf":
-        from .capture_hf import capture_hf
-        from .hf_models import load_hf_model
+        from commandv.profiles.capture_hf import capture_hf
+        from commandv.profiles.hf_models import load_hf_model
 
         model, tok, _ = load_hf_model(ref.spec if ref.zoo_key else str(ref.path), progress=progress)
         res = capture_hf(model, tok, prompts.prompts, template=template, batch_size=8 if batch is None else batch,

@@ -16,20 +16,20 @@ The public names, in one import::
 
 from typing import TYPE_CHECKING
 
-from .engine_protocol import Engine
-from .errors import CommandVError, EngineError, ModelError
-from .lazy_names import lazy_names
-from .pack import BehaviorPack, PackEntry, PackError
-from .version import __version__  # the package's version; pyproject.toml has the same
+from commandv.runtime.engines.protocol import Engine
+from commandv.runtime.errors import CommandVError, EngineError, ModelError
+from commandv.runtime.lazy_names import lazy_names
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
+from commandv.runtime.version import __version__  # the package's version; pyproject.toml has the same
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__ below
-    from .llama_engine import Recipient
-    from .onnx_engine import OnnxRecipient
-    from .pack_policy import PackPolicy
-    from .torch_engine import TorchRecipient
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.engines.onnx.engine import OnnxRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
+    from commandv.runtime.pack.policy import PackPolicy
 
-_LAZY = {"Recipient": ".llama_engine", "OnnxRecipient": ".onnx_engine", "TorchRecipient": ".torch_engine",
-         "PackPolicy": ".pack_policy"}
+_LAZY = {"Recipient": ".engines.llama.engine", "OnnxRecipient": ".engines.onnx.engine", "TorchRecipient": ".engines.reference",
+         "PackPolicy": ".pack.policy"}
 """Public names imported on first use (name → module)."""
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

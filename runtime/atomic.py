@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import CommandVError
-from .safe_io import check_output_target
+from commandv.runtime.errors import CommandVError
+from commandv.runtime.safe_io import check_output_target
 
 
 class AtomicTargetError(CommandVError, ValueError):

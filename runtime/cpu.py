@@ -24,7 +24,7 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import CommandVError
+from commandv.runtime.errors import CommandVError
 
 ENV_EXTRA_BUFTS = "COMMANDV_EXTRA_BUFTS"
 """Environment override of the extra-buffer rule (the C session reads the same name)."""

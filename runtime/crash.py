@@ -34,8 +34,8 @@ def _build() -> Path:
     """Compile ``crash_handler.c`` into the native cache (once per source/compiler); returns the library path."""
     import subprocess
 
-    from .atomic import atomic_path
-    from .native.build import NativeBuildError, cached_library_path, toolchain
+    from commandv.runtime.atomic import atomic_path
+    from commandv.runtime.native.build import NativeBuildError, cached_library_path, toolchain
 
     cc = toolchain(NativeBuildError)
     target = cached_library_path("cmdv_crash", (SOURCE.read_bytes(), cc.encode(), " ".join(CFLAGS).encode(),
@@ -64,7 +64,7 @@ def enable() -> bool:
     with contextlib.suppress(Exception):  # no usable stderr (e.g. a GUI host): nothing to report to
         faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
     try:
-        from .native.build import disabled_by_env
+        from commandv.runtime.native.build import disabled_by_env
 
         if disabled_by_env():
             raise OSError("disabled by COMMANDV_NATIVE=0")

@@ -2,7 +2,7 @@
 
 Every exception class commandv defines derives from :class:`CommandVError` and keeps its built-in base
 (``ValueError`` or ``RuntimeError``), so ``except ValueError`` still works. ``cmdv`` prints any
-:class:`CommandVError` as one red line and exits 2 (``runtime/cli_errors.py`` ``user_errors``); the server turns
+:class:`CommandVError` as one red line and exits 2 (``runtime/cli/errors.py`` ``user_errors``); the server turns
 the ``ValueError`` ones into HTTP 400 (``runtime/serve/openai_api.py`` ``error_from``).
 
 Families used by several modules live here, so a module can raise or catch them without importing the

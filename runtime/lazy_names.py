@@ -5,7 +5,7 @@ A package ``__init__`` keeps ``import commandv.runtime`` light (no llama.cpp, ON
 
     from commandv.runtime.lazy_names import lazy_names
 
-    _LAZY = {"Recipient": ".llama_engine", "OnnxRecipient": ".onnx_engine"}  # name -> module (relative)
+    _LAZY = {"Recipient": ".engines.llama.engine", "OnnxRecipient": ".engines.onnx.engine"}  # name -> module (relative)
     __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 The first access imports the module, stores the name in the package's namespace (later accesses are plain

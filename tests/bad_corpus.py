@@ -35,13 +35,13 @@ def load_manifest(root: Path = ROOT) -> list[dict]:
 
 
 def _error_classes() -> dict:
-    from commandv.runtime.pack import PackError
-    from commandv.runtime.pack_policy import DeltaNormError
-    from commandv.runtime.signing import SignatureError
+    from commandv.runtime.pack.model import PackError
+    from commandv.runtime.pack.policy import DeltaNormError
+    from commandv.runtime.pack.signing import SignatureError
 
     classes = {"PackError": PackError, "SignatureError": SignatureError, "DeltaNormError": DeltaNormError}
     try:  # the readers of prompt files and of output targets (hostile corpus)
-        from commandv.exporter.export import ExportError
+        from commandv.exporter.transfer.export import ExportError
         from commandv.profiles.prompts import PromptSetError
         from commandv.runtime.atomic import AtomicTargetError
 
@@ -55,7 +55,7 @@ def _error_classes() -> dict:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from commandv.exporter.interventions import AdapterError
+        from commandv.exporter.adapters.interventions import AdapterError
 
         classes["AdapterError"] = AdapterError
     except ImportError:  # pragma: no cover
@@ -68,21 +68,21 @@ def read(case: dict, root: Path = ROOT):
     path = root / case["path"].split("#")[0]
     reader = case["reader"]
     if reader == "pack":
-        from commandv.runtime.pack import BehaviorPack
+        from commandv.runtime.pack.model import BehaviorPack
 
         return BehaviorPack.load(path)
     if reader == "pack_recipient":
-        from commandv.runtime.pack import BehaviorPack
+        from commandv.runtime.pack.model import BehaviorPack
 
         pack = BehaviorPack.load(path)
         pack.check_model(**case["model"])
         return pack
     if reader == "pack_signed":  # trusting case["trusted"] (relative to root), default keys/trusted.pub
-        from commandv.runtime.signing import load_pack_checked
+        from commandv.runtime.pack.signing import load_pack_checked
 
         return load_pack_checked(path, "require", [root / case.get("trusted", "keys/trusted.pub")])
     if reader == "adapter":
-        from commandv.exporter.adapters import load_adapter
+        from commandv.exporter.adapters.folder import load_adapter
 
         return load_adapter(path)
     if reader == "profile":
@@ -102,7 +102,7 @@ def read(case: dict, root: Path = ROOT):
 
         return write_text_atomic(path, "hostile corpus\n")
     if reader == "export_out":  # `cmdv export -o PATH` with one adapter: its up-front check of the target
-        from commandv.exporter.cli import _export_targets
+        from commandv.exporter.cli.main import _export_targets
 
         return _export_targets([root / "adapter"], path, None)
     raise ValueError(f"unknown reader {reader!r}")

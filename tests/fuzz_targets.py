@@ -99,8 +99,8 @@ def pack_seeds() -> tuple[bytes, ...]:
 
 def pack_target(data: bytes) -> str:
     """``"loaded"`` or ``"error"``; raises AssertionError (or the reader's own exception) on a finding."""
-    from commandv.runtime.pack import PackError, parse_pack
-    from commandv.runtime.pack_gguf import write_pack
+    from commandv.runtime.pack.gguf_io import write_pack
+    from commandv.runtime.pack.model import PackError, parse_pack
 
     try:
         pack = parse_pack(data, "fuzz.gguf")
@@ -125,7 +125,7 @@ def pack_target(data: bytes) -> str:
 def _render(pack) -> None:
     from rich.console import Console
 
-    from commandv.exporter.export import diagnostics_table
+    from commandv.exporter.transfer.export import diagnostics_table
 
     con = Console(file=io.StringIO(), width=120)
     con.print(pack.summary(), markup=False)
@@ -169,8 +169,8 @@ def adapter_seeds() -> tuple[dict[str, bytes], ...]:
 
 def adapter_target(files: dict[str, bytes], folder: Path) -> str:
     """Write ``files`` into the empty ``folder`` and import it: ``"loaded"`` or ``"error"``."""
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.interventions import AdapterError
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
 
     for name, data in files.items():
         (folder / name).write_bytes(data)

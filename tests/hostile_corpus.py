@@ -90,8 +90,8 @@ def policy_reference(model: Path) -> list[dict]:
 def policy_check(pack_path: Path, model: Path, limit: float = POLICY_LIMIT):
     """What reader ``pack_policy`` does: load the pack, fit it to ``model`` (shapes), check its edit at ``limit``
     on :func:`policy_reference` (strength 1). Returns the pack; raises ``PackError`` / ``DeltaNormError``."""
-    from commandv.runtime.pack import BehaviorPack
-    from commandv.runtime.pack_policy import PackPolicy
+    from commandv.runtime.pack.model import BehaviorPack
+    from commandv.runtime.pack.policy import PackPolicy
 
     pack = BehaviorPack.load(pack_path)
     prompts = policy_reference(model)
@@ -111,7 +111,7 @@ def many_small_entries_pack(prompts: list[dict], layer: int, n: int = 91, each: 
     together ``n × each``. A ``BehaviorPack``."""
     import numpy as np
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
     rng = np.random.default_rng(seed)
     d = int(prompts[0][layer].shape[1])
@@ -131,7 +131,7 @@ def first_token_gate_pack(prompts: list[dict], layer: int, ratio: float = 480.0,
     row's), where it adds ``ratio`` × ‖h‖; on every other row it adds 0. A ``BehaviorPack``."""
     import numpy as np
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
     rng = np.random.default_rng(seed)
     first = np.stack([np.asarray(p[layer][0], np.float64) for p in prompts])
@@ -201,7 +201,7 @@ def tensor_table_pack(n_entries: int, d: int, r: int, offset, data_bytes: int, n
     import math
     import struct
 
-    from commandv.runtime import pack_keys as K
+    from commandv.runtime.pack import keys as K
     from tests.make_bad_corpus import F32, I32, STR, U32, _s, _val
 
     kvs = [(K.ARCHITECTURE, STR, K.PACK_ARCH), (K.FORMAT_VERSION, U32, 1),
@@ -316,7 +316,7 @@ def _signed_pack(folder: Path, name: str, sig: bool = True) -> str:
     _packs_path(folder, name).write_bytes(data)
     sp = _packs_path(folder, name + ".sig")
     if sig:
-        from commandv.runtime.signing import sign_bytes
+        from commandv.runtime.pack.signing import sign_bytes
 
         sp.write_text(sign_bytes(data, key).to_json())
     return f"{PACKS}/{name}"

@@ -25,15 +25,16 @@ ROOT = Path(__file__).resolve().parent / "data" / "bad"
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT.parents[2]))
 
-from commandv.runtime import pack_keys as K  # noqa: E402
-from commandv.runtime.pack import BehaviorPack, PackEntry  # noqa: E402
-from commandv.runtime.pack_gguf import write_pack  # noqa: E402
+from commandv.runtime.pack import keys as K  # noqa: E402
+from commandv.runtime.pack.gguf_io import write_pack  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackEntry  # noqa: E402
 
 D, R, N_LAYER = 8, 2, 4
 FP = "c0ffee" * 10 + "abcd"
 KEY = "layer_{}_comp_block_output_unit_pos_nunit_1#0"
 U32, I32, F32, STR, ARR = 4, 5, 6, 8, 9
 from tests.bad_corpus import READERS  # noqa: E402
+
 MODEL = dict(fingerprint=FP, arch="llama", n_layer=N_LAYER, d_model=D)
 
 
@@ -323,9 +324,9 @@ def pack_cases(c: Corpus) -> None:
 
 def signed_cases(c: Corpus) -> None:
     """Signature policy ``require`` with ``keys/trusted.pub`` trusted."""
-    from commandv.runtime.signing import Signature, sign_bytes
-
     from cryptography.hazmat.primitives import serialization
+
+    from commandv.runtime.pack.signing import Signature, sign_bytes
 
     trusted = corpus_key("trusted")
     pub = trusted.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

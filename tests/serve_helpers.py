@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-CMDV = [sys.executable, "-c", "import sys; from commandv.exporter.cli import main; sys.exit(main())"]
+CMDV = [sys.executable, "-c", "import sys; from commandv.exporter.cli.main import main; sys.exit(main())"]
 
 
 def free_port() -> int:
@@ -183,9 +183,9 @@ def tamper_cases(root: Path) -> dict[str, str | None]:
     Cases: the server sends extra bytes, a Content-Length below the real size, truncates, swaps the file or
     the signature; the index lies about size, sha256, recipient or points at another URL scheme or a path-like
     name; the pack is unsigned, or signed by a key that is not trusted."""
-    from commandv.runtime.pack_index import build_index, pull
-    from commandv.runtime.pack_policy import PackPolicy
-    from commandv.runtime.signing import generate_keypair, sign_pack, signature_path
+    from commandv.runtime.pack.index import build_index, pull
+    from commandv.runtime.pack.policy import PackPolicy
+    from commandv.runtime.pack.signing import generate_keypair, sign_pack, signature_path
     from tests.make_bad_corpus import base_pack
 
     root = Path(root)

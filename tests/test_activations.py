@@ -1,4 +1,4 @@
-"""The one activation table (runtime/activations.py) against every other representation, the C ones included."""
+"""The one activation table (runtime/edit/activations.py) against every other representation, the C ones included."""
 
 import re
 from pathlib import Path
@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from commandv.runtime import activations as acts
-from commandv.runtime import lowrank, onnx_surgery
+from commandv.runtime.edit import activations as acts
+from commandv.runtime.edit import lowrank
+from commandv.runtime.engines.onnx import surgery as onnx_surgery
 from commandv.runtime.native import build
 
 NATIVE = Path(build.__file__).parent
@@ -68,7 +69,7 @@ def test_unknown_activation_message():
 
 def test_torch_functions_match_numpy():
     torch = pytest.importorskip("torch")
-    from commandv.runtime.torch_engine import _TORCH_ACTS
+    from commandv.runtime.engines.reference import _TORCH_ACTS
 
     x = np.linspace(-4, 4, 17)
     for name, f in acts.ACTIVATIONS.items():

@@ -19,8 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.adapters import Adapter, adapter_hash, load_adapter  # noqa: E402
-from commandv.exporter.interventions import AdapterError  # noqa: E402
+from commandv.exporter.adapters.folder import Adapter, adapter_hash, load_adapter  # noqa: E402
+from commandv.exporter.adapters.interventions import AdapterError  # noqa: E402
 from tests.helpers import shared_dir  # noqa: E402
 from tests.pyreft_fixtures import pyreft_apply, save_reft_adapter  # noqa: E402
 

@@ -178,8 +178,8 @@ def test_jni_bridge_compiles_against_stub_jni_h(toolchain):
 
 def test_jni_bridge_runs_through_a_fake_jvm(toolchain, tiny_gguf, tmp_path_factory, tmp_path):
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.model import BehaviorPack
     from tests.test_llama_parity import random_pack
 
     cc, (inc, lib) = toolchain

@@ -60,7 +60,7 @@ def test_cmdv_inspect_gives_one_line_errors():
     """`cmdv inspect` on every bad pack: exit code 2 and a one-line message, never a traceback."""
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     runner = CliRunner()
     for case in (c for c in CASES if c["reader"] == "pack"):
@@ -72,7 +72,7 @@ def test_cmdv_inspect_gives_one_line_errors():
 def test_cmdv_inspect_is_not_fooled_by_markup(tmp_path):
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
     from tests.make_bad_corpus import base_pack
 
     p = base_pack()

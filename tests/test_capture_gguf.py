@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from commandv.profiles.capture_gguf import CaptureError, CaptureResult, capture_gguf, plan_batches  # noqa: E402
-from commandv.runtime.llama_lowlevel import (  # noqa: E402
+from commandv.runtime.engines.llama.lowlevel import (  # noqa: E402
     ContextOverflowError,
     LlamaContext,
     LlamaError,

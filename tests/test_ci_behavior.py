@@ -19,10 +19,10 @@ PACK = REPO / "packs" / "smollm2-135m-instruct-refusal-direct.pack.gguf"
 
 @pytest.fixture(scope="module")
 def rates():
-    from commandv.exporter.behaviors import eval_data_dir, judge_refusal
-    from commandv.exporter.eval_pair import report_prompts
-    from commandv.runtime import zoo
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.exporter.evaluation.pair import report_prompts
+    from commandv.exporter.training.behaviors import eval_data_dir, judge_refusal
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.models import zoo
 
     if not (eval_data_dir() / "harmbench_standard_test.jsonl").is_file():
         pytest.skip("shared evaluation data not present")

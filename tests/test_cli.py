@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from commandv.exporter.cli import app
+from commandv.exporter.cli.main import app
 
 runner = CliRunner()
 
@@ -92,7 +92,7 @@ def hostile_pack(path, d=8, n_layer=4, fingerprint="0" * 64):
     """A valid pack whose name, recipient name, metadata (keys and values) and diagnostics carry escape sequences."""
     import numpy as np
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
     rng = np.random.default_rng(0)
     e = PackEntry(layer=1, A=(rng.standard_normal((d, 2)) / d).astype(np.float32), b=np.ones(2, np.float32),
@@ -140,7 +140,7 @@ def test_models_info_shows_model_names_as_escapes(tmp_path, tiny_gguf):
 
 def test_python_warnings_print_as_one_escaped_line(capsys):
     """`cmdv` (main) shows Python warnings, e.g. an unsigned pack's path, through this hook: one line, escaped."""
-    from commandv.exporter.cli import _show_warning
+    from commandv.exporter.cli.main import _show_warning
 
     _show_warning(UserWarning(f"{HOSTILE}\nsecond line"), UserWarning, "x.py", 1)
     err = capsys.readouterr().err

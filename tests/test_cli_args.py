@@ -1,10 +1,10 @@
-"""Comma-separated CLI option values (exporter/cli_args.py) and the commands that take them."""
+"""Comma-separated CLI option values (exporter/cli/args.py) and the commands that take them."""
 
 import pytest
 from typer.testing import CliRunner
 
-from commandv.exporter.cli import app
-from commandv.exporter.cli_args import CliArgumentError, comma_list
+from commandv.exporter.cli.args import CliArgumentError, comma_list
+from commandv.exporter.cli.main import app
 
 
 def test_comma_list():
@@ -31,7 +31,7 @@ def test_bad_lists_are_one_error_line(argv, msg):
 
 
 def test_demo_pack_name_from_a_model_path():
-    from commandv.exporter.cli_demo import model_label
+    from commandv.exporter.cli.demo import model_label
 
     assert model_label("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert model_label("/models/My Model.Q4_K_M.gguf") == "My_Model.Q4_K_M"
@@ -41,8 +41,8 @@ def test_demo_pack_name_from_a_model_path():
 def test_train_demo_out_folder_checks(tmp_path, monkeypatch):
     """train-demo replaces its --out folder: refused up front for the current folder, a file, or a folder with
     other files (before minutes of training); an earlier adapter's folder is fine."""
-    from commandv.exporter.train import TrainError
-    from commandv.exporter.train_demo import check_out_folder
+    from commandv.exporter.training.demo import check_out_folder
+    from commandv.exporter.training.train import TrainError
 
     (tmp_path / "ad").mkdir()
     for name in ("config.json", "intkey_layer_0_comp_block_output_unit_pos_nunit_1#0.bin", "donor_answers.jsonl"):
@@ -64,7 +64,7 @@ def test_train_demo_out_folder_checks(tmp_path, monkeypatch):
 
 
 def test_eval_counts_are_checked():
-    from commandv.exporter.eval_pair import EvalSettingsError, PairEvalSettings
+    from commandv.exporter.evaluation.pair import EvalSettingsError, PairEvalSettings
 
     PairEvalSettings().validate()
     for bad in (dict(n_expected=0), dict(n_unexpected=-1), dict(max_tokens=0), dict(strengths=())):
@@ -78,10 +78,11 @@ def test_eval_counts_are_checked():
 def test_committed_adapters_are_package_data():
     """`pip install .` (no checkout) installs adapters/ as commandv/adapters, where committed_adapter looks
     (REPO = the parent of exporter/, i.e. site-packages/commandv once installed)."""
-    import tomllib
     from pathlib import Path
 
-    from commandv.exporter.cli_demo import DEMO_ADAPTER, DEMO_DONOR, REPO, committed_adapter
+    import tomllib
+
+    from commandv.exporter.cli.demo import DEMO_ADAPTER, DEMO_DONOR, REPO, committed_adapter
 
     root = Path(__file__).resolve().parents[1]
     cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

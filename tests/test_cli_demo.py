@@ -7,22 +7,22 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from commandv.exporter import cli_demo
-from commandv.exporter.cli import app
+from commandv.exporter.cli import demo as cli_demo
+from commandv.exporter.cli.main import app
 
 SMOL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     return zoo.fetch(SMOL, progress=False)
 
 
 def test_demo_runs_and_writes_the_pack(smollm2, tmp_path, monkeypatch):
-    from commandv.exporter.adapters import load_adapter
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.runtime.pack.model import BehaviorPack
 
     monkeypatch.chdir(tmp_path)
     adapter = cli_demo.committed_adapter(SMOL, "refusal-broad")
@@ -35,7 +35,7 @@ def test_demo_runs_and_writes_the_pack(smollm2, tmp_path, monkeypatch):
     # the same model on both sides: both translators are the projector P = pinv(X)·X onto the span the profile
     # keeps (numpy reference, pinv cutoff max(N, d)·eps32 as in the paper's torch.linalg.pinv), so the pack's
     # edit is the adapter's edit seen through P: delta(h·P)·P
-    from commandv.exporter.export import holdout_rows
+    from commandv.exporter.transfer.export import holdout_rows
     from commandv.profiles.profiler import profile_model
 
     prof, _, cached = profile_model(SMOL, "general", "gguf", limit=700, progress=False)
@@ -54,7 +54,7 @@ def test_demo_prompts_are_held_out_and_balanced():
     ps = cli_demo.demo_prompts("refusal", 10)
     assert sum(p.expect for p in ps) == 10 and sum(not p.expect for p in ps) == 10
     assert len({p.prompt for p in ps}) == 20
-    from commandv.exporter.behaviors import get_behavior
+    from commandv.exporter.training.behaviors import get_behavior
 
     train = {sp.prompt for sp in get_behavior("refusal-broad").train_specs()}
     assert not train & {p.prompt for p in ps}

@@ -8,7 +8,7 @@ import platform
 
 from typer.testing import CliRunner
 
-from commandv.exporter.cli import app
+from commandv.exporter.cli.main import app
 
 KEYS = {"commandv", "python", "platform", "cpu", "cpu_flags", "cpu_amx", "threads", "llama_cpp_python",
         "llama_cpp_system_info", "llama_extra_buffer_types", "onnxruntime", "cache_home", "models_dir",

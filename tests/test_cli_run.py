@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.cli_run import chat_cmd, run_cmd  # noqa: E402
+from commandv.runtime.cli.run import chat_cmd, run_cmd  # noqa: E402
+from commandv.runtime.engines.llama.engine import Recipient  # noqa: E402
 from commandv.runtime.terminal import safe_text  # noqa: E402
-from commandv.runtime.llama_engine import Recipient  # noqa: E402
 from tests.test_llama_parity import random_pack  # noqa: E402
 
 pytestmark = pytest.mark.llama
@@ -81,8 +81,8 @@ def test_chat_loop(app, setup):
 
 
 def test_main_cli_has_run_and_chat():
-    pytest.importorskip("commandv.exporter.cli")
-    from commandv.exporter.cli import app as main_app
+    pytest.importorskip("commandv.exporter.cli.main")
+    from commandv.exporter.cli.main import app as main_app
 
     res = CliRunner().invoke(main_app, ["run", "--help"])
     assert res.exit_code == 0 and "--compare" in res.stdout
@@ -92,8 +92,8 @@ def test_main_cli_has_run_and_chat():
 def test_names_and_outputs_are_never_markup(app, setup, tmp_path, monkeypatch):
     """A pack named like rich markup, and model output with brackets, print as they are (no MarkupError,
     nothing swallowed) in the status lines and in --compare's table."""
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.model import BehaviorPack
 
     model, pack, *_ = setup
     p = BehaviorPack.load(pack)
@@ -111,8 +111,8 @@ def test_names_and_outputs_are_never_markup(app, setup, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ hostile text, bad bytes, out-of-range integers
 def _main_app():
-    pytest.importorskip("commandv.exporter.cli")
-    from commandv.exporter.cli import app as main_app
+    pytest.importorskip("commandv.exporter.cli.main")
+    from commandv.exporter.cli.main import app as main_app
 
     return main_app
 
@@ -120,11 +120,10 @@ def _main_app():
 def test_names_and_output_never_drive_the_terminal(setup, tmp_path, monkeypatch):
     """A pack (name, recipient name, file name) and a model file name carrying escape sequences, and generated text
     carrying them: stderr and stdout hold none raw, they are shown as escapes; the unsigned-pack warning stays."""
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.models.fingerprint import model_info_from_gguf
+    from commandv.runtime.pack.model import BehaviorPack
     from tests.test_cli import HOSTILE, assert_no_raw_controls, hostile_pack
-
-    from commandv.runtime.fingerprint import model_info_from_gguf
 
     model, pack, *_ = setup
     data = model.read_bytes()  # the model's general.name patched in place (same byte length)
@@ -160,7 +159,7 @@ def test_invalid_utf8_prompt_is_one_line(setup):
     res = CliRunner().invoke(_main_app(), ["run", str(model), "ok \udcff there"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.stderr.strip() == "error: prompt is not valid UTF-8: byte 0xff at byte offset 3"
-    p = subprocess.run([sys.executable, "-c", "from commandv.exporter.cli import main; main()", "run", str(model),
+    p = subprocess.run([sys.executable, "-c", "from commandv.exporter.cli.main import main; main()", "run", str(model),
                         b"caf\xc3 \xff", "--ctx", "512"], capture_output=True, timeout=120)
     err = p.stderr.decode("utf-8", "replace")
     assert p.returncode == 2 and "Traceback" not in err and err.count("\n") == 1, err

@@ -91,7 +91,7 @@ def test_this_cpu_matches_lscpu():
 @pytest.mark.llama
 def test_llama_model_loads_without_extra_buffers_on_amx(tiny_gguf, monkeypatch):
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_lowlevel import LlamaModel, ModelLoadError
+    from commandv.runtime.engines.llama.lowlevel import LlamaModel, ModelLoadError
 
     monkeypatch.delenv(cpu.ENV_EXTRA_BUFTS, raising=False)
     monkeypatch.setattr(cpu, "cpu_info", lambda: _cpu(SAPPHIRE_RAPIDS))

@@ -7,9 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from commandv.exporter.diagnose import (compare_edits, cosine, d2r_mapper, layer_edits, mapped_directions,
-                                        markdown_table, summary)
-from commandv.runtime.pack import BehaviorPack, PackEntry
+from commandv.exporter.evaluation.diagnose import (
+    compare_edits,
+    cosine,
+    d2r_mapper,
+    layer_edits,
+    mapped_directions,
+    markdown_table,
+    summary,
+)
+from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
 D, N_LAYER = 16, 6
 
@@ -131,10 +138,10 @@ def test_mapped_direction_through_an_exact_translator():
 
 def test_diagnose_on_the_tiny_gguf(tiny_gguf):
     pytest.importorskip("llama_cpp")
-    from commandv.exporter.behaviors import EvalPrompt
-    from commandv.exporter.diagnose import diagnose, last_token_states
+    from commandv.exporter.evaluation.diagnose import diagnose, last_token_states
+    from commandv.exporter.training.behaviors import EvalPrompt
     from commandv.profiles.store import Profile, ProfileMeta
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
     from tests.test_llama_parity import random_pack
 
     with Recipient(tiny_gguf, n_ctx=256, kv_type="f32", flash_attn=False, n_threads=1) as rec:
@@ -152,11 +159,11 @@ def test_diagnose_on_the_tiny_gguf(tiny_gguf):
         meta = ProfileMeta("f" * 64, "n" * 64, "tiny", "llama", rec.n_layer, rec.d_model, len(gen), "t", "s" * 64,
                            "gguf", None, "")
         prof = Profile([st[l] for l in range(rec.n_layer)], meta)
-        from commandv.exporter.adapters import Adapter
-        from commandv.exporter.interventions import DonorEdit
+        from commandv.exporter.adapters.folder import Adapter
+        from commandv.exporter.adapters.interventions import DonorEdit
 
-        ad = Adapter(edits=[DonorEdit(e.layer, "NodiReFT", e.A.astype(np.float64), e.b.astype(np.float64),
-                                      e.C.astype(np.float64), e.act) for e in t.entries],
+        ad = Adapter(edits=[DonorEdit(e.layer, e.A.astype(np.float64), e.b.astype(np.float64),
+                                      e.C.astype(np.float64), e.act, kind="NodiReFT") for e in t.entries],
                      kind="NodiReFT", positions="l1", component="block_output", sha256="s" * 64, source="x")
         rows = diagnose(rec, t, t, prompts, donor=rec, donor_profile=prof, recipient_profile=prof, donor_adapter=ad)
         mapped = [r for r in rows if isinstance(r["layer"], int) and "cos_mapped_dir" in r]

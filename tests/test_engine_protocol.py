@@ -1,5 +1,5 @@
 """The three engines (llama.cpp, ONNX Runtime, transformers) have the methods and attributes of
-:class:`commandv.runtime.engine_protocol.Engine`, with its parameter names in its order. Read from the classes
+:class:`commandv.runtime.engines.protocol.Engine`, with its parameter names in its order. Read from the classes
 (no model is loaded); an engine whose module cannot be imported here is skipped."""
 
 import ast
@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 
-from commandv.runtime.engine_protocol import ENGINE_ATTRIBUTES, ENGINE_METHODS, Engine
+from commandv.runtime.engines.protocol import ENGINE_ATTRIBUTES, ENGINE_METHODS, Engine
 
-ENGINES = {"Recipient": "commandv.runtime.llama_engine", "OnnxRecipient": "commandv.runtime.onnx_engine",
-           "TorchRecipient": "commandv.runtime.torch_engine"}
+ENGINES = {"Recipient": "commandv.runtime.engines.llama.engine", "OnnxRecipient": "commandv.runtime.engines.onnx.engine",
+           "TorchRecipient": "commandv.runtime.engines.reference"}
 
 
 def engine_class(name: str) -> type:

@@ -54,11 +54,11 @@ def test_every_exception_class_is_a_commandv_error():
 
 def test_families_keep_their_builtin_bases():
     """``except ValueError`` code keeps working; the families are importable where they used to live."""
-    from commandv.runtime.llama_edit import EngineError as engine_error
-    from commandv.runtime.llama_lowlevel import LlamaError
-    from commandv.runtime.model_ref import ModelError as model_error
-    from commandv.runtime.pack import PackError as pack_error
-    from commandv.runtime.zoo import ZooError
+    from commandv.runtime.engines.llama.engine import EngineError as engine_error
+    from commandv.runtime.engines.llama.lowlevel import LlamaError
+    from commandv.runtime.models.ref import ModelError as model_error
+    from commandv.runtime.models.zoo import ZooError
+    from commandv.runtime.pack.model import PackError as pack_error
 
     for cls in (ModelError, PackError, EngineError, ZooError):
         assert issubclass(cls, (CommandVError, ValueError))
@@ -67,7 +67,7 @@ def test_families_keep_their_builtin_bases():
 
 
 def _app(exc: BaseException) -> typer.Typer:
-    from commandv.exporter.cli import user_errors
+    from commandv.exporter.cli.main import user_errors
 
     app = typer.Typer()
 
@@ -97,7 +97,7 @@ def test_cli_lets_other_errors_through():
 def test_cli_names_the_missing_optional_package():
     """A command whose optional dependency is missing says, in one line, which pip package to install; a missing
     module that is no optional dependency (a bug, e.g. a misspelled import) keeps its traceback."""
-    from commandv.runtime.cli_errors import OPTIONAL_PACKAGES
+    from commandv.runtime.cli.errors import OPTIONAL_PACKAGES
 
     assert OPTIONAL <= set(OPTIONAL_PACKAGES)
     res = CliRunner().invoke(_app(ModuleNotFoundError("No module named 'pyreft'", name="pyreft")), [])
@@ -114,7 +114,7 @@ def test_cli_command_without_its_optional_dependency(monkeypatch):
     """``cmdv onnx info`` imports onnx when it runs: without it, one line naming the package."""
     import sys
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ModuleNotFoundError
     res = CliRunner().invoke(app, ["onnx", "info", "model.onnx"])

@@ -3,11 +3,18 @@
 import numpy as np
 import pytest
 
-from commandv.exporter.adapters import Adapter
-from commandv.exporter.behaviors import EvalPrompt, get_behavior
-from commandv.exporter.eval_pair import pair_key, plot_report
-from commandv.exporter.evaluate import ConfigResult, PairReport, adapter_pack, run_config, utility_ok, utility_questions
-from commandv.exporter.interventions import DonorEdit
+from commandv.exporter.adapters.folder import Adapter
+from commandv.exporter.adapters.interventions import DonorEdit
+from commandv.exporter.evaluation.evaluate import (
+    ConfigResult,
+    PairReport,
+    adapter_pack,
+    run_config,
+    utility_ok,
+    utility_questions,
+)
+from commandv.exporter.evaluation.pair import pair_key, plot_report
+from commandv.exporter.training.behaviors import EvalPrompt, get_behavior
 
 
 def test_utility_questions_and_judge():
@@ -28,7 +35,7 @@ def test_utility_ok_numbers_stand_alone():
 
 def test_adapter_pack_is_the_adapter():
     rng = np.random.default_rng(0)
-    e = DonorEdit(2, "NodiReFT", rng.standard_normal((16, 4)), rng.standard_normal(4), rng.standard_normal((4, 16)))
+    e = DonorEdit(2, rng.standard_normal((16, 4)), rng.standard_normal(4), rng.standard_normal((4, 16)), kind="NodiReFT")
     ad = Adapter(edits=[e], kind="NodiReFT", positions="l1", component="block_output", sha256="s" * 64, source="x")
     p = adapter_pack(ad, "f" * 64, "llama", 4, "self")
     p.validate()
@@ -81,8 +88,8 @@ def test_pair_key():
 def test_profiling_set_adds_a_balanced_training_pick():
     import pytest
 
-    from commandv.exporter.behaviors import eval_data_dir
-    from commandv.exporter.eval_pair import profiling_set, report_prompts
+    from commandv.exporter.evaluation.pair import profiling_set, report_prompts
+    from commandv.exporter.training.behaviors import eval_data_dir
     from commandv.profiles.prompts import load_prompt_set
 
     gen = load_prompt_set("general", limit=12)
@@ -147,7 +154,7 @@ def _refusal_report(behavior="refusal", with_advbench=True, seed=0):
     """Off-shelf, transfer@1, transfer@2, direct, donor, donor+adapter on 30 harmful (main), 12 advbench,
     20 harmless prompts and 10 utility questions, each configuration's per-prompt outcomes drawn at random.
     Returns the report and the hand-made 0/1 vectors ``{label: {group: [...]}}``."""
-    from commandv.exporter.behaviors import Behavior
+    from commandv.exporter.training.behaviors import Behavior
 
     rng = np.random.default_rng(seed)
     beh = Behavior(behavior, "test", lambda t: t.startswith("REFUSE"), lambda: [], lambda: [])
@@ -188,8 +195,8 @@ def test_config_outcomes_are_the_per_prompt_judgements():
 
 
 def test_figures_intervals_agree_with_stats_on_the_same_vectors():
-    from commandv.exporter.evaluate import paired_ratio_of_gains
-    from commandv.exporter.stats import paired_bootstrap, paired_bootstrap_ratio, wilson
+    from commandv.exporter.evaluation.evaluate import paired_ratio_of_gains
+    from commandv.exporter.evaluation.stats import paired_bootstrap, paired_bootstrap_ratio, wilson
 
     rep, v = _refusal_report()
     f = {k.removeprefix("a-to-b."): val for k, (val, _) in rep.figures().items()}
@@ -237,7 +244,7 @@ def test_figures_intervals_agree_with_stats_on_the_same_vectors():
 
 
 def test_figure_names_document_a_full_report():
-    from commandv.exporter.evaluate import figure_names
+    from commandv.exporter.evaluation.evaluate import figure_names
 
     rep, _ = _refusal_report()
     got = {k.removeprefix("a-to-b.") for k in rep.figures()}
@@ -246,7 +253,7 @@ def test_figure_names_document_a_full_report():
 
 
 def test_donor_share_of_a_benign_behavior():
-    from commandv.exporter.stats import paired_bootstrap_ratio
+    from commandv.exporter.evaluation.stats import paired_bootstrap_ratio
 
     rep, v = _refusal_report(behavior="pirate", with_advbench=False, seed=3)
     f = {k.removeprefix("a-to-b."): val for k, (val, _) in rep.figures().items()}
@@ -284,7 +291,7 @@ def test_report_json_round_trip_and_old_reports_without_outcomes():
 
 
 def test_markdown_carries_intervals_and_differences():
-    from commandv.exporter.stats import paired_bootstrap, wilson
+    from commandv.exporter.evaluation.stats import paired_bootstrap, wilson
 
     rep, v = _refusal_report()
     md = rep.markdown()
@@ -297,7 +304,7 @@ def test_markdown_carries_intervals_and_differences():
 
 
 def test_select_caps_each_expected_set():
-    from commandv.exporter.eval_pair import _select
+    from commandv.exporter.evaluation.pair import _select
 
     ps = ([EvalPrompt(f"h{i}", "harmful", True) for i in range(4)] + [EvalPrompt(f"a{i}", "advbench", True)
           for i in range(4)] + [EvalPrompt(f"n{i}", "harmless", False) for i in range(4)])
@@ -307,8 +314,8 @@ def test_select_caps_each_expected_set():
 
 def test_report_sizes_on_the_real_data():
     """Issue 20: n >= 100 per reported group (all 159 HarmBench test prompts), >= 50 utility questions."""
-    from commandv.exporter.behaviors import eval_data_dir, get_behavior
-    from commandv.exporter.eval_pair import profiling_set, report_prompts
+    from commandv.exporter.evaluation.pair import profiling_set, report_prompts
+    from commandv.exporter.training.behaviors import eval_data_dir, get_behavior
 
     assert len(utility_questions()) >= 50  # the project's own file
     assert len({q["prompt"] for q in utility_questions()}) == len(utility_questions())
@@ -334,7 +341,7 @@ def test_report_notes_follow_the_adapters_training_behavior(tmp_path):
     refusal adapters train on all of AdvBench: the note stays."""
     import json as _json
 
-    from commandv.exporter.eval_pair import report_notes, report_prompts, trained_behavior
+    from commandv.exporter.evaluation.pair import report_notes, report_prompts, trained_behavior
 
     (tmp_path / "training_metadata.json").write_text(_json.dumps({"behavior": "refusal-broad"}))
     assert trained_behavior(tmp_path, "refusal") == "refusal-broad"

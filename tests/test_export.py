@@ -5,11 +5,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.adapters import Adapter  # noqa: E402
-from commandv.exporter.export import ExportError, clear_factor_cache, export_pack, holdout_rows  # noqa: E402
-from commandv.exporter.interventions import DonorEdit  # noqa: E402
-from commandv.exporter.layermap import map_layer  # noqa: E402
-from commandv.runtime.pack import BehaviorPack  # noqa: E402
+from commandv.exporter.adapters.folder import Adapter  # noqa: E402
+from commandv.exporter.adapters.interventions import DonorEdit  # noqa: E402
+from commandv.exporter.transfer.export import ExportError, clear_factor_cache, export_pack, holdout_rows  # noqa: E402
+from commandv.exporter.transfer.layermap import map_layer  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 from tests.test_store import make_profile  # noqa: E402
 
@@ -20,8 +20,8 @@ def setup(n=50, dR=24, dD=32, LR=6, LD=8, seed=0):
     recip = make_profile(n=n, d=dR, L=LR, fp="r" * 64, net="y" * 64)
     donor.layers = [rng.standard_normal((n, dD)).astype(np.float32) for _ in range(LD)]
     recip.layers = [rng.standard_normal((n, dR)).astype(np.float32) for _ in range(LR)]
-    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((dD, 4)) / 6, rng.standard_normal(4),
-                       rng.standard_normal((4, dD)) / 6, "linear") for l in (1, 3, 7)]
+    edits = [DonorEdit(l, rng.standard_normal((dD, 4)) / 6, rng.standard_normal(4),
+                       rng.standard_normal((4, dD)) / 6, "linear", kind="NodiReFT") for l in (1, 3, 7)]
     ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="a" * 64, source="t")
     return ad, donor, recip
 
@@ -95,7 +95,7 @@ def test_edit_order_in_the_adapter_does_not_matter():
 
 
 def test_factor_cache_keys_on_matrix_and_rows():
-    from commandv.exporter.export import cached_factor
+    from commandv.exporter.transfer.export import cached_factor
 
     clear_factor_cache()
     rng = np.random.default_rng(9)
@@ -117,15 +117,15 @@ def test_warm_export_reuses_held_out_figures_and_matches_a_cold_one():
     """A second export of the same pair reuses the factors and the adapter-independent held-out figures
     (R², cycle error): its pack and diagnostics equal those of a cold export, and the edit's energies
     equal norms of the deltas formed directly."""
-    from commandv.exporter import export as ex
+    from commandv.exporter.transfer import export as ex
 
     ad, donor, recip = setup(seed=4)
     clear_factor_cache()
     first = export_pack(ad, donor, recip, holdout=0.2)
     assert len(ex._HELD) == 3 and len(ex._FACTORS) == 6
     rng = np.random.default_rng(8)
-    ad2 = Adapter(edits=[DonorEdit(e.layer, "NodiReFT", rng.standard_normal(e.A.shape) / 6, rng.standard_normal(4),
-                                   rng.standard_normal(e.C.shape) / 6, "relu") for e in ad.edits],
+    ad2 = Adapter(edits=[DonorEdit(e.layer, rng.standard_normal(e.A.shape) / 6, rng.standard_normal(4),
+                                   rng.standard_normal(e.C.shape) / 6, "relu", kind="NodiReFT") for e in ad.edits],
                   kind="NodiReFT", positions="l1", component="block_output", sha256="b" * 64, source="t")
     warm = export_pack(ad2, donor, recip, holdout=0.2)
     assert len(ex._HELD) == 3 and len(ex._FACTORS) == 6  # all hits
@@ -146,7 +146,7 @@ def test_warm_export_reuses_held_out_figures_and_matches_a_cold_one():
 
 
 def test_held_out_cache_keys_on_the_split():
-    from commandv.exporter import export as ex
+    from commandv.exporter.transfer import export as ex
 
     ad, donor, recip = setup(seed=5)
     clear_factor_cache()

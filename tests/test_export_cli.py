@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from commandv.exporter.adapters import load_adapter  # noqa: E402
-from commandv.exporter.cli import app  # noqa: E402
-from commandv.exporter.export import export_pack  # noqa: E402
+from commandv.exporter.adapters.folder import load_adapter  # noqa: E402
+from commandv.exporter.cli.main import app  # noqa: E402
+from commandv.exporter.transfer.export import export_pack  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
-from commandv.runtime.pack import BehaviorPack  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack  # noqa: E402
 from tests.tiny_models import write_tiny_llama_gguf  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def test_export_several_adapters_into_a_folder(tmp_home, tmp_path):
 def test_export_warns_when_the_pack_costs_utility(tmp_home, tmp_path, monkeypatch):
     """The quick utility check after export: its counts are printed, and a drop over 10 points is a warning
     (the check itself is stubbed to a 9/10 → 3/10 drop; the real one runs in test_export_and_inspect)."""
-    from commandv.exporter import evaluate
+    from commandv.exporter.evaluation import evaluate
 
     monkeypatch.setattr(evaluate, "utility_check", lambda recipient, pack, n: (0.9, 0.3, 10))
     pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for runtime/fingerprint.py: file / network fingerprints and GGUF model info."""
+"""Tests for runtime/models/fingerprint.py: file / network fingerprints and GGUF model info."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import gguf
 import numpy as np
 import pytest
 
-from commandv.runtime import fingerprint as fpm
-from commandv.runtime.fingerprint import file_fingerprint, model_info_from_gguf, network_fingerprint
-from commandv.runtime.model_ref import ModelError
+from commandv.runtime.models import fingerprint as fpm
+from commandv.runtime.models.fingerprint import file_fingerprint, model_info_from_gguf, network_fingerprint
+from commandv.runtime.models.ref import ModelError
 
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
 

@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.fold import fold_edit, unfolded_delta  # noqa: E402
-from commandv.exporter.interventions import DonorEdit  # noqa: E402
-from commandv.exporter.translators import factorize  # noqa: E402
+from commandv.exporter.adapters.interventions import DonorEdit  # noqa: E402
+from commandv.exporter.transfer.fold import fold_edit, unfolded_delta  # noqa: E402
+from commandv.exporter.transfer.translators import factorize  # noqa: E402
 
 
 def make_edit(kind, d, r, rng, act):
@@ -16,14 +16,14 @@ def make_edit(kind, d, r, rng, act):
     C = rng.standard_normal((r, d))
     R = np.linalg.qr(rng.standard_normal((d, r)))[0]
     if kind == "LoReFT":
-        return DonorEdit(3, kind, A, b, R.T, act, P=R, Q=R.T)
+        return DonorEdit(3, A, b, R.T, act, P=R, Q=R.T, kind=kind)
     if kind == "NoReFT":
-        return DonorEdit(3, kind, A, b, C, act, P=C.T, Q=C, e=-rng.standard_normal(r) @ C)
+        return DonorEdit(3, A, b, C, act, P=C.T, Q=C, e=-rng.standard_normal(r) @ C, kind=kind)
     if kind in ("DiReFT", "NodiReFT"):
-        return DonorEdit(3, kind, A, b, C, act)
+        return DonorEdit(3, A, b, C, act, kind=kind)
     if kind == "ConsReFT":
-        return DonorEdit(3, kind, np.zeros((d, r)), b, R.T, "linear", P=R, Q=R.T)
-    return DonorEdit(3, kind, np.zeros((d, r)), b, R.T, "linear")
+        return DonorEdit(3, np.zeros((d, r)), b, R.T, "linear", P=R, Q=R.T, kind=kind)
+    return DonorEdit(3, np.zeros((d, r)), b, R.T, "linear", kind=kind)
 
 
 @pytest.mark.parametrize("kind", ["LoReFT", "NoReFT", "DiReFT", "NodiReFT", "ConsReFT", "LobiReFT"])

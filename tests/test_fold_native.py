@@ -1,12 +1,12 @@
-"""Native fold kernels (exporter/fold_kernels.c) against numpy float64, and their fallbacks."""
+"""Native fold kernels (exporter/transfer/fold_kernels.c) against numpy float64, and their fallbacks."""
 
 import numpy as np
 import pytest
 
-from commandv.exporter import fold_native
-from commandv.exporter.fold import FoldItem, fold_edit, fold_edits
-from commandv.exporter.interventions import DonorEdit
-from commandv.exporter.translators import factorize
+from commandv.exporter.adapters.interventions import DonorEdit
+from commandv.exporter.transfer import fold_native
+from commandv.exporter.transfer.fold import FoldItem, fold_edit, fold_edits
+from commandv.exporter.transfer.translators import factorize
 from commandv.runtime.native.build import compiler
 
 needs_kernels = pytest.mark.skipif(compiler() is None, reason="no C compiler")
@@ -142,7 +142,7 @@ def _edit(rng, kind, dD, r=4):
     A, C = rng.standard_normal((dD, r)) / 12, rng.standard_normal((r, dD))
     R = np.linalg.qr(rng.standard_normal((dD, r)))[0]
     extra = {"LoReFT": dict(P=R, Q=R.T), "NoReFT": dict(P=C.T, Q=C, e=rng.standard_normal(dD))}.get(kind, {})
-    return DonorEdit(2, kind, A, rng.standard_normal(r), C, "relu", **extra)
+    return DonorEdit(2, A, rng.standard_normal(r), C, "relu", **extra, kind=kind)
 
 
 @needs_kernels
@@ -179,8 +179,8 @@ def test_float64_factors_stay_on_numpy(monkeypatch):
     fR, fD = factorize(XR), factorize(XD)
     assert fR.L is None or fR.L.dtype == np.float64
     monkeypatch.setattr(fold_native, "fold_batch", lambda pairs: pytest.fail("native path taken"))
-    edit = DonorEdit(0, "NodiReFT", rng.standard_normal((40, 2)), rng.standard_normal(2),
-                     rng.standard_normal((2, 40)), "linear")
+    edit = DonorEdit(0, rng.standard_normal((40, 2)), rng.standard_normal(2),
+                     rng.standard_normal((2, 40)), "linear", kind="NodiReFT")
     entry = fold_edit(edit, fR, fD, 0)
     want = XR.T @ np.linalg.solve(XR @ XR.T, XD @ edit.A)
     assert np.abs(entry.A - want).max() / np.abs(want).max() < 1e-5
@@ -196,8 +196,8 @@ def test_disabled_by_env(monkeypatch):
         XR, XD = (rng.standard_normal((12, d)).astype(np.float32) for d in (30, 40))
         fR, fD = factorize(XR), factorize(XD)
         assert fR.gram == "float32" and fR.panels() is None  # numpy's blocked solves
-        edit = DonorEdit(0, "NodiReFT", rng.standard_normal((40, 2)), rng.standard_normal(2),
-                         rng.standard_normal((2, 40)), "linear")
+        edit = DonorEdit(0, rng.standard_normal((40, 2)), rng.standard_normal(2),
+                         rng.standard_normal((2, 40)), "linear", kind="NodiReFT")
         entry = fold_edit(edit, fR, fD, 0)  # numpy triangular solves instead
         X64 = XR.astype(np.float64)
         want = X64.T @ np.linalg.solve(X64 @ X64.T, XD.astype(np.float64) @ edit.A)
@@ -238,8 +238,8 @@ def test_cache_path_is_keyed_by_the_cpu(tmp_home, monkeypatch):
 
 
 def test_export_folds_every_pair_in_one_call(monkeypatch):
-    from commandv.exporter.adapters import Adapter
-    from commandv.exporter.export import clear_factor_cache, export_pack
+    from commandv.exporter.adapters.folder import Adapter
+    from commandv.exporter.transfer.export import clear_factor_cache, export_pack
     from tests.test_store import make_profile
 
     rng = np.random.default_rng(8)
@@ -247,8 +247,8 @@ def test_export_folds_every_pair_in_one_call(monkeypatch):
     recip = make_profile(n=40, d=44, L=3, fp="r" * 64, net="y" * 64)
     donor.layers = [rng.standard_normal((40, 48)).astype(np.float32) for _ in range(4)]
     recip.layers = [rng.standard_normal((40, 44)).astype(np.float32) for _ in range(3)]
-    edits = [DonorEdit(l, "NodiReFT", rng.standard_normal((48, 4)) / 6, rng.standard_normal(4),
-                       rng.standard_normal((4, 48)) / 6, "linear") for l in (3, 0, 2)]
+    edits = [DonorEdit(l, rng.standard_normal((48, 4)) / 6, rng.standard_normal(4),
+                       rng.standard_normal((4, 48)) / 6, "linear", kind="NodiReFT") for l in (3, 0, 2)]
     ad = Adapter(edits=edits, kind="NodiReFT", positions="l1", component="block_output", sha256="a" * 64, source="t")
     calls = []
     real = fold_native.fold_batch

@@ -62,7 +62,7 @@ REGRESSIONS = [
 
 @pytest.mark.parametrize("seed,ops,needle", REGRESSIONS)
 def test_fuzz_regressions(seed, ops, needle):
-    from commandv.runtime.pack import PackError, parse_pack
+    from commandv.runtime.pack.model import PackError, parse_pack
 
     data = mutate(pack_seeds()[seed], ops)
     assert pack_target(data) == "error"

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime import ggml_bindings as gb  # noqa: E402
-from commandv.runtime.llama_lowlevel import LlamaContext, LlamaModel  # noqa: E402
+from commandv.runtime.engines.llama import ggml_bindings as gb  # noqa: E402
+from commandv.runtime.engines.llama.lowlevel import LlamaContext, LlamaModel  # noqa: E402
 from tests.tiny_models import read_gguf_weights, reference_forward  # noqa: E402
 
 pytestmark = pytest.mark.llama

@@ -14,9 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 from commandv.profiles import hf_models  # noqa: E402
 from commandv.profiles.hf_models import hf_folder_for_gguf, load_hf_model  # noqa: E402
-from commandv.runtime import zoo  # noqa: E402
-from commandv.runtime.fingerprint import file_fingerprint  # noqa: E402
-from commandv.runtime.model_ref import ModelError  # noqa: E402
+from commandv.runtime.models import zoo  # noqa: E402
+from commandv.runtime.models.fingerprint import file_fingerprint  # noqa: E402
+from commandv.runtime.models.ref import ModelError  # noqa: E402
 from commandv.runtime.paths import hf_cache_dir  # noqa: E402
 from tests.tiny_models import write_tiny_llama_gguf  # noqa: E402
 

@@ -83,8 +83,8 @@ def test_outputs_left_untouched(corpus):
 
 _MEASURE = textwrap.dedent("""
     import json, resource, sys, time
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.interventions import AdapterError
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = {}
     for folder in sys.argv[1:]:
@@ -138,7 +138,7 @@ def test_deflated_torch_file_within_bounds_loads(tmp_path):
     only the expansion is bounded, not the compression method."""
     import zipfile
 
-    from commandv.exporter.adapters import load_adapter
+    from commandv.exporter.adapters.folder import load_adapter
 
     f = hostile_corpus._adapter_folder(tmp_path, "deflated")
     intkey = f / f"intkey_{hostile_corpus._KEY0}.bin"
@@ -150,8 +150,8 @@ def test_deflated_torch_file_within_bounds_loads(tmp_path):
 
 def test_bomb_without_config_shapes_refused_by_ratio(tmp_path):
     """With no config.json (ReftTrainer's intervenable_model/), the expansion ratio alone refuses the bomb."""
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.interventions import AdapterError
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
 
     f = hostile_corpus._adapter_folder(tmp_path, "bomb_no_config", config=False)
     (f / f"intkey_{hostile_corpus._KEY0}.bin").write_bytes(hostile_corpus.torch_bomb(256 << 20))
@@ -164,8 +164,8 @@ def test_config_shapes_bound_an_oversized_state(tmp_path):
     before torch.load."""
     import torch
 
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.interventions import AdapterError
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
 
     f = hostile_corpus._adapter_folder(tmp_path, "oversized")
     state = hostile_corpus._nodi_state()
@@ -177,8 +177,8 @@ def test_config_shapes_bound_an_oversized_state(tmp_path):
 
 def test_dangling_config_link_is_reported(tmp_path):
     """A config.json that is a dangling symlink is an error, not "no config" (which would load every intkey file)."""
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.interventions import AdapterError
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.adapters.interventions import AdapterError
 
     f = hostile_corpus._adapter_folder(tmp_path, "dangling")
     (f / "config.json").unlink()
@@ -190,9 +190,9 @@ def test_dangling_config_link_is_reported(tmp_path):
 @pytest.mark.parametrize("trainer_layout", [False, True])
 def test_exported_pack_records_no_local_path(tmp_path, trainer_layout):
     """A pack shared with others names its adapter folder and hashes, never the exporting machine's paths."""
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.export import export_pack
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.transfer.export import export_pack
+    from commandv.runtime.pack.model import BehaviorPack
     from tests.test_export import setup
 
     private = tmp_path / "home-of-alice" / "secret-project"
@@ -289,8 +289,8 @@ def test_bombs_really_declare_gigabytes(corpus, name):
 def test_shared_data_is_refused_even_under_a_loose_bound(corpus):
     """With the size bound lifted, the shared-data bomb is still refused, as overlapping data: the first two
     tensors at offset 0 are named."""
-    from commandv.runtime.gguf_strict import GGUFFormatError, parse_gguf
-    from commandv.runtime.pack_gguf import _LIMITS
+    from commandv.runtime.pack.gguf_io import _LIMITS
+    from commandv.runtime.pack.gguf_strict import GGUFFormatError, parse_gguf
 
     folder, cases = corpus
     data = (folder / cases["hostile:pack_shared_data_bomb"]["path"]).read_bytes()
@@ -318,7 +318,7 @@ def test_overlap_rule_matches_a_byte_coverage_reference():
     (counted byte by byte), and the two tensors named really share bytes."""
     import numpy as np
 
-    from commandv.runtime.gguf_strict import GGUFFormatError, Limits, parse_gguf
+    from commandv.runtime.pack.gguf_strict import GGUFFormatError, Limits, parse_gguf
 
     rng = np.random.default_rng(19)
     loose = Limits(max_expansion=1 << 20)
@@ -347,7 +347,7 @@ def test_overlap_rule_matches_a_byte_coverage_reference():
 def test_expansion_bound_is_inclusive_at_twice_the_file_size():
     """Three tensors at offset 0 sized so their float32 total is exactly 2x the file size: not refused by the
     bound (the overlap rule refuses it); one float more: refused by the bound, with the exact figures."""
-    from commandv.runtime.gguf_strict import GGUFFormatError, parse_gguf
+    from commandv.runtime.pack.gguf_strict import GGUFFormatError, parse_gguf
 
     d = 4096  # data section bytes; t0 and t1 fill it, t2 makes up the rest
     header = len(_gguf([("t0", 0, 0), ("t1", 0, 0), ("t2", 0, 0)], 0))
@@ -368,7 +368,7 @@ def test_unreferenced_tensor_is_never_copied():
     the parse allocates far less than that tensor (the old reader copied every tensor first)."""
     import numpy as np
 
-    from commandv.runtime.pack import PackError, parse_pack
+    from commandv.runtime.pack.model import PackError, parse_pack
     from tests.make_bad_corpus import base_pack, describe, encode
 
     kvs, tensors = describe(base_pack())
@@ -384,7 +384,7 @@ def test_valid_f16_pack_widens_each_tensor_once(tmp_path):
     tensors (computed from the pack) plus under 1 MB, and the values are the file's."""
     import numpy as np
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry, parse_pack
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry, parse_pack
 
     rng = np.random.default_rng(3)
     d, r = 2048, 256
@@ -406,8 +406,14 @@ def test_signing_refuses_bombs_and_public_keys(corpus, tmp_path):
     """``sign_pack`` on a bomb: the pack's error, in bounded memory, no .sig written. Signing with a ``.pub``: says
     it is a public key (it used to say "private key is readable by others"). A FIFO as the key: named as a FIFO
     (it used to be "key file not found"), without blocking."""
-    from commandv.runtime.pack import PackError
-    from commandv.runtime.signing import SignatureError, generate_keypair, load_private_key, sign_pack, signature_path
+    from commandv.runtime.pack.model import PackError
+    from commandv.runtime.pack.signing import (
+        SignatureError,
+        generate_keypair,
+        load_private_key,
+        sign_pack,
+        signature_path,
+    )
 
     folder, cases = corpus
     priv, pub, _ = generate_keypair(tmp_path / "k")
@@ -429,8 +435,8 @@ def test_signing_refuses_bombs_and_public_keys(corpus, tmp_path):
 def test_cli_sign_with_public_key_is_one_clear_line(tmp_path):
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
-    from commandv.runtime.signing import generate_keypair
+    from commandv.exporter.cli.main import app
+    from commandv.runtime.pack.signing import generate_keypair
     from tests.make_bad_corpus import base_pack
 
     pack = base_pack().save(tmp_path / "p.gguf")
@@ -445,7 +451,7 @@ def test_cmdv_inspect_on_hostile_packs_is_one_line(corpus):
     """`cmdv inspect` on every hostile pack (bombs, FIFO, /dev/zero link, folder): exit 2, one line, no traceback."""
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     folder, cases = corpus
     runner = CliRunner()
@@ -462,7 +468,7 @@ def test_export_cli_refuses_device_output_up_front(tmp_path):
     (they do not exist here), and the link is still a link to /dev/null."""
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     link = tmp_path / "null.gguf"
     link.symlink_to("/dev/null")
@@ -487,10 +493,10 @@ def test_atomic_dir_refuses_a_file(tmp_path):
 def test_model_paths_special_files_refused(tmp_path, monkeypatch):
     """A FIFO or device given as a model, inside an HF model folder, or as evaluation data: a one-line error
     saying what it is (never handed to a parser that would block or read forever)."""
-    from commandv.exporter.behaviors import BehaviorError, _read_jsonl
+    from commandv.exporter.training.behaviors import BehaviorError, _read_jsonl
     from commandv.profiles.identity import model_identity
-    from commandv.runtime.fingerprint import file_fingerprint
-    from commandv.runtime.model_ref import ModelError, ModelRef, resolve_model
+    from commandv.runtime.models.fingerprint import file_fingerprint
+    from commandv.runtime.models.ref import ModelError, ModelRef, resolve_model
 
     fifo = tmp_path / "model.gguf"
     os.mkfifo(fifo)
@@ -522,7 +528,7 @@ def test_keys_new_never_replaces_a_special_file(tmp_path):
     import os
     import stat
 
-    from commandv.runtime.signing import SignatureError, generate_keypair
+    from commandv.runtime.pack.signing import SignatureError, generate_keypair
 
     fifo = tmp_path / "k.key"
     os.mkfifo(fifo)
@@ -535,7 +541,7 @@ def test_committed_packs_hold_no_local_paths():
     """Packs shipped in the repository record names and hashes, never where they were made."""
     from pathlib import Path
 
-    from commandv.runtime.pack import BehaviorPack
+    from commandv.runtime.pack.model import BehaviorPack
 
     root = Path(__file__).resolve().parents[1]
     packs = sorted((root / "packs").glob("*.gguf")) + sorted((root / "benchmarks" / "results").rglob("*.gguf"))

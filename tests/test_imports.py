@@ -20,8 +20,8 @@ LAYERS = ("commandv.runtime", "commandv.profiles", "commandv.exporter")
 
 
 def test_runtime_import_is_light():
-    code = ("import sys, commandv.runtime, commandv.runtime.pack, commandv.runtime.pack_gguf, "
-            "commandv.runtime.llama_engine, commandv.runtime.signing, commandv.runtime.zoo, commandv.runtime.cli_run\n"
+    code = ("import sys, commandv.runtime, commandv.runtime.pack.model, commandv.runtime.pack.gguf_io, "
+            "commandv.runtime.engines.llama.engine, commandv.runtime.pack.signing, commandv.runtime.models.zoo, commandv.runtime.cli.run\n"
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -35,7 +35,7 @@ HEAVY = ("torch", "transformers", "onnxruntime", "onnx", "llama_cpp", "fastapi",
 def test_packages_and_cli_import_light():
     """The public names of the packages are lazy (PEP 562 ``__getattr__``) and the CLI imports heavy
     dependencies inside its commands."""
-    code = ("import sys, commandv.runtime, commandv.profiles, commandv.exporter, commandv.exporter.cli\n"
+    code = ("import sys, commandv.runtime, commandv.profiles, commandv.exporter, commandv.exporter.cli.main\n"
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing the packages or the CLI pulled in: {out}"
@@ -186,10 +186,10 @@ def test_import_graph_sees_the_package():
     """The reader finds relative, absolute, lazy and annotation-only imports (guards the two tests below)."""
     edges = import_graph()
     found = {(e.src, e.dst) for e in edges}
-    assert ("commandv.runtime.pack", "commandv.runtime.pack_gguf") in found  # from .pack_gguf import …
+    assert ("commandv.runtime.pack.model", "commandv.runtime.pack.gguf_io") in found  # from .pack_gguf import …
     assert ("commandv.runtime.serve.slots", "commandv.runtime.errors") in found  # from ..errors import …
     assert ("commandv.profiles.profiler", "commandv.runtime") in found  # __version__ from the package __init__
-    assert ("commandv.exporter.cli", "commandv.runtime.cli_errors") in found  # absolute
+    assert ("commandv.exporter.cli.main", "commandv.runtime.cli.errors") in found  # absolute
     assert {e.kind for e in edges} == {"module", "function", "typing"}
 
 

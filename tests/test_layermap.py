@@ -1,6 +1,6 @@
 import pytest
 
-from commandv.exporter.layermap import DEFAULT_LAYER_RULE, LayerMapError, build_layer_map, map_layer
+from commandv.exporter.transfer.layermap import DEFAULT_LAYER_RULE, LayerMapError, build_layer_map, map_layer
 
 
 def test_default_is_nearest():

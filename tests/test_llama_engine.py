@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.llama_engine import (  # noqa: E402
+from commandv.runtime.engines.llama.engine import (  # noqa: E402
     EmptyPromptError,
     EngineError,
     PositionsError,
@@ -17,9 +17,9 @@ from commandv.runtime.llama_engine import (  # noqa: E402
     StaleStreamError,
     StrengthError,
 )
-from commandv.runtime.llama_sampling import Sampler, SamplingError, TextStream  # noqa: E402
-from commandv.runtime.model_ref import ModelError  # noqa: E402
-from commandv.runtime.pack import PackError  # noqa: E402
+from commandv.runtime.engines.sampling import Sampler, SamplingError, TextStream  # noqa: E402
+from commandv.runtime.models.ref import ModelError  # noqa: E402
+from commandv.runtime.pack.model import PackError  # noqa: E402
 from tests.helpers import check_prompt_clock, rel_err  # noqa: E402
 from tests.test_llama_parity import random_pack  # noqa: E402
 from tests.tiny_models import read_gguf_weights  # noqa: E402
@@ -119,8 +119,8 @@ def test_c_and_python_callbacks_agree(tiny_gguf, rec):
 
 def test_native_context_mirrors_llama_context(rec):
     """NativeContext (a LlamaContext with a C callback) sets the same attributes as a plain LlamaContext."""
-    from commandv.runtime.llama_edit import NativeContext
-    from commandv.runtime.llama_lowlevel import LlamaContext
+    from commandv.runtime.engines.llama.editor import NativeContext
+    from commandv.runtime.engines.llama.lowlevel import LlamaContext
 
     if not isinstance(rec.ctx, NativeContext):
         pytest.skip("native core unavailable")
@@ -135,7 +135,7 @@ def test_native_math_matches_numpy(rec, act):
         pytest.skip("native core unavailable")
     import ctypes
 
-    from commandv.runtime.llama_edit import NativeEditor, compile_entries
+    from commandv.runtime.engines.llama.editor import NativeEditor, compile_entries
 
     p = random_pack(layers=(1,), seed=8, act=act, pq=True, offset=True, fingerprint=rec.fingerprint)
     ed = NativeEditor(rec.editor.core, 64, 4)
@@ -363,7 +363,7 @@ def test_typed_special_tokens_are_not_control_tokens(rec, prompt):
                                     (dict(n_threads=-3), "n_threads must be an integer from 1 to 512")])
 def test_context_sizes_never_wrap_around(tiny_gguf, kw, msg):
     """Values past the C fields' range (ctypes would keep the low 32 bits: 2**32 + 1 → 1) are refused by name."""
-    from commandv.runtime.llama_lowlevel import LlamaError
+    from commandv.runtime.engines.llama.lowlevel import LlamaError
 
     with pytest.raises(LlamaError, match=msg):
         Recipient(tiny_gguf, **{"n_ctx": 128, **kw})
@@ -384,8 +384,8 @@ def test_prompt_clock_includes_pack_preparation(rec, monkeypatch):
 
 # ---------------------------------------------------------------- native build and fallback
 def test_native_build_into_cache_and_fallback(tmp_home, monkeypatch):
-    from commandv.runtime import llama_edit
-    from commandv.runtime.llama_lowlevel import LlamaError
+    from commandv.runtime.engines.llama import editor as llama_edit
+    from commandv.runtime.engines.llama.lowlevel import LlamaError
     from commandv.runtime.native import build
 
     if build.compiler() is None:

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.llama_lowlevel import (  # noqa: E402
+from commandv.runtime.engines.llama.lowlevel import (  # noqa: E402
     ContextOverflowError,
     LlamaContext,
     LlamaError,

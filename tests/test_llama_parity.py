@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.llama_engine import Recipient  # noqa: E402
-from commandv.runtime.pack import BehaviorPack, PackEntry  # noqa: E402
+from commandv.runtime.engines.llama.engine import Recipient  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackEntry  # noqa: E402
 from tests.helpers import cosine_rows, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.llama
@@ -48,7 +48,7 @@ def rec(tiny_gguf):
 @pytest.fixture(scope="module")
 def eng(tiny_hf):
     torch = pytest.importorskip("torch")  # noqa: F841
-    from commandv.runtime.torch_engine import TorchRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
 
     return TorchRecipient(*tiny_hf)
 
@@ -74,7 +74,7 @@ def test_same_tokens_both_engines(rec, eng):
 
 @pytest.mark.parametrize("case", CASES)
 def test_parity_with_torch_engine(rec, eng, case):
-    from commandv.runtime.torch_engine import pack_edits
+    from commandv.runtime.engines.reference import pack_edits
 
     packs, strengths = _cases(rec.fingerprint)[case]
     ids = eng.encode(PROMPT)
@@ -97,7 +97,7 @@ def test_parity_with_torch_engine(rec, eng, case):
 
 
 def test_greedy_text_matches_torch(rec, eng):
-    from commandv.runtime.torch_engine import pack_edits
+    from commandv.runtime.engines.reference import pack_edits
 
     packs, _ = _cases(rec.fingerprint)["relu-l1"]
     ids = eng.encode(PROMPT)
@@ -107,7 +107,7 @@ def test_greedy_text_matches_torch(rec, eng):
 
 def _cvec_logits(rec, ids, deltas: dict[int, np.ndarray]) -> np.ndarray:
     """llama.cpp's control vector applied to the LAST prompt token's decode step only."""
-    from commandv.runtime.llama_lowlevel import _ll
+    from commandv.runtime.engines.llama.lowlevel import _ll
 
     L = _ll()
     ctx = rec.ctx
@@ -184,9 +184,9 @@ def test_smollm2_q4_vs_dequantized_hf():
     torch = pytest.importorskip("torch")
     import sys
 
-    from commandv.profiles.prompts import load_prompt_set
     from commandv.profiles.hf_models import torch_recipient
-    from commandv.runtime.torch_engine import pack_edits
+    from commandv.profiles.prompts import load_prompt_set
+    from commandv.runtime.engines.reference import pack_edits
 
     key = "smollm2-135m-instruct"
     rec = Recipient(key, n_ctx=1024, kv_type="f32", flash_attn=False, n_threads=1)

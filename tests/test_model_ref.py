@@ -1,4 +1,4 @@
-"""Tests for runtime/model_ref.py: resolving zoo keys, GGUF files, HF folders and hub ids."""
+"""Tests for runtime/models/ref.py: resolving zoo keys, GGUF files, HF folders and hub ids."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import gguf
 import numpy as np
 import pytest
 
-from commandv.runtime import zoo
-from commandv.runtime.model_ref import ModelError, ModelRef, is_gguf_file, resolve_model
-from commandv.runtime.zoo import ZOO, ZooError
+from commandv.runtime.models import zoo
+from commandv.runtime.models.ref import ModelError, ModelRef, is_gguf_file, resolve_model
+from commandv.runtime.models.zoo import ZOO, ZooError
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 * ``cmdv_host_test`` (C: cmdv_session + cmdv_pack + cmdv_core through llama.h) on the tiny GGUF and on
   SmolLM2-135M (slow): same pack, same prompt → same greedy tokens, same edited hidden states of every
-  layer and same last-token logits as :class:`~commandv.runtime.llama_engine.Recipient`.
+  layer and same last-token logits as :class:`~commandv.runtime.engines.llama.engine.Recipient`.
 * ``cmdv_pack_tool`` built with AddressSanitizer + UBSan over every malformed pack of the bad corpus
   (``tests/data/bad``, readers ``pack`` and ``pack_recipient``): each is refused with a nonzero code and
   the Python reader's reason (the manifest's ``match``), no sanitizer report; valid packs are read to
@@ -26,10 +26,10 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.runtime.llama_engine import Recipient  # noqa: E402
+from commandv.runtime.edit.positions import Positions  # noqa: E402
+from commandv.runtime.engines.llama.engine import Recipient  # noqa: E402
 from commandv.runtime.native.build import ACT_IDS  # noqa: E402
-from commandv.runtime.pack import BehaviorPack, PackError  # noqa: E402
-from commandv.runtime.positions import Positions  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackError  # noqa: E402
 from tests import native_build  # noqa: E402
 from tests.bad_corpus import ROOT as BAD_ROOT  # noqa: E402
 from tests.bad_corpus import load_manifest  # noqa: E402
@@ -248,7 +248,7 @@ def test_host_program_errors(build, recs, tmp_path):
 # ------------------------------------------------------------------ SmolLM2-135M (real model, slow)
 @pytest.mark.slow
 def test_host_program_matches_python_engine_on_smollm2(build, tmp_path):
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     path = zoo.fetch("smollm2-135m-instruct", progress=False)
     r = Recipient(path, n_ctx=512, kv_type="f32", flash_attn=False, n_threads=2)
@@ -301,8 +301,8 @@ def test_bad_corpus_refused_under_asan(asan_tool):
 def test_strength_bound_same_as_python(asan_tool, tmp_path):
     """Entry strengths beyond ±1e6 (MAX_ABS_VALUE, like tensor values) are refused by both readers with the same
     message; the bound itself is accepted."""
-    from commandv.runtime import pack_keys as K
-    from commandv.runtime.pack import parse_pack
+    from commandv.runtime.pack import keys as K
+    from commandv.runtime.pack.model import parse_pack
     from tests.make_bad_corpus import base, patch
 
     data, enc = base()
@@ -326,7 +326,7 @@ def test_reader_corner_cases_same_as_python(asan_tool, tmp_path):
     """Corner cases found in review, C reader vs Python: a key name with a NUL byte (ggml would read
     'general.alignment\\0x' as general.alignment), non-u32 alignments shown by value, newer tensor type names,
     and the pack name taken from a file name ending in '.'."""
-    from commandv.runtime.pack import parse_pack
+    from commandv.runtime.pack.model import parse_pack
     from tests.make_bad_corpus import F32, I32, STR, base_pack, describe, encode
 
     kvs, tensors = describe(base_pack())
@@ -364,7 +364,7 @@ def test_mutated_packs_same_verdict_as_python(asan_tool, tmp_path):
     """Differential fuzz: 600 mutants of valid packs (tests/fuzz_targets.py), C reader under ASan vs Python.
     Same verdict on every file (except the documented ggml-only refusals of odd tensor data layouts) and the
     same message wherever the C message is not cut short ("...")."""
-    from commandv.runtime.pack import parse_pack
+    from commandv.runtime.pack.model import parse_pack
     from tests.fuzz_targets import OPS, mutate, pack_seeds
 
     rng = random.Random(7)
@@ -604,7 +604,7 @@ def _reason(msg: str) -> str:
 
 
 def test_positions_and_activations_match_python(lib):
-    from commandv.runtime.lowrank import canonical_activation
+    from commandv.runtime.edit.lowrank import canonical_activation
 
     specs = ["l1", "f1+l1", " F2 + L3 ", "l0", "l1024", "l1025", "l01", "l00001", "f1++l1", "+", "l1+", "", "   ",
              "x3", "l\u0661\u0662", "l\u00b2", "\u3000l2\u00a0", "l2\x85", "l 2", "fl1", "l9999", "f1+f3+l2+l1",
@@ -643,7 +643,7 @@ _KINDS = {type(None): 0, bool: 1, int: 2, float: 3, str: 4, list: 5, dict: 6}
 
 def _py_json(text: str):
     """(top kind, diagnostics verdict) the Python reader reaches, or an error string."""
-    from commandv.runtime.pack_gguf import _check_diagnostics
+    from commandv.runtime.pack.gguf_io import _check_diagnostics
     from commandv.runtime.safe_io import json_problem
 
     try:

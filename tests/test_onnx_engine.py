@@ -20,13 +20,13 @@ pytest.importorskip("torch")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from commandv.runtime.lowrank import ACTIVATIONS  # noqa: E402
-from commandv.runtime.llama_edit import PositionsError  # noqa: E402
-from commandv.runtime.llama_edit import EngineError  # noqa: E402
-from commandv.runtime.onnx_engine import OnnxModelError, OnnxRecipient, find_onnx_model  # noqa: E402
-from commandv.runtime.onnx_surgery import add_pack_slots, bake_packs  # noqa: E402
-from commandv.runtime.pack import BehaviorPack, PackEntry, PackError  # noqa: E402
-from commandv.runtime.torch_engine import TorchRecipient, pack_edits  # noqa: E402
+from commandv.runtime.edit.lowrank import ACTIVATIONS  # noqa: E402
+from commandv.runtime.engines.onnx.engine import OnnxModelError, OnnxRecipient, find_onnx_model  # noqa: E402
+from commandv.runtime.engines.onnx.surgery import add_pack_slots, bake_packs  # noqa: E402
+from commandv.runtime.engines.reference import TorchRecipient, pack_edits  # noqa: E402
+from commandv.runtime.engines.request_checks import PositionsError  # noqa: E402
+from commandv.runtime.errors import EngineError  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError  # noqa: E402
 from tests.helpers import check_prompt_clock, rel_err  # noqa: E402
 
 PROMPT = "Tell me something nice about rivers."
@@ -56,9 +56,9 @@ def make_pack(fp, layers=(1, 2), acts=("silu", "relu"), r=3, q=2, positions="f1+
 @pytest.fixture(scope="module")
 def env(tiny_hf, tiny_gguf, tmp_path_factory):
     """Exports of the tiny model (plain, pack inputs with 2 slots per layer, a baked pack) + the torch reference."""
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.identity import model_identity
-    from commandv.runtime.model_ref import resolve_model
+    from commandv.runtime.models.ref import resolve_model
 
     root = tmp_path_factory.mktemp("onnx")
     model, tok = tiny_hf
@@ -163,9 +163,9 @@ def test_unfed_mask_and_pack_inputs_use_their_defaults(env):
 
 def test_quantized_variants_keep_pack_nodes_float(env, tiny_hf, tiny_gguf):
     pytest.importorskip("onnx_ir")
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.identity import model_identity
-    from commandv.runtime.model_ref import resolve_model
+    from commandv.runtime.models.ref import resolve_model
 
     model, tok = tiny_hf
     with _home(env["root"] / "home"):
@@ -258,7 +258,7 @@ def test_bad_inputs_are_named(env, tmp_path):
 def test_cli_export_run_info(env, tiny_gguf, tmp_home):
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     out = tmp_home / "exp"
     runner = CliRunner()
@@ -291,8 +291,8 @@ def test_device_side_needs_no_torch_nor_llama_cpp(env):
             "        if name.split('.')[0] in ('torch', 'transformers', 'llama_cpp'):\n"
             "            raise ImportError('blocked ' + name)\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import commandv.runtime.onnx_surgery, commandv.runtime.onnx_feeds, commandv.runtime.cli_run\n"
-            "from commandv.runtime.onnx_engine import OnnxRecipient\n"
+            "import commandv.runtime.engines.onnx.surgery, commandv.runtime.engines.onnx.feeds, commandv.runtime.cli.run\n"
+            "from commandv.runtime.engines.onnx.engine import OnnxRecipient\n"
             f"r = OnnxRecipient({str(env['inputs'].folder)!r})\n"
             "print(len(r.generate_ids(r.encode('Hello'), max_tokens=3, stop_at_eog=False)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -301,8 +301,8 @@ def test_device_side_needs_no_torch_nor_llama_cpp(env):
 
 
 def test_pack_policy_applies(env, tmp_path):
-    from commandv.runtime.pack_policy import DeltaNormError, PackPolicy
-    from commandv.runtime.signing import SignatureError
+    from commandv.runtime.pack.policy import DeltaNormError, PackPolicy
+    from commandv.runtime.pack.signing import SignatureError
 
     ids = env["rec"]["inputs"].encode(PROMPT)
     small = OnnxRecipient(env["inputs"].folder, policy=PackPolicy(max_delta_norm=1e-6))
@@ -319,7 +319,7 @@ def test_qwen2_export_matches_torch(tiny_hf, tmp_path):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.identity import ModelIdentity
 
     _, tok = tiny_hf
@@ -361,9 +361,9 @@ def test_prompt_in_chunks_equals_one_pass(env):
 def test_baked_packs_keep_their_order(env, tiny_hf, tiny_gguf):
     """A baked export applies its packs in bake order: a request giving two packs that edit a common layer in
     the other order is refused; packs on different layers may come in any order (same result)."""
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.identity import model_identity
-    from commandv.runtime.model_ref import resolve_model
+    from commandv.runtime.models.ref import resolve_model
 
     fp, tr = env["fp"], env["torch"]
     pa = make_pack(fp, layers=(1, 2), acts=("gelu", "relu"), seed=21, name="a")
@@ -422,9 +422,9 @@ def test_export_folder_safety(env, tiny_hf, tiny_gguf, tmp_path, monkeypatch):
     nothing left beside it; the folder is readable like any other (not mkdtemp's 0700)."""
     import stat
 
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.identity import model_identity
-    from commandv.runtime.model_ref import resolve_model
+    from commandv.runtime.models.ref import resolve_model
 
     model, tok = tiny_hf
     with _home(env["root"] / "home"):
@@ -448,7 +448,7 @@ def test_export_folder_safety(env, tiny_hf, tiny_gguf, tmp_path, monkeypatch):
 def test_cli_export_option_conflicts(tiny_gguf, tmp_home):
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     for extra, msg in ((["--plain", "--pack", "p.gguf"], "--plain (no pack sites) and --pack"),
                        (["--plain", "--max-rank", "4"], "--max-rank shape pack-input slots; they do nothing with --plain"),
@@ -461,7 +461,7 @@ def test_cli_info_finds_each_quantized_export(tiny_gguf, tmp_home):
     """`cmdv onnx info KEY --quant …` reads the export `cmdv onnx export KEY --quant …` wrote; bad values are named."""
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["onnx", "export", str(tiny_gguf), "--quant", "int8", "--plain", "--no-check"])
@@ -478,7 +478,7 @@ def test_cli_info_finds_each_quantized_export(tiny_gguf, tmp_home):
 def test_quantizer_import_leaves_logging_alone():
     """ONNX Runtime's quantizer module calls logging.basicConfig(INFO) on import; ours keeps the root logger."""
     code = ("import logging\n"
-            "from commandv.exporter.onnx_export import _import_quantizer\n"
+            "from commandv.exporter.onnx.export import _import_quantizer\n"
             "q = _import_quantizer()\n"
             "root = logging.getLogger()\n"
             "print(len(root.handlers), root.level, logging.getLogger(q.__module__).getEffectiveLevel())\n")
@@ -491,8 +491,8 @@ def test_typed_special_tokens_stay_text(env, tiny_gguf, prompt):
     """ONNX (tokenizers) and torch (transformers) engines: special-token text typed in the prompt never becomes the
     special ids, the same ids as the llama.cpp engine; a plain prompt tokenizes as the whole rendered string."""
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.chat_template import user_turn
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.models.chat_template import user_turn
 
     rec, tr = env["rec"]["plain"], env["torch"]
     start, end = rec.tokenizer.token_to_id("<|im_start|>"), rec.tokenizer.token_to_id("<|im_end|>")

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from commandv.runtime.pack import BehaviorPack, PackEntry  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackEntry  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 
 PROMPTS = ("Tell me something nice about rivers.", "What is the capital of France?",
@@ -18,12 +18,12 @@ PROMPTS = ("Tell me something nice about rivers.", "What is the capital of Franc
 @pytest.fixture(scope="session")
 def smol(tmp_path_factory):
     """The torch reference and fp32 exports (plain and with pack inputs), made once per session."""
-    from commandv.exporter.onnx_export import export_model
+    from commandv.exporter.onnx.export import export_model
     from commandv.profiles.hf_models import load_hf_model
     from commandv.profiles.identity import model_identity
-    from commandv.runtime import zoo
-    from commandv.runtime.onnx_engine import OnnxRecipient
-    from commandv.runtime.torch_engine import TorchRecipient
+    from commandv.runtime.engines.onnx.engine import OnnxRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
+    from commandv.runtime.models import zoo
 
     zoo.fetch("smollm2-135m-instruct", progress=False)
     model, tok, ref = load_hf_model("smollm2-135m-instruct", progress=False)
@@ -53,7 +53,7 @@ def test_export_parity_fp32(smol):
 
 
 def test_pack_parity_and_greedy_with_torch(smol):
-    from commandv.runtime.torch_engine import pack_edits
+    from commandv.runtime.engines.reference import pack_edits
 
     rec, tr = smol["rec"], smol["torch"]
     pack = smol_pack(rec.fingerprint)
@@ -84,8 +84,8 @@ def test_zero_pack_equals_original_exactly(smol):
 
 def test_int8_variant_agrees_with_fp32(smol):
     pytest.importorskip("onnx_ir")
-    from commandv.exporter.onnx_export import export_model
-    from commandv.runtime.onnx_engine import OnnxRecipient
+    from commandv.exporter.onnx.export import export_model
+    from commandv.runtime.engines.onnx.engine import OnnxRecipient
 
     q = export_model(smol["model"], smol["tok"], smol["ident"], smol["root"] / "int8", quant="int8", check=False)
     rec8, rec = OnnxRecipient(q.folder), smol["rec"]

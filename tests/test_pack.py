@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from commandv.runtime.pack import BehaviorPack, PackEntry, PackError
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
 
 
 def make_pack(d=16, r=4, n_layer=6, with_pq=True, seed=0):
@@ -106,7 +106,7 @@ def test_check_model():
 
 
 def test_strength_is_bounded(tmp_path):
-    from commandv.runtime.pack import MAX_ABS_VALUE
+    from commandv.runtime.pack.model import MAX_ABS_VALUE
 
     pack = make_pack()
     pack.entries[0].strength = MAX_ABS_VALUE

@@ -1,4 +1,4 @@
-"""Pack distribution (runtime/pack_index.py, `cmdv packs index|pull|list|rm`): index contents, pulls over
+"""Pack distribution (runtime/pack/index.py, `cmdv packs index|pull|list|rm`): index contents, pulls over
 file:// and a local HTTP server (honest, lying, truncating, swapping), resume, signature policy, the store."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from commandv.runtime.pack import BehaviorPack
-from commandv.runtime.pack_index import (PullError, build_index, list_store, load_index, pull, remove)
-from commandv.runtime.pack_policy import PackPolicy
-from commandv.runtime.signing import SignatureError, UnverifiedPackWarning, generate_keypair, sign_pack
+from commandv.runtime.pack.index import PullError, build_index, list_store, load_index, pull, remove
+from commandv.runtime.pack.model import BehaviorPack
+from commandv.runtime.pack.policy import PackPolicy
+from commandv.runtime.pack.signing import SignatureError, UnverifiedPackWarning, generate_keypair, sign_pack
 from tests.make_bad_corpus import base_pack
 from tests.serve_helpers import PackHTTPServer, tamper_cases
 
@@ -182,7 +182,7 @@ def test_malformed_index_is_refused(tmp_path, doc, needle):
 
 
 def test_cli_packs_index_pull_list_rm(site, tmp_path):
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     folder, pub, kid = site
     store = tmp_path / "store"

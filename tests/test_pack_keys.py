@@ -1,4 +1,4 @@
-"""The pack format's keys and tensor names are spelled once in Python (runtime/pack_keys.py), and the C reader
+"""The pack format's keys and tensor names are spelled once in Python (runtime/pack/keys.py), and the C reader
 (runtime/native/cmdv_pack.c) spells exactly the same set: every Python key is a string literal there, and every
 key-shaped literal there (``commandv.…``) is a Python key. Per-entry templates: Python ``{i}`` is C ``%u``."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from commandv.runtime import pack_keys as K
+from commandv.runtime.pack import keys as K
 
 NATIVE = Path(__file__).resolve().parents[1] / "runtime" / "native"
 KEY_SHAPED = re.compile(r"^commandv\.[a-z0-9_.%]+$")
@@ -37,14 +37,14 @@ def python_keys() -> set[str]:
 def test_c_reader_uses_every_python_key():
     literals = set(c_string_literals(NATIVE / "cmdv_pack.c"))
     missing = sorted((python_keys() | {K.ARCHITECTURE, K.NAME}) - literals)
-    assert not missing, f"keys of runtime/pack_keys.py that cmdv_pack.c does not read: {missing}"
+    assert not missing, f"keys of runtime/pack/keys.py that cmdv_pack.c does not read: {missing}"
 
 
 def test_c_reader_has_no_other_key():
     literals = {s for s in c_string_literals(NATIVE / "cmdv_pack.c") if KEY_SHAPED.match(s)}
     assert literals, "no key-shaped literal found: the parser no longer sees cmdv_pack.c's keys"
     extra = sorted(literals - python_keys())
-    assert not extra, f"pack keys in cmdv_pack.c that runtime/pack_keys.py lacks: {extra}"
+    assert not extra, f"pack keys in cmdv_pack.c that runtime/pack/keys.py lacks: {extra}"
 
 
 def test_c_reader_tensor_names_and_architecture():
@@ -67,7 +67,7 @@ def test_templates_and_writer_agree(tmp_path):
     """The writer writes exactly these keys and tensor names (read back with gguf-py, which lists them)."""
     import gguf
 
-    from commandv.runtime.pack import BehaviorPack, PackEntry
+    from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
     d, r = 4, 2
     ones = lambda *s: np.ones(s, np.float32)  # noqa: E731

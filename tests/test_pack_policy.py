@@ -1,4 +1,4 @@
-"""Engines read pack files under a signature policy and an edit-size limit (runtime/pack_policy.py)."""
+"""Engines read pack files under a signature policy and an edit-size limit (runtime/pack/policy.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from commandv.runtime.pack import PackError
-from commandv.runtime.pack import BehaviorPack, PackEntry
-from commandv.runtime.pack_policy import DeltaNormError, PackPolicy, ReferenceStates, edit_sizes
-from commandv.runtime.signing import SignatureError, UnverifiedPackWarning, generate_keypair, sign_pack
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
+from commandv.runtime.pack.policy import DeltaNormError, PackPolicy, ReferenceStates, edit_sizes
+from commandv.runtime.pack.signing import SignatureError, UnverifiedPackWarning, generate_keypair, sign_pack
 from tests.test_llama_parity import random_pack
 
 PROMPT = "Tell me something nice about rivers."
@@ -74,7 +73,7 @@ def _summed_ratio(entries, prompts, layer):
 
 
 def test_rows_within_clips_specs_to_short_prompts():
-    from commandv.runtime.positions import Positions
+    from commandv.runtime.edit.positions import Positions
 
     for spec in ("l1", "f1", "f1+l1", "f2+l3", "l9", "f7+l2"):
         p = Positions.parse(spec)
@@ -118,7 +117,7 @@ def test_edit_sizes_match_a_written_out_formula():
 @pytest.fixture()
 def signed(tmp_path, tiny_gguf):
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("off")) as r:
         fp = r.fingerprint
@@ -132,7 +131,7 @@ def signed(tmp_path, tiny_gguf):
 
 @pytest.mark.llama
 def test_llama_recipient_signature_policy(tiny_gguf, signed, tmp_path):
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     path, unsigned, pub = signed
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("require", trusted=[pub])) as r:
@@ -157,7 +156,7 @@ def test_llama_recipient_signature_policy(tiny_gguf, signed, tmp_path):
 
 @pytest.mark.llama
 def test_llama_recipient_delta_norm_limit(tiny_gguf, tiny_hf, signed):
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
 
     path, _, _ = signed
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("off")) as r:
@@ -177,7 +176,7 @@ def test_llama_recipient_delta_norm_limit(tiny_gguf, tiny_hf, signed):
 def _hf_reference_states(tiny_hf) -> list[dict]:
     """Independent reference states: the reference prompts through transformers' own forward (hidden_states[i + 1]
     is block i's output, every token), tokenized by the HF tokenizer with the chat template."""
-    from commandv.runtime.pack_policy import REFERENCE_PROMPTS
+    from commandv.runtime.pack.policy import REFERENCE_PROMPTS
 
     torch = pytest.importorskip("torch")
     model, tok = tiny_hf
@@ -212,7 +211,7 @@ def test_cli_run_policy_options(tiny_gguf, signed, monkeypatch):
 
 
 def test_torch_recipient_policy(tiny_hf, signed):
-    from commandv.runtime.torch_engine import TorchRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
 
     path, unsigned, pub = signed
     model, tok = tiny_hf
@@ -246,8 +245,8 @@ def test_delta_norm_limit_on_a_model_without_chat_template(tiny_gguf_no_template
     """The edit-size check's reference prompts go in as raw text when the model has no chat template (they
     cannot be chat-rendered, and the user's raw prompts are allowed)."""
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack_policy import REFERENCE_PROMPTS
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.policy import REFERENCE_PROMPTS
 
     with Recipient(tiny_gguf_no_template, n_ctx=256, n_threads=1, policy=PackPolicy("off", max_delta_norm=1e6)) as r:
         assert r.chat_template is None
@@ -378,7 +377,7 @@ def test_measurements_are_cached_per_pack_contents_and_strengths(tiny_states, mo
 def test_torch_recipient_refuses_both_bypasses(tiny_hf):
     """On the torch reference engine: the gate pack is built from transformers' own hidden states (independent
     of the engine's hooks); the engine measures the same ratio, refuses it, and the real edit is that size."""
-    from commandv.runtime.torch_engine import TorchRecipient, pack_edits
+    from commandv.runtime.engines.reference import TorchRecipient, pack_edits
     from tests.hostile_corpus import first_token_gate_pack, many_small_entries_pack
 
     hf_states = _hf_reference_states(tiny_hf)
@@ -405,8 +404,8 @@ def test_torch_recipient_refuses_both_bypasses(tiny_hf):
 @pytest.mark.llama
 def test_llama_recipient_checks_the_request_combination_before_the_prompt_pass(tiny_gguf):
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack_policy import REFERENCE_PROMPTS
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.policy import REFERENCE_PROMPTS
     from tests.hostile_corpus import first_token_gate_pack
 
     with Recipient(tiny_gguf, n_ctx=256, n_threads=1, policy=PackPolicy("off", max_delta_norm=LIMIT)) as r:

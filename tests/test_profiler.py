@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from commandv.profiles.identity import model_identity
-from commandv.runtime.model_ref import ModelError, resolve_model
+from commandv.runtime.models.ref import ModelError, resolve_model
 
 
 def _hf_folder(path, template="{{ messages[0]['content'] }}"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from commandv.exporter.behaviors import eval_data_dir
+from commandv.exporter.training.behaviors import eval_data_dir
 from commandv.profiles import prompt_bank
 from commandv.profiles.prompts import (
     BUILTIN_SETS,

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from commandv.exporter.behaviors import EvalPrompt  # noqa: E402
-from commandv.exporter.proxy import ProxyError, default_prompts, proxy_score, proxy_spec  # noqa: E402
-from commandv.runtime.llama_engine import Recipient  # noqa: E402
+from commandv.exporter.evaluation.proxy import ProxyError, default_prompts, proxy_score, proxy_spec  # noqa: E402
+from commandv.exporter.training.behaviors import EvalPrompt  # noqa: E402
+from commandv.runtime.engines.llama.engine import Recipient  # noqa: E402
 from tests.test_llama_parity import random_pack  # noqa: E402
 
 pytestmark = pytest.mark.llama
@@ -133,7 +133,7 @@ def test_start_metric_is_primary_for_french(rec):
 def test_cli_proxy(tiny_gguf, pack, tmp_path):
     from typer.testing import CliRunner
 
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     p = tmp_path / "p.gguf"
     pack.save(p)

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smol():
-    from commandv.runtime import zoo
+    from commandv.runtime.models import zoo
 
     return zoo.fetch("smollm2-135m-instruct", progress=False)
 

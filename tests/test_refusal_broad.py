@@ -12,10 +12,17 @@ import json
 
 import pytest
 
-from commandv.exporter.behaviors import (
-    EVAL_SLICE, FRAMINGS, PROBES_TRAIN, REFUSAL_TEXT, advbench_heldout, eval_data_dir, frame, get_behavior,
+from commandv.exporter.training.behaviors import (
+    EVAL_SLICE,
+    FRAMINGS,
+    PROBES_TRAIN,
+    REFUSAL_TEXT,
+    advbench_heldout,
+    eval_data_dir,
+    frame,
+    get_behavior,
 )
-from commandv.exporter.donor_gen import Generation
+from commandv.exporter.training.donor_gen import Generation
 
 
 def _write(folder, name, n):
@@ -73,8 +80,8 @@ def test_frame_wraps_both_labels_the_same_way():
 
 
 def test_drop_refused_harmless_keeps_harmful_and_order():
-    from commandv.exporter.behaviors import ExampleSpec, judge_refusal
-    from commandv.exporter.train_demo import drop_refused_harmless
+    from commandv.exporter.training.behaviors import ExampleSpec, judge_refusal
+    from commandv.exporter.training.demo import drop_refused_harmless
 
     specs = [ExampleSpec("a", REFUSAL_TEXT, "", "s:a", "harmful"), ExampleSpec("b", None, "", "s:b", "harmless"),
              ExampleSpec("c", None, "", "s:c", "harmless"), ExampleSpec("d", None, "", "s:d", "harmless")]
@@ -91,7 +98,7 @@ REAL = (eval_data_dir() / "advbench.jsonl").is_file() and (eval_data_dir() / "ha
 
 @pytest.mark.skipif(not REAL, reason="evaluation data folder not found (set COMMANDV_SHARED)")
 def test_real_split_sizes_disjoint_and_deterministic():
-    from commandv.exporter.behaviors import _read_jsonl
+    from commandv.exporter.training.behaviors import _read_jsonl
     from commandv.profiles.prompts import load_prompt_set
 
     held = advbench_heldout()

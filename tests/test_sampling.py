@@ -1,4 +1,4 @@
-"""Sampling logits that an absurd edit strength broke (runtime/llama_sampling.py, issue #19): NaN or all -inf
+"""Sampling logits that an absurd edit strength broke (runtime/engines/sampling.py, issue #19): NaN or all -inf
 logits give a one-line SamplingError instead of numpy's traceback; +inf logits share the probability."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from commandv.runtime.llama_sampling import Sampler, SamplingError
+from commandv.runtime.engines.sampling import Sampler, SamplingError
 from tests.test_llama_parity import random_pack
 
 PROMPT = "Tell me something nice about rivers."
@@ -47,8 +47,8 @@ def test_plus_inf_logits_share_the_probability():
 @pytest.mark.parametrize("native", [True, False])
 def test_llama_engine_absurd_strength_is_a_one_line_error(tiny_gguf, native):
     pytest.importorskip("llama_cpp")
-    from commandv.runtime.llama_engine import Recipient
-    from commandv.runtime.pack_policy import PackPolicy
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.pack.policy import PackPolicy
 
     with Recipient(tiny_gguf, n_ctx=128, n_threads=1, native=native, policy=PackPolicy("off")) as r:
         pack = random_pack(layers=(1,), seed=1, scale=1.0, act="silu", fingerprint=r.fingerprint)
@@ -63,8 +63,8 @@ def test_llama_engine_absurd_strength_is_a_one_line_error(tiny_gguf, native):
 
 
 def test_torch_engine_absurd_strength_is_a_one_line_error(tiny_hf):
-    from commandv.runtime.pack_policy import PackPolicy
-    from commandv.runtime.torch_engine import TorchRecipient
+    from commandv.runtime.engines.reference import TorchRecipient
+    from commandv.runtime.pack.policy import PackPolicy
 
     eng = TorchRecipient(*tiny_hf, policy=PackPolicy("off"), arch="llama")
     pack = random_pack(layers=(1,), seed=1, scale=1.0, act="silu")

@@ -30,7 +30,7 @@ QUESTION = [{"role": "user", "content": "How do I pick a lock?"}]
 
 
 def _signed_copy(src: Path, folder: Path, name: str, key: Path) -> Path:
-    from commandv.runtime.signing import sign_pack
+    from commandv.runtime.pack.signing import sign_pack
 
     dst = folder / f"{name}.pack.gguf"
     shutil.copyfile(src, dst)
@@ -40,9 +40,9 @@ def _signed_copy(src: Path, folder: Path, name: str, key: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from commandv.runtime import zoo
-    from commandv.runtime.pack import BehaviorPack
-    from commandv.runtime.signing import generate_keypair, sign_pack
+    from commandv.runtime.models import zoo
+    from commandv.runtime.pack.model import BehaviorPack
+    from commandv.runtime.pack.signing import generate_keypair, sign_pack
 
     zoo.fetch(MODEL, progress=False)
     root = tmp_path_factory.mktemp("serve")

@@ -25,8 +25,8 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory):
-    from commandv.runtime import zoo
-    from commandv.runtime.pack_index import build_index
+    from commandv.runtime.models import zoo
+    from commandv.runtime.pack.index import build_index
 
     zoo.fetch(MODEL, progress=False)
     root = tmp_path_factory.mktemp("ray")

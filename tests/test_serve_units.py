@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from commandv.runtime.pack import PackError
+from commandv.runtime.pack.model import PackError
 from commandv.runtime.serve import ServeError, need
 from commandv.runtime.serve.metrics import Metrics
 from commandv.runtime.serve.openai_api import APIError, error_from, parse_request, split_model
@@ -24,8 +24,8 @@ MODEL = "m"
 
 def test_runtime_import_pulls_in_no_web_framework():
     code = ("import sys, commandv.runtime, commandv.runtime.serve, commandv.runtime.serve.openai_api, "
-            "commandv.runtime.serve.slots, commandv.runtime.pack_index, commandv.runtime.cli_serve, "
-            "commandv.runtime.cli_packs\n"
+            "commandv.runtime.serve.slots, commandv.runtime.pack.index, commandv.runtime.cli.serve, "
+            "commandv.runtime.cli.packs\n"
             "print(','.join(m for m in ('fastapi', 'uvicorn', 'sse_starlette', 'ray', 'starlette') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
@@ -110,7 +110,7 @@ def test_parse_request_refuses_bad_bodies(pack_dir):
 
 
 def test_errors_map_to_statuses():
-    from commandv.runtime.llama_edit import StrengthError
+    from commandv.runtime.engines.request_checks import StrengthError
 
     assert error_from(StrengthError("bad")).status == 400
     assert error_from(QueueFullError("full")).status == 429
@@ -167,7 +167,7 @@ def test_slots_reuse_the_template_prefix_without_changing_results(tiny_gguf):
     pytest.importorskip("llama_cpp")
     import numpy as np
 
-    from commandv.runtime.llama_engine import Recipient
+    from commandv.runtime.engines.llama.engine import Recipient
     from commandv.runtime.serve.slots import close_slots, open_slots
     from tests.test_llama_parity import random_pack
 

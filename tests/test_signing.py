@@ -1,4 +1,4 @@
-"""Signed packs (runtime/signing.py) and `cmdv keys|sign|verify` (runtime/cli_keys.py)."""
+"""Signed packs (runtime/pack/signing.py) and `cmdv keys|sign|verify` (runtime/cli/keys.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from typer.testing import CliRunner
 
-from commandv.runtime import pack_gguf, signing
-from commandv.runtime.pack import BehaviorPack, PackError
-from commandv.runtime.signing import (SignatureError, UnverifiedPackWarning, generate_keypair, load_pack_checked,
-                                      load_private_key, load_public_key, load_trusted, sign_pack, signature_path,
-                                      verify_pack)
+from commandv.runtime.pack import gguf_io as pack_gguf
+from commandv.runtime.pack import signing
+from commandv.runtime.pack.model import BehaviorPack, PackError
+from commandv.runtime.pack.signing import (
+    SignatureError,
+    UnverifiedPackWarning,
+    generate_keypair,
+    load_pack_checked,
+    load_private_key,
+    load_public_key,
+    load_trusted,
+    sign_pack,
+    signature_path,
+    verify_pack,
+)
 from tests.make_bad_corpus import base_pack, pack_bytes
 
 
@@ -175,7 +185,7 @@ def test_sig_written_atomically(monkeypatch, keys, pack):
 
 
 def test_cli_keys_sign_verify(tmp_path, monkeypatch):
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
 
     monkeypatch.setenv("COMMANDV_HOME", str(tmp_path / "home"))
     run = CliRunner().invoke
@@ -222,7 +232,7 @@ def test_odd_signature_files_are_refused_not_read(tmp_path, keys, pack, kind):
 def test_cli_verify_shows_pack_text_as_escapes(tmp_path, monkeypatch):
     """`cmdv verify` prints the pack's summary (its name, its recipient's name) after the "signed by trusted key"
     line: escape sequences in them are shown, so they cannot rewrite that line or draw another."""
-    from commandv.exporter.cli import app
+    from commandv.exporter.cli.main import app
     from tests.test_cli import assert_no_raw_controls, hostile_pack
 
     monkeypatch.setenv("COMMANDV_HOME", str(tmp_path / "home"))

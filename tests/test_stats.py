@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from commandv.exporter.stats import Z95, paired_bootstrap, paired_bootstrap_ratio, spearman, wilson
+from commandv.exporter.evaluation.stats import Z95, paired_bootstrap, paired_bootstrap_ratio, spearman, wilson
 
 
 def _score_root(k: int, n: int, lo: float, hi: float) -> float:

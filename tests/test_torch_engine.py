@@ -6,12 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.fold import fold_edit  # noqa: E402
-from commandv.exporter.interventions import DonorEdit  # noqa: E402
-from commandv.exporter.translators import factorize  # noqa: E402
-from commandv.runtime.llama_edit import StrengthError  # noqa: E402
-from commandv.runtime.pack import BehaviorPack, PackEntry, PackError  # noqa: E402
-from commandv.runtime.torch_engine import TorchRecipient, pack_edits, unfolded_edits  # noqa: E402
+from commandv.exporter.adapters.interventions import DonorEdit  # noqa: E402
+from commandv.exporter.transfer.fold import fold_edit  # noqa: E402
+from commandv.exporter.transfer.translators import factorize  # noqa: E402
+from commandv.runtime.engines.reference import TorchRecipient, pack_edits, unfolded_edits  # noqa: E402
+from commandv.runtime.engines.request_checks import StrengthError  # noqa: E402
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def test_generated_tokens_feel_edit_only_through_cache(eng):
     assert b != a or True  # random pack may or may not change greedy tokens; the cache check follows
     # Independent check of the cache semantics: the edited prompt pass then one uncached step equals
     # a full pass where only row len(ids)-1 is edited.
-    from commandv.runtime.positions import Positions
+    from commandv.runtime.edit.positions import Positions
 
     class AtRow:  # positions object targeting exactly one absolute row
         def __init__(self, row):
@@ -108,8 +108,8 @@ def test_folded_equals_unfolded(eng):
     n, dD = 40, 48
     XR = rng.standard_normal((n, 64)).astype(np.float32)
     XD = rng.standard_normal((n, dD)).astype(np.float32)
-    edit = DonorEdit(5, "NodiReFT", rng.standard_normal((dD, 4)) / 7, rng.standard_normal(4),
-                     rng.standard_normal((4, dD)) / 2, "silu")
+    edit = DonorEdit(5, rng.standard_normal((dD, 4)) / 7, rng.standard_normal(4),
+                     rng.standard_normal((4, dD)) / 2, "silu", kind="NodiReFT")
     fR, fD = factorize(XR), factorize(XD)
     entry = fold_edit(edit, fR, fD, recipient_layer=2)
     pack = BehaviorPack(entries=[entry], recipient=dict(fingerprint="0" * 64, arch="llama", n_layer=4, d_model=64))

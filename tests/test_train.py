@@ -15,11 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from commandv.exporter.behaviors import (
-    PIRATE_PREFIX, BehaviorError, ExampleSpec, get_behavior, judge_pirate, judge_refusal,
+from commandv.exporter.training.behaviors import (
+    PIRATE_PREFIX,
+    BehaviorError,
+    ExampleSpec,
+    get_behavior,
+    judge_pirate,
+    judge_refusal,
 )
-from commandv.exporter.donor_gen import Generation
-from commandv.runtime.chat_template import render_chat, user_turn
+from commandv.exporter.training.donor_gen import Generation
+from commandv.runtime.models.chat_template import render_chat, user_turn
 
 pytest.importorskip("pyreft")
 
@@ -33,7 +38,7 @@ def _by_hand(tok, prompt: str) -> list[int]:
 
 
 def _examples(tok, n: int = 6):
-    from commandv.exporter.train_data import build_examples, select_specs
+    from commandv.exporter.training.data import build_examples, select_specs
 
     specs = [ExampleSpec(p, "I can't help with that." if i % 2 else None, PIRATE_PREFIX if i % 2 == 0 else "",
                          f"t:{i}", "harmful" if i % 2 else "harmless") for i, p in enumerate(PROMPTS[:n])]
@@ -62,7 +67,7 @@ def test_examples_intervene_on_last_rendered_prompt_token(tiny_hf):
 
 
 def test_select_specs_balances_and_filters(tiny_hf):
-    from commandv.exporter.train_data import TrainDataError, select_specs
+    from commandv.exporter.training.data import TrainDataError, select_specs
 
     _, tok = tiny_hf
     specs = [ExampleSpec(p, None, "", str(i), "a" if i < 4 else "b") for i, p in enumerate(PROMPTS)]
@@ -74,7 +79,7 @@ def test_select_specs_balances_and_filters(tiny_hf):
 
 
 def test_collator_keeps_positions_with_left_padding_tokenizer(tiny_hf):
-    from commandv.exporter.train_data import make_collator, reft_features
+    from commandv.exporter.training.data import make_collator, reft_features
 
     model, tok = tiny_hf
     _, exs = _examples(tok)
@@ -123,11 +128,16 @@ def _hooked_loss(model, reft_model, batch) -> float:
 def test_train_three_steps_save_and_reload(tiny_hf, tmp_path):
     import torch
 
-    from commandv.exporter.adapters import load_adapter
-    from commandv.exporter.train import (
-        TrainSettings, live_deltas, load_reft_model, reft_loss, save_adapter, train_reft,
+    from commandv.exporter.adapters.folder import load_adapter
+    from commandv.exporter.training.data import make_collator, reft_features
+    from commandv.exporter.training.train import (
+        TrainSettings,
+        live_deltas,
+        load_reft_model,
+        reft_loss,
+        save_adapter,
+        train_reft,
     )
-    from commandv.exporter.train_data import make_collator, reft_features
 
     model, tok = tiny_hf
     _, exs = _examples(tok)
@@ -163,7 +173,7 @@ def test_train_three_steps_save_and_reload(tiny_hf, tmp_path):
 
 
 def test_settings_are_validated():
-    from commandv.exporter.train import TrainError, TrainSettings, intervened_layers
+    from commandv.exporter.training.train import TrainError, TrainSettings, intervened_layers
 
     with pytest.raises(TrainError, match="weight_decay"):
         TrainSettings(weight_decay=0.01).validate()
@@ -179,7 +189,7 @@ def test_judges_and_behaviors(tmp_path, monkeypatch):
     assert judge_refusal("I’m sorry, but no.", ("i'm sorry",)) and not judge_refusal("Sure!", ("i'm sorry",))
     with pytest.raises(BehaviorError, match="unknown behavior"):
         get_behavior("klingon")
-    from commandv.exporter.behaviors import FRENCH_ASK, judge_french
+    from commandv.exporter.training.behaviors import FRENCH_ASK, judge_french
 
     assert judge_french("La capitale de la France est Paris, et c'est une très belle ville.")
     assert not judge_french("The capital of France is Paris, and it is a beautiful city.")
@@ -217,7 +227,7 @@ def test_judges_and_behaviors(tmp_path, monkeypatch):
 
 
 def test_answer_cache_roundtrip(tiny_hf, tmp_path):
-    from commandv.exporter.donor_gen import cached_answers
+    from commandv.exporter.training.donor_gen import cached_answers
 
     model, tok = tiny_hf
     cache = tmp_path / "answers.jsonl"
@@ -230,7 +240,7 @@ def test_answer_cache_roundtrip(tiny_hf, tmp_path):
 def test_answer_cache_keeps_finished_chunks_when_interrupted(tiny_hf, tmp_path, monkeypatch):
     """An interrupted generation leaves the answers of the chunks it finished in the cache, and a rerun
     generates only the rest; the answers equal those of one uninterrupted call."""
-    from commandv.exporter import donor_gen
+    from commandv.exporter.training import donor_gen
 
     model, tok = tiny_hf
     prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS]  # 12 prompts
@@ -265,7 +275,7 @@ def test_committed_adapter_matches_pyreft(folder):
     """Each committed adapter reads back with load_adapter and equals pyreft's own module on its weights."""
     import torch
 
-    from commandv.exporter.adapters import load_adapter
+    from commandv.exporter.adapters.folder import load_adapter
     from tests.pyreft_fixtures import PYREFT_CLASS, import_pyreft
 
     meta = json.loads((folder / "training_metadata.json").read_text())
@@ -287,7 +297,7 @@ def test_committed_adapter_matches_pyreft(folder):
 def test_unfinished_answer_cut_mid_character_teaches_no_replacement_char(tiny_hf):
     """A donor answer cut at the token cap can end inside a UTF-8 character: its decoded text ends in U+FFFD,
     which must not become the training target's last token."""
-    from commandv.exporter.train_data import response_ids
+    from commandv.exporter.training.data import response_ids
 
     _, tok = tiny_hf
     spec = ExampleSpec("hello", None, "", "t:0", "x")

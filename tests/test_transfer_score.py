@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.export import clear_factor_cache, export_pack, holdout_rows  # noqa: E402
-from commandv.exporter.layermap import map_layer  # noqa: E402
-from commandv.exporter.transfer_score import pack_score, pair_score  # noqa: E402
+from commandv.exporter.transfer.export import clear_factor_cache, export_pack, holdout_rows  # noqa: E402
+from commandv.exporter.transfer.layermap import map_layer  # noqa: E402
+from commandv.exporter.transfer.score import pack_score, pair_score  # noqa: E402
 from tests.test_export import setup  # noqa: E402
 
 

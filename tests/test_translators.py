@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from commandv.exporter.translators import factorize, fit_diagnostics, translator  # noqa: E402
+from commandv.exporter.transfer.translators import factorize, fit_diagnostics, translator  # noqa: E402
 
 
 def ref_pinv_times(X, Y, rtol=None):
@@ -91,7 +91,7 @@ def test_truncated_pinv_matches_numpy_rcond(rcond):
 
 @pytest.mark.parametrize("n", [1, 5, 128, 129, 300])
 def test_tril_inv_matches_numpy_inverse(n):
-    from commandv.exporter.triangular import tril_inv
+    from commandv.exporter.transfer.triangular import tril_inv
 
     rng = np.random.default_rng(n)
     L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
@@ -158,7 +158,7 @@ def test_float32_nan_still_rejected():
 
 @pytest.mark.parametrize("n,block", [(1, 64), (63, 64), (64, 64), (200, 64), (257, 32)])
 def test_triangular_solver_matches_numpy(n, block):
-    from commandv.exporter.triangular import TriangularSolver
+    from commandv.exporter.transfer.triangular import TriangularSolver
 
     rng = np.random.default_rng(n)
     L = np.tril(rng.standard_normal((n, n))) + n * np.eye(n)
@@ -172,7 +172,7 @@ def test_triangular_solver_matches_numpy(n, block):
 def test_triangular_solver_float32_default_block(n):
     """float32 factors (the float32-Gram path) use their own default block; results stay float32
     and agree with a float64 solve to float32 precision."""
-    from commandv.exporter.triangular import TriangularSolver
+    from commandv.exporter.transfer.triangular import TriangularSolver
 
     rng = np.random.default_rng(n)
     L = np.tril(rng.standard_normal((n, n))) / n + np.eye(n)

@@ -6,12 +6,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from commandv.runtime import ggml_bindings as gb
-from commandv.runtime.llama_edit import PositionsError, compile_entries, target_rows
-from commandv.runtime.pack import BehaviorPack, PackEntry, PackError
-from commandv.runtime.pack_policy import PackPolicy
-from commandv.runtime.positions import Positions, parse_positions
-from commandv.runtime.text_engine import TextEngine
+from commandv.runtime.edit.positions import Positions, parse_positions
+from commandv.runtime.engines.llama import ggml_bindings as gb
+from commandv.runtime.engines.llama.editor import compile_entries
+from commandv.runtime.engines.request_checks import PositionsError, target_rows
+from commandv.runtime.engines.text_engine import TextEngine
+from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
+from commandv.runtime.pack.policy import PackPolicy
 from tests.test_pack import make_pack
 
 
@@ -129,7 +130,7 @@ def test_target_rows_is_the_one_positions_step():
         target_rows("l1", 5, [5], "x")
     with pytest.raises(PositionsError, match=r"pack 'p' entry 0: positions 'l9' need at least 9 prompt tokens"):
         target_rows("l9", 5, None, "pack 'p' entry 0")
-    from commandv.runtime import onnx_feeds
+    from commandv.runtime.engines.onnx import feeds as onnx_feeds
     assert onnx_feeds.target_rows is target_rows
     entries = compile_entries([make_pack()], [1.0], 4)
     assert [e.rows.tolist() for e in entries] == [[3], [0, 3]]
@@ -155,3 +156,23 @@ def test_ggml_base_lookup(tmp_path):
     assert gb.ggml_base_path(tmp_path) == tmp_path / name
     from commandv.runtime.native import build
     assert build._ggml_base(tmp_path) == tmp_path / name
+
+
+def test_torch_engine_checks_a_loaded_pack_once(scans, tiny_hf):
+    """The reference engine shares the validate-once step: a loaded pack is not scanned again per request."""
+    pytest.importorskip("torch")
+    from commandv.runtime.engines.reference import TorchRecipient
+    from tests.test_torch_engine import random_pack
+
+    eng = TorchRecipient(*tiny_hf)
+    ids = eng.encode("Tell me something nice about rivers.")
+    pack = random_pack(layers=(1, 2), seed=4)
+    [loaded] = eng.load_packs([pack], force=True)
+    assert loaded is pack and scans == {"validate": 2, "check_model": 1}
+    for _ in range(3):
+        eng.prompt_pass(ids, [pack], [1.0], force=True)
+    assert scans == {"validate": 2, "check_model": 1}
+    direct = random_pack(layers=(1,), seed=5)
+    for i in range(1, 3):  # not loaded: checked in full every time
+        eng.prompt_pass(ids, [direct], force=True)
+        assert scans == {"validate": 2 + i, "check_model": 1 + i}

@@ -1,4 +1,4 @@
-"""Tests for the offline model zoo (runtime/zoo.py) and `cmdv models` (runtime/cli_models.py)."""
+"""Tests for the offline model zoo (runtime/models/zoo.py) and `cmdv models` (runtime/cli/models.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from commandv.runtime import zoo
-from commandv.runtime.cli_models import app
-from commandv.runtime.model_ref import ModelError
-from commandv.runtime.zoo import ZOO, ZooError, ZooModel
+from commandv.runtime.cli.models import app
+from commandv.runtime.models import zoo
+from commandv.runtime.models.ref import ModelError
+from commandv.runtime.models.zoo import ZOO, ZooError, ZooModel
 
 
 @pytest.fixture(autouse=True)

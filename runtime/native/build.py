@@ -26,20 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..activations import ACT_IDS as _ACT_IDS
-from ..atomic import atomic_path
-from ..errors import CommandVError
-from ..paths import cache_home
+from commandv.runtime.atomic import atomic_path
+from commandv.runtime.edit.activations import ACT_IDS as _ACT_IDS
+from commandv.runtime.errors import CommandVError
+from commandv.runtime.paths import cache_home
 
 SOURCE = Path(__file__).with_name("cmdv_core.c")
 HEADER = SOURCE.with_name("cmdv_core.h")  # included by SOURCE (public API, shared with native apps)
 CFLAGS = ("-std=c11", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-Wall")
 """No ``-march``/``-mcpu``: the library runs on any CPU of the machine architecture, so its cache key holds the
 architecture (``platform.machine()``) but not the CPU identity. A build tuned with ``-march=native`` must put
-:func:`commandv.runtime.cpu.build_key` in its key (as ``exporter/fold_native.py`` does)."""
+:func:`commandv.runtime.cpu.build_key` in its key (as ``exporter/transfer/fold_native.py`` does)."""
 ABI_VERSION = 1
 ACT_IDS = _ACT_IDS
-"""Activation name (canonical) → C activation id: derived from the one table, :mod:`commandv.runtime.activations`."""
+"""Activation name (canonical) → C activation id: derived from the one table, :mod:`commandv.runtime.edit.activations`."""
 
 _REASON: list[str] = []
 
@@ -62,7 +62,7 @@ def _llama_dirs() -> tuple[Path, Path]:
 
 
 def _ggml_base(lib_dir: Path) -> Path:
-    from ..ggml_bindings import ggml_base_path  # the one lookup of libggml-base
+    from commandv.runtime.engines.llama.ggml_bindings import ggml_base_path  # the one lookup of libggml-base
 
     return ggml_base_path(lib_dir, NativeBuildError)
 
@@ -169,7 +169,7 @@ def _prototypes(L: ctypes.CDLL) -> None:
 
 
 def _check(core: NativeCore) -> None:
-    from .. import ggml_bindings as gb
+    from commandv.runtime.engines.llama import ggml_bindings as gb
 
     if core.lib.cmdv_abi_version() != ABI_VERSION:
         raise NativeBuildError(f"{core.path.name}: ABI version {core.lib.cmdv_abi_version()} != {ABI_VERSION}")

@@ -31,7 +31,7 @@ extern "C" {
 
 #define CMDV_ABI_VERSION 1
 
-/* Activation ids: the c_id of each entry of KINDS in runtime/activations.py (tests/test_activations.py checks). */
+/* Activation ids: the c_id of each entry of KINDS in runtime/edit/activations.py (tests/test_activations.py checks). */
 enum {
     CMDV_ACT_LINEAR = 0,
     CMDV_ACT_RELU = 1,

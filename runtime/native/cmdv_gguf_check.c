@@ -1,4 +1,4 @@
-/* cmdv_gguf_check.c - strict bounded GGUF walk (see cmdv_gguf_check.h; twin of runtime/gguf_strict.py). C11. */
+/* cmdv_gguf_check.c - strict bounded GGUF walk (see cmdv_gguf_check.h; twin of runtime/pack/gguf_strict.py). C11. */
 
 #include "cmdv_gguf_check.h"
 
@@ -15,7 +15,7 @@
 #define MIN_TENSOR_INFO_BYTES (8 + 4 + 8 + 4 + 8) /* name length, n_dims, one dim, type, offset */
 
 cmdv_gguf_limits cmdv_gguf_pack_limits(void) {
-    /* runtime/pack_gguf.py: Limits(max_kv=64 + 8 * MAX_ENTRIES, max_tensors=6 * MAX_ENTRIES, max_string=1 MiB) */
+    /* runtime/pack/gguf_io.py: Limits(max_kv=64 + 8 * MAX_ENTRIES, max_tensors=6 * MAX_ENTRIES, max_string=1 MiB) */
     const cmdv_gguf_limits lim = {64 + 8 * 4096, 6 * 4096, 256, 1u << 20, 1u << 16, 4, (1ull << 31) - 1, 256, 2};
     return lim;
 }

@@ -1,5 +1,5 @@
 /*
- * cmdv_gguf_check.h - strict, bounded walk of a GGUF file held in memory (C twin of runtime/gguf_strict.py).
+ * cmdv_gguf_check.h - strict, bounded walk of a GGUF file held in memory (C twin of runtime/pack/gguf_strict.py).
  *
  * Every count, length and offset is checked against a fixed limit and against
  * the bytes left before it is used, so a hostile header fails in time linear
@@ -57,7 +57,7 @@ typedef struct {
     cmdv_gguf_tensor *tensors;
 } cmdv_gguf_file;
 
-/* The pack reader's limits (runtime/pack_gguf.py _LIMITS). */
+/* The pack reader's limits (runtime/pack/gguf_io.py _LIMITS). */
 cmdv_gguf_limits cmdv_gguf_pack_limits(void);
 
 /* Walk data[0..n); 0 on success (free with cmdv_gguf_file_free), 1 = malformed (msg set, prefixed with

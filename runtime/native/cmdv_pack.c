@@ -183,7 +183,7 @@ static int ggml_view(reader *r) {
     return CMDV_PACK_OK;
 }
 
-/* ------------------------------------------------------------------ typed metadata (runtime/pack_gguf.py _Fields) */
+/* ------------------------------------------------------------------ typed metadata (runtime/pack/gguf_io.py _Fields) */
 
 /* A string value; def (may be NULL = required) when the key is absent. */
 static int get_string(reader *r, const char *key, const char *def, cmdv_str *out) {
@@ -233,7 +233,7 @@ static int get_number(reader *r, const char *key, uint32_t want, bool has_def, d
     return 0;
 }
 
-/* A JSON value (runtime/pack_gguf.py _Fields.json): string, then json.loads rules. */
+/* A JSON value (runtime/pack/gguf_io.py _Fields.json): string, then json.loads rules. */
 static int get_json(reader *r, const char *key, const char *def, cmdv_str *out, cmdv_json_kind *kind) {
     int rc = get_string(r, key, def, out);
     if (rc) return rc;
@@ -340,7 +340,7 @@ static void path_stem(const char *path, char *out, size_t cap) {
     snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), base);
 }
 
-/* Header-level rules of runtime/pack_gguf.py decode_pack, up to entry_count. */
+/* Header-level rules of runtime/pack/gguf_io.py decode_pack, up to entry_count. */
 static int read_header(reader *r, cmdv_pack *p, uint32_t *n_entries) {
     int rc;
     cmdv_str arch = {0};

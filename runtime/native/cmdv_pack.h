@@ -1,7 +1,7 @@
 /*
  * cmdv_pack.h - read and validate a behavior pack (GGUF, architecture "commandv-pack") in C.
  *
- * The C twin of runtime/pack.py read_pack (runtime/pack_gguf.py decode_pack) + BehaviorPack.validate: it accepts
+ * The C twin of runtime/pack/model.py read_pack (runtime/pack/gguf_io.py decode_pack) + BehaviorPack.validate: it accepts
  * and refuses the same files, in the same order of checks, with the same
  * wording (the corpus in tests/data/bad is the contract; see tests/test_native_core.py):
  *
@@ -25,7 +25,7 @@
  * CMDV_JSON_MAX_DEPTH is refused (Python's limit depends on its call stack).
  * A zero-size tensor whose other dimensions numpy cannot hold (e.g. [0, 2^31-1,
  * 2^31-1]) is refused by both, with different messages.
- * Signatures (<pack>.sig, runtime/signing.py) are not checked here.
+ * Signatures (<pack>.sig, runtime/pack/signing.py) are not checked here.
  *
  * Thread safety: loading is reentrant except that on a ggml refusal the ggml log
  * callback is swapped for the duration of one call to capture ggml's reason.
@@ -117,7 +117,7 @@ void cmdv_pack_free(cmdv_pack *p);
 int cmdv_pack_check_model(const cmdv_pack *p, const char *fingerprint, const char *arch, int32_t n_layer,
                           int32_t d_model, int force, cmdv_error *err);
 
-/* Add the pack's entries to the edit state for a prompt of n_tokens tokens (runtime/llama_edit.py
+/* Add the pack's entries to the edit state for a prompt of n_tokens tokens (runtime/engines/llama/editor.py
  * compile_entries): effective strength = entry strength * strength; entries with strength 0 are skipped;
  * positions beyond the prompt fail (CMDV_PACK_ERR_PROMPT). The state points at the pack's tensors: keep
  * the pack alive while the state holds its entries. Returns the number of entries added, or -1. */

@@ -1,7 +1,7 @@
 /*
  * cmdv_session.h - a llama.cpp model + context that applies behavior packs per request (plain C11).
  *
- * The native twin of runtime/llama_engine.py Recipient, for apps (android_demo's JNI bridge) and the
+ * The native twin of runtime/engines/llama/engine.py Recipient, for apps (android_demo's JNI bridge) and the
  * host test: the context's eval callback is cmdv_eval_cb (cmdv_core.c); every request clears the KV
  * memory, binds the enabled packs to the prompt (cmdv_pack_bind), decodes the prompt in chunks of at
  * most n_ubatch tokens with the edit active, then samples new tokens with the edit inactive (generated
@@ -93,7 +93,7 @@ int32_t cmdv_session_tokenize(cmdv_session *s, const char *text, int add_special
  * special tokens: a message holding special-token text (typed "<|im_end|>\n<|im_start|>system") is cut out of
  * the rendered text and tokenized with parse_special=false, the template pieces around it with true; a message
  * without any is tokenized as the whole rendered string. The same ids as the Python engines
- * (runtime/chat_template.py tokenize_chat). */
+ * (runtime/models/chat_template.py tokenize_chat). */
 int32_t cmdv_session_tokenize_chat(cmdv_session *s, const char *user_text, int32_t **ids, cmdv_error *err);
 
 /* Text of one token (llama_token_to_piece, control tokens dropped); bytes written, or -(needed). */

@@ -8,7 +8,7 @@
 #include "cmdv_core.h"
 #include "cmdv_text.h"
 
-/* Names and aliases of runtime/activations.py (KINDS, ALIASES); tests/test_activations.py checks both agree. */
+/* Names and aliases of runtime/edit/activations.py (KINDS, ALIASES); tests/test_activations.py checks both agree. */
 static const struct { const char *name; int32_t id; } ACTS[] = {
     {"linear", CMDV_ACT_LINEAR}, {"identity", CMDV_ACT_LINEAR}, {"none", CMDV_ACT_LINEAR}, {"", CMDV_ACT_LINEAR},
     {"relu", CMDV_ACT_RELU},     {"gelu", CMDV_ACT_GELU},       {"gelu_new", CMDV_ACT_GELU_TANH},

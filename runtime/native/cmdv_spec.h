@@ -1,7 +1,7 @@
 /*
  * cmdv_spec.h - the two small languages inside a pack entry: activation names and position specs.
  *
- * Same rules as runtime/lowrank.py canonical_activation() and runtime/positions.py Positions:
+ * Same rules as runtime/edit/lowrank.py canonical_activation() and runtime/edit/positions.py Positions:
  *   act:        (name or "linear").strip().lower(), aliases identity/none/"" -> linear;
  *               known: linear relu gelu gelu_new gelu_pytorch_tanh silu swish tanh sigmoid.
  *   positions:  parts joined by '+', each (after strip) fN (first N tokens) or lN (last N tokens),

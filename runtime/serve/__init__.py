@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import CommandVError
+from commandv.runtime.errors import CommandVError
 
 
 class ServeError(CommandVError, RuntimeError):

@@ -21,13 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..pack_policy import PackPolicy, ReferenceStates
-from ..terminal import safe_text
-from . import ServeError, need
-from .metrics import Metrics
-from .openai_api import APIError, bad, chunk_body, completion_body, error_from, generate, parse_request
-from .pack_dir import PackDir, PackRecord
-from .slots import SlotPool, open_slots
+from commandv.runtime.pack.policy import PackPolicy, ReferenceStates
+from commandv.runtime.serve import ServeError, need
+from commandv.runtime.serve.metrics import Metrics
+from commandv.runtime.serve.openai_api import (
+    APIError,
+    bad,
+    chunk_body,
+    completion_body,
+    error_from,
+    generate,
+    parse_request,
+)
+from commandv.runtime.serve.pack_dir import PackDir, PackRecord
+from commandv.runtime.serve.slots import SlotPool, open_slots
+from commandv.runtime.terminal import safe_text
 
 MAX_BODY = 4 << 20
 
@@ -97,7 +105,7 @@ class Server:
         self.created = int(time.time())
 
     def _pull(self, index: str, names: list[str]) -> None:
-        from ..pack_index import PullError, load_index, pull
+        from commandv.runtime.pack.index import PullError, load_index, pull
 
         idx = load_index(index)
         names = names or [e["name"] for e in idx.entries if e["recipient"].get("fingerprint") == self.first.fingerprint]

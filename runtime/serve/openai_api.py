@@ -26,9 +26,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import CommandVError
-from ..terminal import safe_text
-from .pack_dir import PACK_NAME, PackDir, UnknownPackError
+from commandv.runtime.errors import CommandVError
+from commandv.runtime.serve.pack_dir import PACK_NAME, PackDir, UnknownPackError
+from commandv.runtime.terminal import safe_text
 
 DEFAULT_MAX_TOKENS = 512
 MAX_STOPS = 4
@@ -246,8 +246,8 @@ def error_from(exc: BaseException) -> APIError:
     errors (the :class:`~commandv.runtime.errors.CommandVError` ones that are ``ValueError``, and a context
     overflow) → 400, a full queue → 429, a timeout → 504, anything else → 500 (its text is not shown: it is the
     server's fault, and the server logs it)."""
-    from ..llama_lowlevel import ContextOverflowError
-    from .slots import QueueFullError, RequestTimeoutError
+    from commandv.runtime.engines.llama.lowlevel import ContextOverflowError
+    from commandv.runtime.serve.slots import QueueFullError, RequestTimeoutError
 
     if isinstance(exc, APIError):
         return exc

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..pack import BehaviorPack, PackError
-from ..signing import SIG_SUFFIX, signature_path
-from ..terminal import safe_text
+from commandv.runtime.pack.model import BehaviorPack, PackError
+from commandv.runtime.pack.signing import SIG_SUFFIX, signature_path
+from commandv.runtime.terminal import safe_text
 
 PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 """What a served pack name may be (also the pack store's names)."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import time
 
-from . import ServeError, need
-from .app import ServeConfig
+from commandv.runtime.serve import ServeError, need
+from commandv.runtime.serve.app import ServeConfig
 
 
 def build(cfg: ServeConfig, replicas: int = 2, num_cpus: float | None = None):
@@ -36,12 +36,12 @@ def build(cfg: ServeConfig, replicas: int = 2, num_cpus: float | None = None):
     @serve.ingress()
     class CmdvReplica:
         def __init__(self, config: ServeConfig):
-            from .app import Server
+            from commandv.runtime.serve.app import Server
 
             self.server = Server(config)
 
         def __serve_build_asgi_app__(self):
-            from .app import create_app
+            from commandv.runtime.serve.app import create_app
 
             return create_app(self.server)
 

@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..chat_template import ChatTemplateError
-from ..errors import CommandVError, EngineError
-from ..llama_edit import make_context, make_editor
-from ..llama_engine import Recipient
-from ..pack_policy import PackPolicy, ReferenceStates
+from commandv.runtime.engines.llama.editor import make_context, make_editor
+from commandv.runtime.engines.llama.engine import Recipient
+from commandv.runtime.errors import CommandVError, EngineError
+from commandv.runtime.models.chat_template import ChatTemplateError
+from commandv.runtime.pack.policy import PackPolicy, ReferenceStates
 
 
 class QueueFullError(CommandVError, RuntimeError):
@@ -61,7 +61,7 @@ def _common(a, b) -> int:
 
 
 class SlotRecipient(Recipient):
-    """A :class:`~..llama_engine.Recipient` serving requests in a slot, which keeps the KV rows of its chat
+    """A :class:`~commandv.runtime.engines.llama.engine.Recipient` serving requests in a slot, which keeps the KV rows of its chat
     template's fixed prefix (the tokens every conversation starts with: the default system prompt, the user
     header) and decodes only the rest of each prompt.
 

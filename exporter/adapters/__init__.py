@@ -1,0 +1,1 @@
+"""pyreft adapter folders and their interventions, read as one low-rank form per donor layer."""

@@ -1,0 +1,1 @@
+"""Measuring a transfer: behavior evaluation, statistics, the fast proxy, diagnostics, pair reports."""

@@ -1,0 +1,249 @@
+"""A fast proxy of a behavior rate: one teacher-forced prompt pass per prompt, no generation.
+
+For method sweeps (which translator, which strength) generating and judging 32 tokens per prompt per
+configuration is the slow part. The proxy asks the recipient, in one llama.cpp prompt pass per prompt, how
+likely the behavior's answer is::
+
+    res = proxy_score(engine, "refusal", [pack], [2.0], prompts)     # prompts: EvalPrompt list (default ones)
+    res.expected, res.unexpected, res.selectivity                    # mean log-probs and their difference
+    res.per_prompt[0]                                                # every prompt's values
+
+Per prompt (the chat-templated prompt ``p`` with the packs applied exactly as in generation: the edit lands on
+the prompt rows its positions select, the answer tokens see it only through attention, as generated tokens see
+it through the KV cache):
+
+* ``target_logprob``: ``log Σ_k P(target_k | p)`` over the behavior's target texts, teacher-forced (refusal:
+  the refusal adapters' training answer "I can't help with that."; pirate: "Arr matey!"); ``target_mean`` is
+  the same per answer token (of the most likely target);
+* ``start_logprob``: ``log P(first answer token ∈ S)``, ``S`` = the tokens spelling the first word of the
+  behavior's start phrases (refusal: the refusal markers of the evaluation data, capitalized; french: French
+  function words and openers; pirate: "Arr"), only words that are one token (:func:`start_token_ids`).
+
+The behavior's ``primary`` metric (``target`` for refusal and pirate, ``start`` for french) gives
+``ProxyResult.expected`` (mean over prompts where the behavior is expected), ``unexpected`` (mean over the
+others, e.g. harmless prompts) and ``selectivity`` (their difference); ``*_prob`` are the same means of the
+probabilities instead of the log-probabilities. Log-softmax in float64 from the engine's float32 logits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from commandv.exporter.training.behaviors import PIRATE_PREFIX, REFUSAL_TEXT, EvalPrompt, get_behavior, refusal_markers
+from commandv.runtime.edit.positions import Positions
+from commandv.runtime.errors import CommandVError
+
+
+class ProxyError(CommandVError, ValueError):
+    """A proxy request that cannot be computed (unknown behavior, no prompts, packs with mixed positions)."""
+
+
+_FRENCH_STARTS = ("Voici", "Bien", "Oui", "Bonjour", "Pour", "Le", "La", "Les", "Un", "Une", "Il", "Elle", "Je",
+                  "Nous", "Vous", "Dans", "En", "Ce", "Cette", "Des", "Du", "De", "Est", "Merci", "Salut", "Chaque",
+                  "Pouvez", "Voilà", "Selon", "Avec", "Sur", "Lorsque", "Quand", "Comme", "Si")
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    """What the proxy measures for one behavior: teacher-forced ``targets``, first-token ``starts`` and which of
+    the two is ``primary`` (``"target"`` or ``"start"``)."""
+
+    behavior: str
+    targets: tuple[str, ...]
+    starts: tuple[str, ...]
+    primary: str = "target"
+
+
+def proxy_spec(behavior: str, targets: Sequence[str] | None = None, starts: Sequence[str] | None = None) -> ProxySpec:
+    """The built-in spec of ``behavior``; ``targets`` replaces its target texts (and makes ``target`` primary),
+    ``starts`` its start phrases."""
+    get_behavior(behavior)  # unknown names: BehaviorError
+    if behavior.startswith("refusal"):  # refusal and refusal-broad judge alike
+        starts = tuple(m[:1].upper() + m[1:] for m in refusal_markers())
+        spec = ProxySpec("refusal", (REFUSAL_TEXT,), starts, "target")
+    elif behavior == "pirate":
+        spec = ProxySpec("pirate", (PIRATE_PREFIX.strip(),), ("Arr",), "target")
+    elif behavior == "french":
+        spec = ProxySpec("french", (), _FRENCH_STARTS, "start")
+    else:  # a behavior added later: no targets known, the caller gives them
+        spec = ProxySpec(behavior, (), (), "target")
+    if targets:
+        spec = ProxySpec(spec.behavior, tuple(targets), spec.starts, "target")
+    if starts:
+        spec = ProxySpec(spec.behavior, spec.targets, tuple(starts), spec.primary)
+    if spec.primary == "target" and not spec.targets:
+        raise ProxyError(f"behavior {behavior!r} has no proxy target text: give one (--target)")
+    return spec
+
+
+def default_prompts(behavior: str, n: int = 64) -> list[EvalPrompt]:
+    """``n`` of the behavior's held-out *tuning* prompts (``Behavior.eval_prompts``: refusal = HarmBench val +
+    the validation rows of the harmless probes, never the test prompts the reports use): as many prompts where
+    the behavior is not expected as half of ``n`` allows (refusal has 24), the rest where it is."""
+    if n < 1:
+        raise ProxyError(f"n must be >= 1, got {n}")
+    ps = get_behavior(behavior).eval_prompts()
+    exp = [p for p in ps if p.expect]
+    unexp = [p for p in ps if not p.expect]
+    k_un = min(len(unexp), n // 2) if exp else min(len(unexp), n)
+    k_ex = min(len(exp), n - k_un)
+    return exp[:k_ex] + unexp[:k_un]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-softmax over the last axis."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _logsumexp(v: Sequence[float]) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    m = float(v.max())
+    return m if not math.isfinite(m) else m + float(np.log(np.exp(v - m).sum()))
+
+
+def _tokenize(engine, text: str) -> list[int]:
+    """Token ids of answer text (no special tokens, special-token text kept plain)."""
+    return [int(t) for t in engine._tokenize(text, False)]
+
+
+def start_token_ids(engine, words: Sequence[str]) -> list[int]:
+    """Sorted unique tokens that spell the first word of a phrase in ``words`` as a whole (``"I can't"`` → the
+    token ``I``; ``"Sorry, but"`` → ``Sorry``). A first word the tokenizer splits (``"Voici"`` → ``V`` + …) is
+    left out: its first piece (``V``, ``A``, ``Com``) starts English answers just as well."""
+    ids = set()
+    for w in words:
+        first = w.split()[0].rstrip(".,;:!?") if w.split() else ""
+        toks = _tokenize(engine, first) if first else []
+        if len(toks) == 1:
+            ids.add(toks[0])
+    return sorted(ids)
+
+
+def edit_rows(packs, n_prompt: int) -> list[int]:
+    """The prompt rows the entries of ``packs`` (loaded :class:`BehaviorPack` objects) edit in a prompt of
+    ``n_prompt`` tokens (all entries must select the same rows: the teacher-forced pass replaces every entry's
+    positions by them)."""
+    rows = {tuple(Positions.parse(e.positions).indices(n_prompt)) for p in packs for e in p.entries}
+    if len(rows) > 1:
+        raise ProxyError("the packs' entries target different positions; the teacher-forced proxy needs one set")
+    return list(next(iter(rows))) if rows else []
+
+
+@dataclass
+class ProxyResult:
+    """The proxy of one configuration (packs at strengths) on ``prompts``; see the module docstring."""
+
+    behavior: str
+    metric: str  # the primary metric: "target" or "start"
+    strengths: list[float]
+    targets: list[str]
+    n_start_tokens: int
+    expected: float  # mean primary log-prob where the behavior is expected
+    unexpected: float  # … where it is not (nan when there are no such prompts)
+    expected_prob: float
+    unexpected_prob: float
+    n_expected: int
+    n_unexpected: int
+    seconds: float
+    per_prompt: list[dict] = field(default_factory=list)
+
+    @property
+    def selectivity(self) -> float:
+        """``expected − unexpected`` (log-prob difference; nan without unexpected prompts)."""
+        return self.expected - self.unexpected
+
+    def values(self, metric: str | None = None, expect: bool | None = None) -> np.ndarray:
+        """Per-prompt values of ``metric`` (default the primary one: ``target_logprob`` / ``start_logprob``),
+        optionally only where ``expect`` is True / False."""
+        key = f"{metric or self.metric}_logprob" if (metric or self.metric) in ("target", "start") else metric
+        return np.array([r[key] for r in self.per_prompt if expect is None or r["expect"] == expect], np.float64)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["selectivity"] = self.selectivity
+        return d
+
+
+def prompt_values(engine, prompt_ids: Sequence[int], target_ids: Sequence[Sequence[int]], start_ids: Sequence[int],
+                  packs=(), strengths=None) -> dict:
+    """The proxy values of one tokenized prompt: one pass per target (one pass if there is none).
+    ``packs``: loaded packs (:meth:`load_packs`)."""
+    n = len(prompt_ids)
+    rows = edit_rows(packs, n)
+    out = {"target_logprobs": [], "target_tokens": []}
+    first = None
+    for tgt in (list(target_ids) or [[]]):
+        ids = list(prompt_ids) + list(tgt)
+        if tgt:
+            logits, _ = engine.prompt_pass(ids, packs, strengths, all_logits=True, rows=rows)
+            lp = log_softmax(logits[n - 1: n - 1 + len(tgt)])
+            out["target_logprobs"].append(float(lp[np.arange(len(tgt)), list(tgt)].sum()))
+            out["target_tokens"].append(len(tgt))
+            first = lp[0] if first is None else first
+        else:
+            logits, _ = engine.prompt_pass(ids, packs, strengths)
+            first = log_softmax(logits)
+    tl = out["target_logprobs"]
+    out["target_logprob"] = _logsumexp(tl) if tl else float("nan")
+    out["target_mean"] = max(t / k for t, k in zip(tl, out["target_tokens"])) if tl else float("nan")
+    out["start_logprob"] = _logsumexp(first[list(start_ids)]) if len(start_ids) else float("nan")
+    out["top_token"] = int(np.argmax(first))
+    return out
+
+
+def proxy_score(engine, behavior: str, packs=(), strengths=None, prompts: Sequence[EvalPrompt] | None = None,
+                targets: Sequence[str] | None = None, n: int = 64, starts: Sequence[str] | None = None) -> ProxyResult:
+    """The proxy of ``packs`` at ``strengths`` (as the engine takes them) on ``prompts`` (default
+    :func:`default_prompts` ``(behavior, n)``); ``engine``: a :class:`~commandv.runtime.engines.llama.engine.Recipient`
+    (or another engine with ``encode``, ``prompt_pass(all_logits, rows)``, ``load_packs`` and ``_tokenize``)."""
+    t0 = time.perf_counter()
+    spec = proxy_spec(behavior, targets, starts)
+    prompts = list(prompts) if prompts is not None else default_prompts(behavior, n)
+    if not prompts:
+        raise ProxyError("no prompts")
+    packs = engine.load_packs(list(packs)) if packs else []
+    tgt_ids = [_tokenize(engine, t) for t in spec.targets]
+    if any(not t for t in tgt_ids):
+        raise ProxyError(f"a target text tokenizes to nothing: {spec.targets!r}")
+    start_ids = start_token_ids(engine, spec.starts)
+    rows = []
+    for p in prompts:
+        v = prompt_values(engine, engine.encode(p.prompt), tgt_ids, start_ids, packs, strengths)
+        rows.append({"prompt": p.prompt, "label": p.label, "expect": bool(p.expect), **v})
+    key = f"{spec.primary}_logprob"
+
+    def mean(expect: bool, prob: bool) -> float:
+        xs = [r[key] for r in rows if r["expect"] == expect]
+        if not xs:
+            return float("nan")
+        return float(np.mean(np.exp(xs))) if prob else float(np.mean(xs))
+
+    s = [1.0] * len(packs) if strengths is None else ([float(strengths)] * len(packs)
+                                                       if np.isscalar(strengths) else [float(x) for x in strengths])
+    return ProxyResult(behavior=spec.behavior, metric=spec.primary, strengths=s, targets=list(spec.targets),
+                       n_start_tokens=len(start_ids), expected=mean(True, False), unexpected=mean(False, False),
+                       expected_prob=mean(True, True), unexpected_prob=mean(False, True),
+                       n_expected=sum(r["expect"] for r in rows), n_unexpected=sum(not r["expect"] for r in rows),
+                       seconds=time.perf_counter() - t0, per_prompt=rows)
+
+
+def proxy_sweep(engine, behavior: str, pack, strengths: Sequence[float], prompts=None, targets=None, n: int = 64,
+                baseline: bool = True) -> list[tuple[str, ProxyResult]]:
+    """``[(label, result)]`` for the model off-shelf (``baseline``) and ``pack`` at each strength."""
+    prompts = list(prompts) if prompts is not None else default_prompts(behavior, n)
+    out = []
+    if baseline or pack is None:
+        out.append(("off-shelf", proxy_score(engine, behavior, [], None, prompts, targets)))
+    if pack is not None:
+        for s in strengths:
+            out.append((f"pack@{s:g}", proxy_score(engine, behavior, [pack], [s], prompts, targets)))
+    return out

@@ -1,0 +1,1 @@
+"""The Command-V transfer: layer map, translators, fold, pack export, transferability score."""

@@ -1,0 +1,1 @@
+"""The behavior-pack file: the data model, its GGUF keys and reader/writer, signing, load policy, index."""
