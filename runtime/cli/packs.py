@@ -5,12 +5,12 @@ The main CLI (``exporter/cli/main.py``) adds :data:`packs_app` as ``packs``.
 """
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from commandv.runtime.cli.errors import say, user_errors
-from commandv.runtime.cli.run import _POLICY_HELP, _TRUSTED_HELP
+from commandv.runtime.cli.options import SignaturesOption, TrustedOption
 
 _STORE_HELP = "pack store folder [default: $COMMANDV_HOME/packs]"
 
@@ -38,8 +38,8 @@ def pull_cmd(
     index: str = typer.Argument(..., help="index URL (http://, https://, file://) or file"),
     name: str = typer.Argument(..., help="pack name in the index"),
     store: Optional[Path] = typer.Option(None, "--store", help=_STORE_HELP),
-    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
+    signatures: SignaturesOption = None,
+    trusted: TrustedOption = None,
 ) -> None:
     """Download pack NAME, check size, sha256 and signature, install it into the store atomically
     (an interrupted download resumes on the next pull)."""

@@ -19,6 +19,18 @@ from rich.markup import escape
 from rich.text import Text
 
 from commandv.runtime.cli.errors import user_errors
+from commandv.runtime.cli.options import (
+    CtxOption,
+    EngineOption,
+    ForceOption,
+    MaxDeltaOption,
+    ModelArgument,
+    PacksOption,
+    QuantOption,
+    SignaturesOption,
+    ThreadsOption,
+    TrustedOption,
+)
 from commandv.runtime.errors import EngineError
 from commandv.runtime.terminal import safe_text
 
@@ -124,14 +136,6 @@ def _policy(signatures: Optional[str], trusted: Optional[List[Path]], max_delta_
                                max_delta_norm=max_delta_norm)
 
 
-_POLICY_HELP = "pack signatures: require (refuse unsigned/tampered), warn, off [env COMMANDV_PACK_POLICY; default warn]"
-_TRUSTED_HELP = "trusted public key file or folder of *.pub (repeatable; default: $COMMANDV_HOME/trusted_keys)"
-_ENGINE_HELP = "llama (llama.cpp, GGUF) or onnx (ONNX Runtime, an export of `cmdv onnx export`)"
-_QUANT_HELP = "with --engine onnx and a zoo key / GGUF: which of its exports to run (fp32, int8, int4)"
-_DELTA_HELP = ("refuse a request whose packs' summed edit at any layer exceeds this multiple of the model's "
-               "hidden-state norm on reference prompts [env COMMANDV_MAX_DELTA_NORM; default no limit]")
-
-
 def _stream(pieces) -> str:
     """Write generated pieces to stdout as they come, control characters shown as escapes (a pack can make the
     model print escape sequences); returns the text as generated."""
@@ -147,9 +151,9 @@ def _stream(pieces) -> str:
 
 @user_errors
 def run_cmd(
-    model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
+    model: ModelArgument,
     prompt: str = typer.Argument(..., help="the user prompt (rendered with the model's chat template)"),
-    pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+    pack: PacksOption = None,
     strength: Optional[List[float]] = typer.Option(None, "--strength", "-s",
                                                    help="strength per pack, in --pack order (one = all)"),
     max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="most tokens to generate"),
@@ -157,18 +161,18 @@ def run_cmd(
     top_p: float = typer.Option(1.0, "--top-p", help="nucleus sampling mass"),
     seed: Optional[int] = typer.Option(None, help="sampling seed (reproducible output)"),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="stop string (repeatable)"),
-    force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
+    force: ForceOption = False,
     compare: bool = typer.Option(False, "--compare", help="print the output without and with the packs"),
     raw: bool = typer.Option(False, "--raw", help="feed the prompt without the chat template (then special-token "
                              "text in it, e.g. <|im_start|>, is read as those tokens; with the template it is "
                              "plain text)"),
-    n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
-    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
-    max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
-    engine: str = typer.Option("llama", help=_ENGINE_HELP),
-    quant: str = typer.Option("fp32", help=_QUANT_HELP),
+    n_ctx: CtxOption = 4096,
+    threads: ThreadsOption = None,
+    signatures: SignaturesOption = None,
+    trusted: TrustedOption = None,
+    max_delta_norm: MaxDeltaOption = None,
+    engine: EngineOption = "llama",
+    quant: QuantOption = "fp32",
 ) -> None:
     """Generate a reply to PROMPT with the packs applied (streamed to stdout)."""
     check_int_options(ctx=n_ctx, threads=threads, max_tokens=max_tokens, seed=seed)
@@ -200,22 +204,22 @@ def run_cmd(
 
 @user_errors
 def chat_cmd(
-    model: str = typer.Argument(..., help="zoo key or .gguf file (onnx: export folder, .onnx, or exported key)"),
-    pack: Optional[List[Path]] = typer.Option(None, "--pack", "-p", help="behavior pack file (repeatable)"),
+    model: ModelArgument,
+    pack: PacksOption = None,
     strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="strength per pack"),
     system: Optional[str] = typer.Option(None, help="system message"),
     max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="most tokens per reply"),
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: Optional[int] = typer.Option(None),
-    force: bool = typer.Option(False, "--force", help="use packs made for another file of the same shape"),
-    n_ctx: int = typer.Option(4096, "--ctx", help="context size in tokens"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)"),
-    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
-    max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
-    engine: str = typer.Option("llama", help=_ENGINE_HELP),
-    quant: str = typer.Option("fp32", help=_QUANT_HELP),
+    force: ForceOption = False,
+    n_ctx: CtxOption = 4096,
+    threads: ThreadsOption = None,
+    signatures: SignaturesOption = None,
+    trusted: TrustedOption = None,
+    max_delta_norm: MaxDeltaOption = None,
+    engine: EngineOption = "llama",
+    quant: QuantOption = "fp32",
 ) -> None:
     """Interactive chat on stdin; the packs edit the last rows of every turn. /quit ends, /reset forgets."""
     from commandv.runtime.models.chat_template import ChatTemplateError

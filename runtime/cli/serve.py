@@ -13,7 +13,8 @@ from typing import List, Optional
 import typer
 
 from commandv.runtime.cli.errors import user_errors
-from commandv.runtime.cli.run import _DELTA_HELP, _POLICY_HELP, _TRUSTED_HELP, check_int_options
+from commandv.runtime.cli.options import MaxDeltaOption, SignaturesOption, TrustedOption
+from commandv.runtime.cli.run import check_int_options
 
 
 def default_slots() -> int:
@@ -40,9 +41,9 @@ def serve_cmd(
                                         "the pack folder at start"),
     pull: Optional[List[str]] = typer.Option(None, "--pull", help="with --index: pack to pull (repeatable; "
                                              "default: every pack in the index made for this model)"),
-    signatures: Optional[str] = typer.Option(None, "--signatures", help=_POLICY_HELP),
-    trusted: Optional[List[Path]] = typer.Option(None, "--trusted", "-t", help=_TRUSTED_HELP),
-    max_delta_norm: Optional[float] = typer.Option(None, "--max-delta-norm", help=_DELTA_HELP),
+    signatures: SignaturesOption = None,
+    trusted: TrustedOption = None,
+    max_delta_norm: MaxDeltaOption = None,
     force: bool = typer.Option(False, "--force", help="serve packs made for another file of the same shape"),
     ray: bool = typer.Option(False, "--ray", help="run as a Ray Serve deployment (local Ray cluster, or "
                              "RAY_ADDRESS)"),
