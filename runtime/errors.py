@@ -13,7 +13,7 @@ module that does the work::
     raise PackError(f"{path}: entry_count {n} outside 1..4096")
 
 Other errors live next to the code that raises them (e.g. ``ZooError(ModelError)`` in ``zoo.py``,
-``SignatureError(PackError)`` in ``signing.py``, ``LlamaError`` in ``llama_lowlevel.py``).
+``SignatureError(PackError)`` in ``pack/signing.py``, ``LlamaError`` in ``engines/llama/lowlevel.py``).
 """
 
 from __future__ import annotations

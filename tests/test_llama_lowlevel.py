@@ -1,4 +1,4 @@
-"""llama_lowlevel on the tiny GGUF, checked against an independent numpy forward and transformers."""
+"""engines/llama/lowlevel.py on the tiny GGUF, checked against an independent numpy forward and transformers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Donor-adapter training (exporter.train, train_data, donor_gen, behaviors, train_demo) on the tiny model.
+"""Donor-adapter training (exporter/training: train, data, donor_gen, behaviors, demo) on the tiny model.
 
 The independent references: the prompt is re-rendered and re-tokenized here by
 hand; the training loss is recomputed with plain forward hooks that add each

@@ -14,7 +14,7 @@ Several names share one function: :data:`KINDS` lists each function once, in C i
 
 :data:`ALIASES` are further spellings that mean a canonical name (``identity`` → ``linear``). Derived:
 ``lowrank.ACTIVATIONS`` (name → numpy), :data:`ACT_IDS` (name → C id, ``native.build.ACT_IDS``),
-:data:`SLOT_ACTS` / :data:`SLOT_OF` (``onnx_surgery.SLOT_ACTS`` / ``_ACT_ALIAS``), ``torch_engine._TORCH_ACTS``.
+:data:`SLOT_ACTS` / :data:`SLOT_OF` (``engines/onnx/surgery.SLOT_ACTS`` / ``_ACT_ALIAS``), ``engines/reference._TORCH_ACTS``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ActivationKind:
     """``(function, kwargs)``: ``"Tensor.<m>"`` is a tensor method, else a ``torch.nn.functional`` function;
     ``""`` is the identity."""
     onnx_op: str = ""
-    """The ONNX operator computing it in one node, or ``""`` (``onnx_surgery`` composes it from several)."""
+    """The ONNX operator computing it in one node, or ``""`` (``engines/onnx/surgery.py`` composes it from several)."""
 
     @property
     def c_enum(self) -> str:

@@ -71,7 +71,7 @@ class Recipient(TextEngine):
         self.n_layer, self.d_model = self.model.n_layer, self.model.n_embd
         self.force = bool(force)
         self.policy = policy if policy is not None else PackPolicy.from_env()
-        self._reference = None  # pack_policy.ReferenceStates, built on the first size-checked request
+        self._reference = None  # pack.policy.ReferenceStates, built on the first size-checked request
         self.n_ubatch = int(min(n_ubatch, n_ctx))
         self.editor = make_editor(self.d_model, self.n_layer, native)
         self.ctx = make_context(self.model, self.editor, n_ctx=int(n_ctx), n_batch=self.n_ubatch,

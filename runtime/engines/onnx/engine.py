@@ -78,7 +78,7 @@ class OnnxRecipient(TextEngine):
         self.n_ubatch = int(n_ubatch)
         self.force = bool(force)
         self.policy = policy if policy is not None else PackPolicy.from_env()
-        self._reference = None  # pack_policy.ReferenceStates, built on the first size-checked request
+        self._reference = None  # pack.policy.ReferenceStates, built on the first size-checked request
         self.eog = set(int(t) for t in self.info.eog_ids)
         self.last_stats: GenerationStats | None = None
         self._ort = ort
