@@ -113,3 +113,32 @@ def test_export_warns_when_the_pack_costs_utility(tmp_home, tmp_path, monkeypatc
                                    "-o", str(tmp_path / "out.gguf")])
     assert res.exit_code == 0, res.output
     assert "without the pack 9/10, with it 3/10" in res.output and "costs the recipient utility (90 → 30 %" in res.output
+
+
+def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp_path):
+    """``--method pinv-tokens``: the pack equals export_pack on the profiles with both models' token rows
+    (captured again here) appended; the fit has more rows than the last-token profile."""
+    from commandv.profiles.prompts import load_prompt_set
+    from commandv.profiles.token_rows import add_token_rows
+
+    pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
+    pyreft_fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)
+    out = tmp_path / "pack.gguf"
+    res = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
+                                   str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o", str(out),
+                                   "--method", "pinv-tokens", "--token-prompts", "12", "--utility-check", "0"])
+    assert res.exit_code == 0, res.output
+    pack = BehaviorPack.load(out)
+    assert pack.meta["method"] == "pinv-tokens" and pack.meta["n_fit"] > 30
+    d, _, _ = profile_model(str(donor), str(prompts))
+    r, _, _ = profile_model(str(recip), str(prompts))
+    d, r = add_token_rows(str(donor), str(recip), d, r, load_prompt_set("general", limit=12).prompts, progress=False)
+    ref = export_pack(load_adapter(tmp_path / "ad", kind="NodiReFT"), d, r, method="pinv-tokens").pack
+    assert pack.meta["n_fit"] == ref.meta["n_fit"]
+    for a, b in zip(pack.entries, ref.entries):
+        np.testing.assert_allclose(a.A, b.A, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a.C, b.C, rtol=1e-5, atol=1e-6)
+    bad = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
+                                   str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o",
+                                   str(tmp_path / "x.gguf"), "--method", "pinv-tokens", "--token-prompts", "0"])
+    assert bad.exit_code == 2 and "--token-prompts must be >= 1" in bad.output

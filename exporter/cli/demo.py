@@ -79,7 +79,9 @@ def register(app: typer.Typer, user_errors) -> None:
         layer_rule: str = typer.Option("nearest", help="donor→recipient layer map: nearest (authors' code) or floor"),
         rcond: Optional[float] = typer.Option(None, help="truncate translator singular values below rcond×σ_max "
                                                          "(default: plain pinv; see cmdv export --help)"),
-        method: str = typer.Option("pinv", help="fold method: pinv or pinv-cal (see cmdv export --help)"),
+        method: str = typer.Option("pinv", help="fold method: pinv, pinv-cal or pinv-tokens (see cmdv export --help)"),
+        token_prompts: int = typer.Option(256, help="with --method pinv-tokens: general prompts whose tokens join "
+                                          "the fit"),
     ) -> None:
         """Transfer a donor adapter and measure the behavior on the quantized recipient (JSON + Markdown + PNG)."""
         from commandv.exporter.evaluation.pair import PairEvalSettings, run_pair_eval
@@ -87,7 +89,7 @@ def register(app: typer.Typer, user_errors) -> None:
         s = PairEvalSettings(strengths=tuple(comma_list(strengths, float, "--strengths")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
                              profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond,
-                             method=method)
+                             method=method, token_prompts=token_prompts)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
         out.print(safe_text(rep.markdown(), multiline=True), markup=False)  # model names and outputs: plain text

@@ -89,8 +89,12 @@ def export_cmd(
     act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
     positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
     strength: float = typer.Option(1.0, help="default strength stored in the pack"),
-    method: str = typer.Option("pinv", help="fold method: pinv (the paper's translators) or pinv-cal (then each "
-                               "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖)"),
+    method: str = typer.Option("pinv", help="fold method: pinv (the paper's translators), pinv-cal (then each "
+                               "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖) or pinv-tokens (translators "
+                               "also fitted on the states of every prompt token, paired across the two models by "
+                               "where the token ends in the text; GGUF donor and recipient)"),
+    token_prompts: int = typer.Option(256, help="with --method pinv-tokens: prompts of the general set whose "
+                                      "tokens join the fit"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     check: int = typer.Option(10, "--utility-check", help="ask a GGUF recipient this many exact-answer questions "
@@ -110,6 +114,14 @@ def export_cmd(
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    if method == "pinv-tokens":
+        from commandv.profiles.prompts import load_prompt_set
+        from commandv.profiles.token_rows import add_token_rows
+
+        if token_prompts < 1:
+            raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
+        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof,
+                                      load_prompt_set("general", limit=token_prompts).prompts)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                            method=method,
                            name=pack_name, donor_name=dprof.meta.model_name)

@@ -20,6 +20,7 @@ from commandv.exporter.training.behaviors import get_behavior
 from commandv.exporter.transfer.export import export_pack
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
+from commandv.profiles.token_rows import add_token_rows
 from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.models.fingerprint import model_info_from_gguf
@@ -49,6 +50,7 @@ class PairEvalSettings:
     rcond: float | None = None
     include_donor: bool = True
     method: str = "pinv"
+    token_prompts: int = 256
 
     def validate(self) -> None:
         """Refuse counts that would silently shrink or empty the report (slices with 0 or -1)."""
@@ -60,6 +62,8 @@ class PairEvalSettings:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise EvalSettingsError(f"{name} (--n) must be >= 1, got {v}")
+        if self.token_prompts < 1:
+            raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
         if self.max_tokens < 1 or self.profile_prompts < 1 or self.profile_train_prompts < 0:
             raise EvalSettingsError(f"max_tokens and profile_prompts must be >= 1 and profile_train_prompts >= 0, "
                                     f"got {self.max_tokens}, {self.profile_prompts}, {self.profile_train_prompts}")
@@ -199,6 +203,9 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
+    if s.method == "pinv-tokens":
+        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof,
+                                      load_prompt_set("general", limit=s.token_prompts).prompts, progress=progress)
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=s.method,
                       name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
@@ -233,7 +240,8 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                         configs=configs, diagnostics=res.diagnostics,
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
                                   "rcond": s.rcond if s.rcond is not None else "plain pinv",
-                                  "method": s.method, "adapter": adapter_label(adapter_dir)},
+                                  "method": s.method, "adapter": adapter_label(adapter_dir),
+                                  **({"token prompts": s.token_prompts} if s.method == "pinv-tokens" else {})},
                         notes=report_notes(trained_behavior(adapter_dir, behavior), prompts))
     recommend_strength(res.pack, report).save(out_dir / f"{key}-{behavior}.pack.gguf")
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")

@@ -38,9 +38,11 @@ from commandv.runtime import __version__
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
-METHODS = ("pinv", "pinv-cal")
-"""Fold methods of :func:`export_pack` (``--method``): the paper's pseudo-inverse translators, and the same with
-per-layer edit-norm calibration."""
+METHODS = ("pinv", "pinv-cal", "pinv-tokens")
+"""Fold methods of :func:`export_pack` (``--method``): the paper's pseudo-inverse translators; the same with
+per-layer edit-norm calibration; the same fitted on profiles that also hold token-aligned rows
+(:mod:`commandv.profiles.token_rows`, many more rows than dimensions: each layer pair is compressed exactly
+before it is factored, :func:`compressed_pair`)."""
 DEFAULT_METHOD = "pinv"
 """What ``cmdv export`` uses unless told otherwise: the method the measurements support
 (``benchmarks/results/transfer_methods-*.json``)."""
@@ -199,7 +201,13 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
         kD = _factor_key(_profile_key(donor) + (l_d,), XD, fit, rcond)  # the fit rows join the key
         kR = _factor_key(_profile_key(recipient) + (l_r,), XR, fit, rcond)
-        fD, fR = _factor_for(kD, XD, rcond, fit), _factor_for(kR, XR, rcond, fit)
+        if method == "pinv-tokens" and len(fit) > XR.shape[1] + XD.shape[1]:
+            cR, cD = compressed_pair(XR[fit], XD[fit])  # the default cutoff stays that of the [N, d] float32 rows
+            eps = float(np.finfo(np.float32).eps)
+            fR = factorize(cR, rcond if rcond is not None else max(len(fit), XR.shape[1]) * eps)
+            fD = factorize(cD, rcond if rcond is not None else max(len(fit), XD.shape[1]) * eps)
+        else:
+            fD, fR = _factor_for(kD, XD, rcond, fit), _factor_for(kR, XR, rcond, fit)
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         helds.append(_held_for((kD, kR, held_key), XR, XD, held, fR, fD) if len(held) else None)
     entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
@@ -239,6 +247,15 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     )
     pack.validate()
     return ExportResult(pack=pack, diagnostics=diags, seconds=time.perf_counter() - t0)
+
+
+def compressed_pair(XR: np.ndarray, XD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``XR [N, d_R]``, ``XD [N, d_D]`` with N > d_R + d_D → ``(R_R [k, d_R], R_D [k, d_D])``, k = d_R + d_D,
+    from the QR factor of ``[XR | XD]``: ``pinv(R_R)·R_D = pinv(XR)·XD`` and ``pinv(R_D)·R_R = pinv(XD)·XR``
+    exactly, with the same singular values (so ``rcond`` cuts the same directions), at a k×k Gram's cost."""
+    Rm = np.linalg.qr(np.concatenate([np.asarray(XR, np.float64), np.asarray(XD, np.float64)], axis=1), mode="r")
+    d_r = XR.shape[1]
+    return np.ascontiguousarray(Rm[:, :d_r]), np.ascontiguousarray(Rm[:, d_r:])
 
 
 def calibrated(entry: PackEntry, edit: DonorEdit, XR: np.ndarray, XD: np.ndarray) -> PackEntry:
