@@ -118,7 +118,6 @@ def test_export_warns_when_the_pack_costs_utility(tmp_home, tmp_path, monkeypatc
 def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp_path):
     """``--method pinv-tokens``: the pack equals export_pack on the profiles with both models' token rows
     (captured again here) appended; the fit has more rows than the last-token profile."""
-    from commandv.profiles.prompts import load_prompt_set
     from commandv.profiles.token_rows import add_token_rows
 
     pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
@@ -132,7 +131,7 @@ def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp
     assert pack.meta["method"] == "pinv-tokens" and pack.meta["n_fit"] > 30
     d, _, _ = profile_model(str(donor), str(prompts))
     r, _, _ = profile_model(str(recip), str(prompts))
-    d, r = add_token_rows(str(donor), str(recip), d, r, load_prompt_set("general", limit=12).prompts, progress=False)
+    d, r = add_token_rows(str(donor), str(recip), d, r, 12, progress=False)
     ref = export_pack(load_adapter(tmp_path / "ad", kind="NodiReFT"), d, r, method="pinv-tokens").pack
     assert pack.meta["n_fit"] == ref.meta["n_fit"]
     for a, b in zip(pack.entries, ref.entries):

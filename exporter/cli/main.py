@@ -112,16 +112,14 @@ def export_cmd(
         raise ExportError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
+    if token_prompts < 1:
+        raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
     if method == "pinv-tokens":
-        from commandv.profiles.prompts import load_prompt_set
         from commandv.profiles.token_rows import add_token_rows
 
-        if token_prompts < 1:
-            raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
-        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof,
-                                      load_prompt_set("general", limit=token_prompts).prompts)
+        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, token_prompts)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                            method=method,
                            name=pack_name, donor_name=dprof.meta.model_name)

@@ -204,8 +204,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
     if s.method == "pinv-tokens":
-        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof,
-                                      load_prompt_set("general", limit=s.token_prompts).prompts, progress=progress)
+        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, s.token_prompts, progress=progress)
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=s.method,
                       name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)

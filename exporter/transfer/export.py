@@ -41,8 +41,9 @@ from commandv.runtime.pack.model import BehaviorPack, PackEntry
 METHODS = ("pinv", "pinv-cal", "pinv-tokens")
 """Fold methods of :func:`export_pack` (``--method``): the paper's pseudo-inverse translators; the same with
 per-layer edit-norm calibration; the same fitted on profiles that also hold token-aligned rows
-(:mod:`commandv.profiles.token_rows`, many more rows than dimensions: each layer pair is compressed exactly
-before it is factored, :func:`compressed_pair`)."""
+(:mod:`commandv.profiles.token_rows`; the caller appends them, the pack records the method). Whatever the
+method, a layer pair with more fit rows than ``d_R + d_D`` is compressed exactly before it is factored
+(:func:`compressed_pair`)."""
 DEFAULT_METHOD = "pinv"
 """What ``cmdv export`` uses unless told otherwise: the method the measurements support
 (``benchmarks/results/transfer_methods-*.json``)."""
@@ -201,7 +202,7 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         XD, XR = donor.layer(l_d), recipient.layer(l_r)
         kD = _factor_key(_profile_key(donor) + (l_d,), XD, fit, rcond)  # the fit rows join the key
         kR = _factor_key(_profile_key(recipient) + (l_r,), XR, fit, rcond)
-        if method == "pinv-tokens" and len(fit) > XR.shape[1] + XD.shape[1]:
+        if len(fit) > XR.shape[1] + XD.shape[1]:  # tall profiles (e.g. with token rows): the compressed pair
             cR, cD = compressed_pair(XR[fit], XD[fit])  # the default cutoff stays that of the [N, d] float32 rows
             eps = float(np.finfo(np.float32).eps)
             fR = factorize(cR, rcond if rcond is not None else max(len(fit), XR.shape[1]) * eps)
@@ -212,7 +213,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
         helds.append(_held_for((kD, kR, held_key), XR, XD, held, fR, fD) if len(held) else None)
     entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
     if method == "pinv-cal":
-        entries = [calibrated(e, it.edit, it.fR.X, it.fD.X) for e, it in zip(entries, items)]
+        entries = [calibrated(e, it.edit, recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit])
+                   for e, it in zip(entries, items)]  # the states themselves (a compressed factor's X is not)
     diags = []
     for it, entry, h in zip(items, entries, helds):
         edit, fR, fD = it.edit, it.fR, it.fD

@@ -25,7 +25,7 @@ from commandv.runtime.edit.activations import ACTIVATIONS, torch_activation
 from commandv.runtime.edit.positions import Positions, parse_positions
 from commandv.runtime.engines.request_checks import as_token_ids, normalize_strengths
 from commandv.runtime.engines.sampling import Sampler
-from commandv.runtime.engines.text_engine import mark_loaded, read_checked_packs
+from commandv.runtime.engines.text_engine import mark_loaded, model_key, read_checked_packs
 from commandv.runtime.errors import EngineError
 from commandv.runtime.models.chat_template import render_chat, tokenize_chat, user_turn
 from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
@@ -172,9 +172,8 @@ class TorchRecipient:
         against the policy's edit-size limit (at ``strengths``). The returned pack objects are marked as checked:
         requests given them (unchanged) skip validation, as in the other engines."""
         out, _ = self._checked(packs, strengths, force, reuse=False)
-        model = (self.fingerprint, self.arch, int(self.n_layer), int(self.d_model))
         for p in out:
-            mark_loaded(p, model + (bool(force),))
+            mark_loaded(p, model_key(self) + (bool(force),))
         return out
 
     def _checked(self, packs, strengths, force, reuse: bool = True) -> tuple[list[BehaviorPack], list[float]]:

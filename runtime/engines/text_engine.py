@@ -106,14 +106,19 @@ class GenerationStats:
         return self.n_decoded / self.decode_s if self.decode_s > 0 else float("nan")
 
 
+def model_key(engine) -> tuple:
+    """What a pack is checked against: ``(fingerprint, arch, n_layer, d_model)`` of ``engine``'s model (the key
+    :func:`mark_loaded` records, with the ``force`` the check ran under appended)."""
+    return (engine.fingerprint, engine.arch, int(engine.n_layer), int(engine.d_model))
+
+
 def read_checked_packs(engine, packs, force: bool, reuse: bool) -> list[BehaviorPack]:
     """``packs`` (objects or files) read and validated by ``engine.policy`` and checked against ``engine``'s
     model (``fingerprint``, ``arch``, ``n_layer``, ``d_model``), in order. With ``reuse``, pack objects that a
     ``load_packs`` of this model marked (:func:`mark_loaded`) and that did not change since are taken as they are:
     the one validate-once step of every engine."""
     items = pack_list(packs)
-    model = (engine.fingerprint, engine.arch, int(engine.n_layer), int(engine.d_model))
-    known = [reuse and loaded_for(p, model, force) for p in items]
+    known = [reuse and loaded_for(p, model_key(engine), force) for p in items]
     fresh = engine.policy.read_packs([p for p, k in zip(items, known) if not k])
     check_packs(fresh, engine.fingerprint, engine.arch, engine.n_layer, engine.d_model, force)
     it = iter(fresh)
@@ -141,13 +146,9 @@ class TextEngine:
         given them skip the checks (see the module docstring)."""
         force = self.force if force is None else bool(force)
         out = self._read_packs(packs, force, reuse=False)
-        model = self._model_key()
         for p in out:
-            mark_loaded(p, model + (force,))
+            mark_loaded(p, model_key(self) + (force,))
         return out
-
-    def _model_key(self) -> tuple:
-        return (self.fingerprint, self.arch, int(self.n_layer), int(self.d_model))
 
     def _read_packs(self, packs, force: bool, reuse: bool) -> list[BehaviorPack]:
         """``packs`` read, validated and checked against this model (:func:`read_checked_packs`), then
