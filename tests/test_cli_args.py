@@ -67,12 +67,16 @@ def test_eval_counts_are_checked():
     from commandv.exporter.evaluation.pair import EvalSettingsError, PairEvalSettings
 
     PairEvalSettings().validate()
-    for bad in (dict(n_expected=0), dict(n_unexpected=-1), dict(max_tokens=0), dict(strengths=())):
+    for bad in (dict(n_expected=0), dict(n_unexpected=-1), dict(max_tokens=0), dict(strengths=()),
+                dict(method="best")):
         with pytest.raises(EvalSettingsError):
             PairEvalSettings(**bad).validate()
     res = CliRunner().invoke(app, ["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--n", "0"])
     if "No such command" not in res.output:
         assert res.exit_code == 2 and "(--n) must be >= 1, got 0" in res.output, res.output
+    res = CliRunner().invoke(app, ["eval", "--donor", "d.gguf", "--recipient", "r.gguf", "--method", "best"])
+    if "No such command" not in res.output:  # refused before any model is looked up
+        assert res.exit_code == 2 and "unknown method 'best'; choose auto or one of" in res.output, res.output
 
 
 def test_committed_adapters_are_package_data():

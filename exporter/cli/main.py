@@ -89,10 +89,11 @@ def export_cmd(
     act: Optional[str] = typer.Option(None, help="activation of the intervention (pyreft never saves it)"),
     positions: Optional[str] = typer.Option(None, help="targeted positions, e.g. l1 or f1+l1 (default: from the adapter)"),
     strength: float = typer.Option(1.0, help="default strength stored in the pack"),
-    method: str = typer.Option("pinv", help="fold method: pinv (the paper's translators), pinv-cal (then each "
-                               "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖) or pinv-tokens (translators "
+    method: str = typer.Option("auto", help="fold method: pinv (the paper's translators), pinv-cal (then each "
+                               "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖), pinv-tokens (translators "
                                "also fitted on the states of every prompt token, paired across the two models by "
-                               "where the token ends in the text; GGUF donor and recipient)"),
+                               "where the token ends in the text; GGUF donor and recipient) or auto (pinv-tokens "
+                               "into a wider GGUF recipient, else pinv: what the measurements support)"),
     token_prompts: int = typer.Option(256, help="with --method pinv-tokens: prompts of the general set whose "
                                       "tokens join the fit"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
@@ -103,19 +104,22 @@ def export_cmd(
 ) -> None:
     """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
     from commandv.exporter.adapters.folder import load_adapter
-    from commandv.exporter.transfer.export import METHODS, ExportError, diagnostics_table, export_pack, score_line
+    from commandv.exporter.transfer.export import (AUTO_METHOD, METHODS, ExportError, choose_method,
+                                                   diagnostics_table, export_pack, score_line)
     from commandv.profiles.profiler import profile_model
 
     targets = _export_targets(adapters, out_path, name)
     loaded = [load_adapter(a, kind=kind, act=act, positions=positions) for a in adapters]  # all checked first
-    if method not in METHODS:
-        raise ExportError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method not in (AUTO_METHOD, *METHODS):
+        raise ExportError(f"unknown --method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}")
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
     if token_prompts < 1:
         raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    method, why = choose_method(method, dprof.meta, rprof.meta)
+    out.print(f"method: {method} ({why})", markup=False)
     if method == "pinv-tokens":
         from commandv.profiles.token_rows import add_token_rows
 

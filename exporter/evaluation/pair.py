@@ -17,7 +17,7 @@ from typing import Sequence
 from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.evaluation.evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
-from commandv.exporter.transfer.export import export_pack
+from commandv.exporter.transfer.export import AUTO_METHOD, METHODS, choose_method, export_pack
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.profiles.token_rows import add_token_rows
@@ -49,7 +49,7 @@ class PairEvalSettings:
     layer_rule: str = "nearest"
     rcond: float | None = None
     include_donor: bool = True
-    method: str = "pinv"
+    method: str = "auto"
     token_prompts: int = 256
 
     def validate(self) -> None:
@@ -62,6 +62,9 @@ class PairEvalSettings:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise EvalSettingsError(f"{name} (--n) must be >= 1, got {v}")
+        if self.method not in (AUTO_METHOD, *METHODS):
+            raise EvalSettingsError(f"unknown method {self.method!r}; choose {AUTO_METHOD} or one of: "
+                                    f"{', '.join(METHODS)}")
         if self.token_prompts < 1:
             raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
         if self.max_tokens < 1 or self.profile_prompts < 1 or self.profile_train_prompts < 0:
@@ -203,9 +206,10 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
-    if s.method == "pinv-tokens":
+    method, _ = choose_method(s.method, dprof.meta, rprof.meta)
+    if method == "pinv-tokens":
         dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, s.token_prompts, progress=progress)
-    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=s.method,
+    res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=method,
                       name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
     out_dir = Path(out_dir)
@@ -239,8 +243,8 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                         configs=configs, diagnostics=res.diagnostics,
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
                                   "rcond": s.rcond if s.rcond is not None else "plain pinv",
-                                  "method": s.method, "adapter": adapter_label(adapter_dir),
-                                  **({"token prompts": s.token_prompts} if s.method == "pinv-tokens" else {})},
+                                  "method": method, "adapter": adapter_label(adapter_dir),
+                                  **({"token prompts": s.token_prompts} if method == "pinv-tokens" else {})},
                         notes=report_notes(trained_behavior(adapter_dir, behavior), prompts))
     recommend_strength(res.pack, report).save(out_dir / f"{key}-{behavior}.pack.gguf")
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")

@@ -33,7 +33,7 @@ from commandv.exporter.transfer.fold import FoldItem, fold_edits
 from commandv.exporter.transfer.layermap import DEFAULT_LAYER_RULE, build_layer_map
 from commandv.exporter.transfer.score import layer_figures, median_relative_edit, pack_score, pinv_to_donor
 from commandv.exporter.transfer.translators import GramFactor, factorize, fit_diagnostics
-from commandv.profiles.store import Profile
+from commandv.profiles.store import Profile, ProfileMeta
 from commandv.runtime import __version__
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.pack.model import BehaviorPack, PackEntry
@@ -45,8 +45,35 @@ per-layer edit-norm calibration; the same fitted on profiles that also hold toke
 method, a layer pair with more fit rows than ``d_R + d_D`` is compressed exactly before it is factored
 (:func:`compressed_pair`)."""
 DEFAULT_METHOD = "pinv"
-"""What ``cmdv export`` uses unless told otherwise: the method the measurements support
-(``benchmarks/results/transfer_methods-*.json``)."""
+"""What :func:`export_pack` uses unless told otherwise (the paper's translators)."""
+
+AUTO_METHOD = "auto"
+"""The CLI's default ``--method``: :func:`choose_method` picks one of :data:`METHODS` from the two profiles."""
+
+
+def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tuple[str, str]:
+    """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
+    the measurements support (``benchmarks/results/transfer/``, n >= 100 per group):
+
+    * ``pinv-tokens`` when both profiles come from GGUF models (token rows are captured with llama.cpp) and the
+      recipient is wider than the donor (small → large). There token-aligned translators carried more:
+      SmolLM2 → Qwen0.5B refusal recovered 0.48 of the direct adapter's gain with over-refusal +4 points, where
+      last-token pinv gave 0.30 with +22; Qwen0.5B → Qwen1.5B French 0 → 55 % at strength 1 (0.72 of the
+      donor's own rate with its adapter), where last-token pinv gave 0-25 %.
+    * ``pinv`` otherwise (large → small): Qwen1.5B → Qwen0.5B refusal 0.30 with pinv, 0.14 with token rows;
+      Qwen0.5B → SmolLM2 token rows cost 38 points of utility.
+
+    Raises :class:`ExportError` for any other name.
+    """
+    if method in METHODS:
+        return method, "as asked"
+    if method != AUTO_METHOD:
+        raise ExportError(f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}")
+    if donor.backend == recipient.backend == "gguf" and recipient.d_model > donor.d_model:
+        return "pinv-tokens", f"auto: recipient wider than the donor (d {donor.d_model} → {recipient.d_model})"
+    if recipient.d_model > donor.d_model:
+        return "pinv", "auto: token rows need GGUF models on both sides"
+    return "pinv", f"auto: recipient not wider than the donor (d {donor.d_model} → {recipient.d_model})"
 
 
 class ExportError(CommandVError, ValueError):
