@@ -104,8 +104,15 @@ def export_cmd(
 ) -> None:
     """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
     from commandv.exporter.adapters.folder import load_adapter
-    from commandv.exporter.transfer.export import (AUTO_METHOD, METHODS, ExportError, choose_method,
-                                                   diagnostics_table, export_pack, score_line)
+    from commandv.exporter.transfer.export import (
+        AUTO_METHOD,
+        METHODS,
+        ExportError,
+        choose_method,
+        diagnostics_table,
+        export_pack,
+        score_line,
+    )
     from commandv.profiles.profiler import profile_model
 
     targets = _export_targets(adapters, out_path, name)
