@@ -184,17 +184,21 @@ def test_unknown_method_is_refused():
 
 
 def test_choose_method_auto_rule():
-    """auto: pinv-tokens only into a wider recipient with GGUF profiles on both sides; named methods pass
-    through; anything else is refused by name."""
+    """auto: pinv-tokens only across families into a wider recipient with GGUF profiles on both sides; named
+    methods pass through; anything else is refused by name."""
     import dataclasses
 
     from commandv.exporter.transfer.export import choose_method
 
-    narrow, wide = make_profile(d=8).meta, make_profile(d=12).meta
-    assert choose_method("auto", narrow, wide)[0] == "pinv-tokens"
-    assert choose_method("auto", wide, narrow)[0] == "pinv"
-    assert choose_method("auto", narrow, narrow)[0] == "pinv"  # equal widths: not wider
-    hf = dataclasses.replace(wide, backend="hf")
+    narrow, wide = make_profile(d=8).meta, make_profile(d=12).meta  # arch "llama"
+    other_wide = dataclasses.replace(wide, arch="qwen2")
+    other_narrow = dataclasses.replace(narrow, arch="qwen2")
+    assert choose_method("auto", narrow, other_wide) == (
+        "pinv-tokens", "auto: across families (llama → qwen2) into a wider recipient (d 8 → 12)")
+    assert choose_method("auto", narrow, wide) == ("pinv", "auto: same model family (llama)")
+    assert choose_method("auto", wide, other_narrow) == ("pinv", "auto: recipient not wider than the donor (d 12 → 8)")
+    assert choose_method("auto", narrow, other_narrow)[0] == "pinv"  # equal widths: not wider
+    hf = dataclasses.replace(other_wide, backend="hf")
     assert choose_method("auto", narrow, hf) == ("pinv", "auto: token rows need GGUF models on both sides")
     assert choose_method("pinv-cal", narrow, wide) == ("pinv-cal", "as asked")
     with pytest.raises(ExportError, match="unknown method 'best'; choose auto or one of: pinv, pinv-cal"):

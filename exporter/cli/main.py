@@ -93,7 +93,8 @@ def export_cmd(
                                "layer's edit scaled to the donor's relative size ‖δ‖/‖h‖), pinv-tokens (translators "
                                "also fitted on the states of every prompt token, paired across the two models by "
                                "where the token ends in the text; GGUF donor and recipient) or auto (pinv-tokens "
-                               "into a wider GGUF recipient, else pinv: what the measurements support)"),
+                               "across model families into a wider GGUF recipient, else pinv: what the measurements "
+                               "support)"),
     token_prompts: int = typer.Option(256, help="with --method pinv-tokens: prompts of the general set whose "
                                       "tokens join the fit"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),

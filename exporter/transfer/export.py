@@ -55,25 +55,28 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tu
     """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
     the measurements support (``benchmarks/results/transfer/``, n >= 100 per group):
 
-    * ``pinv-tokens`` when both profiles come from GGUF models (token rows are captured with llama.cpp) and the
-      recipient is wider than the donor (small → large). There token-aligned translators carried more:
-      SmolLM2 → Qwen0.5B refusal recovered 0.48 of the direct adapter's gain with over-refusal +4 points, where
-      last-token pinv gave 0.30 with +22; Qwen0.5B → Qwen1.5B French 0 → 55 % at strength 1 (0.72 of the
-      donor's own rate with its adapter), where last-token pinv gave 0-25 %.
-    * ``pinv`` otherwise (large → small): Qwen1.5B → Qwen0.5B refusal 0.30 with pinv, 0.14 with token rows;
-      Qwen0.5B → SmolLM2 token rows cost 38 points of utility.
+    * ``pinv-tokens`` across model families (different ``arch``) into a wider recipient, both profiles from
+      GGUF models (token rows are captured with llama.cpp). SmolLM2 → Qwen0.5B refusal: 0.48 of the direct
+      adapter's gain with over-refusal +4 points, where last-token pinv gave 0.30 with +22.
+    * ``pinv`` otherwise. Within Qwen, small → large refusal: pinv +22 points (over-refusal +3), token rows +5
+      (+10); large → small: pinv 0.30, token rows 0.14. Across families large → small nothing transfers and
+      token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
 
-    Raises :class:`ExportError` for any other name.
+    One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
+    French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name.
     """
     if method in METHODS:
         return method, "as asked"
     if method != AUTO_METHOD:
         raise ExportError(f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}")
-    if donor.backend == recipient.backend == "gguf" and recipient.d_model > donor.d_model:
-        return "pinv-tokens", f"auto: recipient wider than the donor (d {donor.d_model} → {recipient.d_model})"
-    if recipient.d_model > donor.d_model:
+    widths = f"d {donor.d_model} → {recipient.d_model}"
+    if donor.arch == recipient.arch:
+        return "pinv", f"auto: same model family ({donor.arch})"
+    if recipient.d_model <= donor.d_model:
+        return "pinv", f"auto: recipient not wider than the donor ({widths})"
+    if not donor.backend == recipient.backend == "gguf":
         return "pinv", "auto: token rows need GGUF models on both sides"
-    return "pinv", f"auto: recipient not wider than the donor (d {donor.d_model} → {recipient.d_model})"
+    return "pinv-tokens", f"auto: across families ({donor.arch} → {recipient.arch}) into a wider recipient ({widths})"
 
 
 class ExportError(CommandVError, ValueError):
