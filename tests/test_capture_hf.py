@@ -1,6 +1,5 @@
 """HF capture: last-token block outputs vs an independent numpy forward; batching invariance."""
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")

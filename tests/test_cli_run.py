@@ -122,7 +122,6 @@ def test_names_and_output_never_drive_the_terminal(setup, tmp_path, monkeypatch)
     carrying them: stderr and stdout hold none raw, they are shown as escapes; the unsigned-pack warning stays."""
     from commandv.runtime.engines.llama.engine import Recipient
     from commandv.runtime.models.fingerprint import model_info_from_gguf
-    from commandv.runtime.pack.model import BehaviorPack
     from tests.test_cli import HOSTILE, assert_no_raw_controls, hostile_pack
 
     model, pack, *_ = setup

@@ -167,5 +167,5 @@ def test_export_method_auto_on_one_family_is_the_paper_pinv_either_way(tmp_home,
     bad = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad64"), "--donor", str(wide),
                                    "--recipient", str(narrow), "-o", str(tmp_path / "x.gguf"), *common,
                                    "--method", "best"])
-    assert bad.exit_code == 2 and "unknown --method 'best'; choose auto or one of" in bad.output
+    assert bad.exit_code == 2 and "--method: unknown method 'best'; choose auto or one of" in bad.output
     assert not (tmp_path / "x.gguf").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from commandv.runtime.pack.model import BehaviorPack, PackEntry, PackError
+from commandv.runtime.pack.model import BehaviorPack, PackError
 from commandv.runtime.pack.policy import DeltaNormError, PackPolicy, ReferenceStates, edit_sizes
 from commandv.runtime.pack.signing import SignatureError, UnverifiedPackWarning, generate_keypair, sign_pack
 from tests.test_llama_parity import random_pack

@@ -3,10 +3,8 @@ official openai client: both replicas answer, packs apply, outputs match across 
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
-import urllib.request
 from pathlib import Path
 
 import pytest

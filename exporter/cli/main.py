@@ -106,20 +106,19 @@ def export_cmd(
     """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
     from commandv.exporter.adapters.folder import load_adapter
     from commandv.exporter.transfer.export import (
-        AUTO_METHOD,
-        METHODS,
         ExportError,
         choose_method,
         diagnostics_table,
         export_pack,
+        method_problem,
         score_line,
     )
     from commandv.profiles.profiler import profile_model
 
     targets = _export_targets(adapters, out_path, name)
     loaded = [load_adapter(a, kind=kind, act=act, positions=positions) for a in adapters]  # all checked first
-    if method not in (AUTO_METHOD, *METHODS):
-        raise ExportError(f"unknown --method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}")
+    if method_problem(method):
+        raise ExportError(f"--method: {method_problem(method)}")
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
     if token_prompts < 1:

@@ -17,7 +17,7 @@ from typing import Sequence
 from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.evaluation.evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
-from commandv.exporter.transfer.export import AUTO_METHOD, METHODS, choose_method, export_pack
+from commandv.exporter.transfer.export import choose_method, export_pack, method_problem
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.profiles.token_rows import add_token_rows
@@ -62,9 +62,8 @@ class PairEvalSettings:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise EvalSettingsError(f"{name} (--n) must be >= 1, got {v}")
-        if self.method not in (AUTO_METHOD, *METHODS):
-            raise EvalSettingsError(f"unknown method {self.method!r}; choose {AUTO_METHOD} or one of: "
-                                    f"{', '.join(METHODS)}")
+        if method_problem(self.method):
+            raise EvalSettingsError(method_problem(self.method))
         if self.token_prompts < 1:
             raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
         if self.max_tokens < 1 or self.profile_prompts < 1 or self.profile_train_prompts < 0:

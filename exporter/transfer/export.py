@@ -51,6 +51,13 @@ AUTO_METHOD = "auto"
 """The CLI's default ``--method``: :func:`choose_method` picks one of :data:`METHODS` from the two profiles."""
 
 
+def method_problem(method: str) -> str | None:
+    """The one-line complaint about a method name, or None for :data:`AUTO_METHOD` and :data:`METHODS`."""
+    if method == AUTO_METHOD or method in METHODS:
+        return None
+    return f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}"
+
+
 def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tuple[str, str]:
     """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
     the measurements support (``benchmarks/results/transfer/``, n >= 100 per group):
@@ -65,10 +72,10 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tu
     One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
     French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name.
     """
+    if method_problem(method):
+        raise ExportError(method_problem(method))
     if method in METHODS:
         return method, "as asked"
-    if method != AUTO_METHOD:
-        raise ExportError(f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}")
     widths = f"d {donor.d_model} → {recipient.d_model}"
     if donor.arch == recipient.arch:
         return "pinv", f"auto: same model family ({donor.arch})"
