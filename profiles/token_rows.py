@@ -91,7 +91,7 @@ def capture_token_rows(model: str, prompts: Sequence[str], *, max_per_prompt: in
         for k, text in enumerate(prompts):
             ids = eng.encode(text)
             _, hidden = eng.prompt_pass(ids, record_layers=True)
-            e = content_ends([eng._piece(t) for t in ids], text.encode("utf-8"))
+            e = content_ends([eng.token_bytes(t) for t in ids], text.encode("utf-8"))
             inside = [i for i, x in enumerate(e) if 0 < x <= len(text.encode("utf-8"))]
             inside = [i for j, i in enumerate(inside) if j == 0 or e[i] != e[inside[j - 1]]]
             if len(inside) > max_per_prompt:

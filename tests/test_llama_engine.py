@@ -404,3 +404,13 @@ def test_native_build_into_cache_and_fallback(tmp_home, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     with pytest.raises(build.NativeBuildError, match="no C compiler"):
         build.build(force=True)
+
+
+def test_token_bytes_spell_the_text_and_control_tokens_are_empty(rec):
+    """``token_bytes`` over the ids of a text (byte-level BPE, with multi-byte characters split across tokens)
+    joins back to the text's UTF-8 bytes; a control token (``<|im_end|>``) stands for no text."""
+    text = "Héllo wörld, ünïcode ✓ 12345!"
+    ids = rec._tokenize(text, parse_special=False)
+    assert b"".join(rec.token_bytes(t) for t in ids) == text.encode("utf-8")
+    (end,) = rec._tokenize("<|im_end|>", parse_special=True)
+    assert rec.token_bytes(end) == b"" and rec.is_eog(end)

@@ -121,9 +121,11 @@ class Recipient(TextEngine):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of generated ids (control tokens dropped)."""
-        return b"".join(self._piece(t) for t in ids).decode("utf-8", "replace")
+        return b"".join(self.token_bytes(t) for t in ids).decode("utf-8", "replace")
 
-    def _piece(self, tok: int) -> bytes:
+    def token_bytes(self, tok: int) -> bytes:
+        """The bytes token id ``tok`` stands for in text (control tokens: empty), as llama.cpp renders them
+        (cached per id). A multi-byte character may span two tokens, so join bytes before decoding."""
         hit = self._pieces.get(tok)
         if hit is None:
             L = _ll()
@@ -246,7 +248,7 @@ class Recipient(TextEngine):
         stops = check_stops(stop)
         ids, entries = self._prepare(ids, packs, strengths, force)
         toks = self._tokens(ids, entries, sampler, max_tokens, start)
-        return self._stream(toks, (self._piece(t) for t in toks), stops, stream)
+        return self._stream(toks, (self.token_bytes(t) for t in toks), stops, stream)
 
     def close(self) -> None:
         for obj in ("ctx", "editor", "model"):
