@@ -71,7 +71,7 @@ def test_pull_over_file_url_installs_pack_and_signature(site, tmp_path, as_path)
     assert path == store / "a.pack.gguf"
     assert path.read_bytes() == (folder / "a.pack.gguf").read_bytes()
     assert (store / "a.pack.gguf.sig").read_bytes() == (folder / "a.pack.gguf.sig").read_bytes()
-    assert not list(store.glob(".a*")) and not list((store / ".partial").iterdir())
+    assert not list(store.glob(".a*")) and not (store / ".partial").exists()  # a file:// pull needs no partial file
     rows = list_store(store)
     assert [(r["name"], r["signer"], r["error"]) for r in rows] == [("a", kid, None)]
 
@@ -200,3 +200,42 @@ def test_cli_packs_index_pull_list_rm(site, tmp_path):
     assert r.exit_code == 0 and not (store / "a.pack.gguf").exists()
     r = runner.invoke(app, ["packs", "rm", "a", "--store", str(store)])
     assert r.exit_code == 2 and "no pack named" in r.output
+
+
+@pytest.mark.parametrize("over", ["file", "http"])
+def test_concurrent_pulls_of_the_same_bytes_share_no_partial_file(tmp_path, over):
+    """Two packs with the same bytes (one sha256) pulled into one store at the same time, as the replicas of
+    `cmdv serve --ray` do at start: every pull succeeds and both are installed (they once shared one partial
+    file, and one pull deleted it under the other)."""
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    base_pack(0).save(site / "one.pack.gguf")
+    (site / "two.pack.gguf").write_bytes((site / "one.pack.gguf").read_bytes())
+    build_index(site, site / "index.json")
+    off = PackPolicy(signatures="off")
+    errors = []
+
+    def pull_many(source, name, store):
+        try:
+            for _ in range(15):
+                pull(source, name, store=store, policy=off)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    def race(source):
+        store = tmp_path / f"store-{over}"
+        threads = [threading.Thread(target=pull_many, args=(source, n, store)) for n in ("one", "two", "one")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert [r["name"] for r in list_store(store)] == ["one", "two"]
+
+    if over == "file":
+        race(site / "index.json")
+    else:
+        with PackHTTPServer(site) as srv:
+            race(srv.url + "index.json")

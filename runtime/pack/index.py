@@ -26,6 +26,7 @@ Call as::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -257,22 +258,49 @@ def _append_http(url: str, part: Path, have: int, size: int) -> None:
         raise PullError(f"download {safe_text(url)}: {safe_text(getattr(exc, 'reason', exc))}") from None
 
 
+@contextlib.contextmanager
+def _partial_lock(folder: Path):
+    """Hold an exclusive lock on the partial-downloads ``folder`` (POSIX ``flock`` on the folder itself, so no
+    lock file; elsewhere no lock): two pulls into one store (two packs with the same bytes share a partial file;
+    two server replicas pull at start) take turns instead of truncating or deleting it under each other."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _download(url: str, size: int, sha256: str, store: Path) -> bytes:
-    """The pack bytes at ``url``, checked: exactly ``size`` bytes with this ``sha256``. Resumes a partial
-    download of the same sha256 once; a partial that then fails the hash is dropped and fetched again from
-    the start. :class:`PullError` (the store untouched) otherwise."""
+    """The pack bytes at ``url``, checked: exactly ``size`` bytes with this ``sha256``. Over HTTP, resumes a
+    partial download of the same sha256 once (``<store>/.partial/<sha256>.part``, one HTTP pull at a time per store);
+    a partial that then fails the hash is dropped and fetched again from the start. A ``file://`` URL is read
+    whole, with no partial file. :class:`PullError` (the store untouched) otherwise."""
+    if urllib.parse.urlsplit(url).scheme == "file":
+        path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+        data = read_regular(path, size, what="pack file", error=PullError)
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            raise PullError(f"{safe_text(url)}: size or sha256 is not the index's (a swapped or tampered file); "
+                            "refused")
+        return data
     part = store / ".partial" / f"{sha256}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
+    with _partial_lock(part.parent):
+        return _download_locked(url, size, sha256, part)
+
+
+def _download_locked(url: str, size: int, sha256: str, part: Path) -> bytes:
     for attempt in range(2):
         have = part.stat().st_size if part.is_file() else 0
         if have > size:
             part.unlink()
             have = 0
-        if urllib.parse.urlsplit(url).scheme == "file":
-            path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
-            data = read_regular(path, size, what="pack file", error=PullError)
-            part.write_bytes(data)
-        elif have < size:
+        if have < size:
             _append_http(url, part, have, size)
         n = part.stat().st_size
         if n > size:
