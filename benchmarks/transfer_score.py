@@ -59,6 +59,11 @@ OLD_SETTINGS = {
 their committed packs below)."""
 
 
+class NotReexportable(Exception):
+    """A report's pack cannot be exported again from the profile store (the message says why): its score is
+    the one the evaluated pack carries."""
+
+
 def report_settings(doc: dict, stem: str) -> tuple[int, float | None, str, str | None, str]:
     """``(general prompts, rcond, layer rule, adapter, method)`` the report ``stem`` was made with."""
     s = doc.get("settings") or OLD_SETTINGS[stem]
@@ -85,7 +90,7 @@ def report_prompt_set(behavior: str, n_gen: int, settings: dict):
     for cand in (profiling_set(behavior, n_gen), older, gen):
         if want is None or len(cand) == want:
             return cand
-    raise SystemExit(f"no prompt set of {want} prompts for {behavior} (general[:{n_gen}])")
+    raise NotReexportable(f"no prompt set of {want} prompts for {behavior} (general[:{n_gen}])")
 
 
 MAX_PACK_DIFF = 1e-2
@@ -110,7 +115,7 @@ def rows_of(model: str, pset) -> Profile:
     index = {p: i for i, p in enumerate(general.prompts)}
     missing = [p for p in pset.prompts if p not in index]
     if missing:
-        raise SystemExit(f"{len(missing)} prompts of {pset.name} are not in general[:1024]")
+        raise NotReexportable(f"{len(missing)} prompts of {pset.name} are not in general[:1024]")
     rows = np.array([index[p] for p in pset.prompts])
     meta = dataclasses.replace(full.meta, n_prompts=len(rows), prompt_set=pset.name, prompt_sha256=pset.sha256)
     return Profile(layers=[x[rows] for x in full.layers], meta=meta)
@@ -141,14 +146,14 @@ def main() -> None:
         committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
         try:
             if method == "pinv-tokens":  # its fit rows come from prompt passes, not from the profile store
-                raise SystemExit("token rows are not re-captured here")
+                raise NotReexportable("token rows are not re-captured here")
             adapter = load_adapter(REPO / adapter_dir if adapter_dir else committed_adapter(rep.donor, rep.behavior))
             pset = report_prompt_set(rep.behavior, n_gen, doc.get("settings") or OLD_SETTINGS[path.stem])
             dprof, rprof = (rows_of(model, pset) for model in (rep.donor, rep.recipient))
             res = export_pack(adapter, dprof, rprof, layer_rule=rule, rcond=rcond, method=method)
             pack, diags = res.pack, res.diagnostics
             diff = pack_difference(pack, BehaviorPack.load(committed)) if committed.is_file() else float("nan")
-        except SystemExit as why:  # not re-exportable here: the score the evaluated pack itself carries
+        except NotReexportable as why:  # not re-exportable here: the score the evaluated pack itself carries
             if not committed.is_file():
                 print(f"{path.stem}: skipped ({why}; no committed pack)")
                 continue

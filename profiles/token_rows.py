@@ -83,16 +83,16 @@ def capture_token_rows(model: str, prompts: Sequence[str], *, max_per_prompt: in
     ``max_per_prompt``, evenly spaced, with distinct ends) and at its last token → :class:`TokenRows`."""
     from commandv.runtime.engines.llama.engine import Recipient
 
-    layers_rows: list[list[np.ndarray]] | None = None
     prompt_idx, ends = [], []
     with Recipient(model) as eng, progress_bar(f"token rows {model}", len(prompts), enabled=progress,
                                               unit="prompts") as advance:
-        layers_rows = [[] for _ in range(eng.n_layer)]
+        layers_rows: list[list[np.ndarray]] = [[] for _ in range(eng.n_layer)]
         for k, text in enumerate(prompts):
             ids = eng.encode(text)
             _, hidden = eng.prompt_pass(ids, record_layers=True)
-            e = content_ends([eng.token_bytes(t) for t in ids], text.encode("utf-8"))
-            inside = [i for i, x in enumerate(e) if 0 < x <= len(text.encode("utf-8"))]
+            content = text.encode("utf-8")
+            e = content_ends([eng.token_bytes(t) for t in ids], content)
+            inside = [i for i, x in enumerate(e) if 0 < x <= len(content)]
             inside = [i for j, i in enumerate(inside) if j == 0 or e[i] != e[inside[j - 1]]]
             if len(inside) > max_per_prompt:
                 inside = [inside[int(round(j))] for j in np.linspace(0, len(inside) - 1, max_per_prompt)]

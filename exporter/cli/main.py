@@ -107,9 +107,9 @@ def export_cmd(
     from commandv.exporter.adapters.folder import load_adapter
     from commandv.exporter.transfer.export import (
         ExportError,
-        choose_method,
         diagnostics_table,
         export_pack,
+        fit_profiles,
         method_problem,
         score_line,
     )
@@ -125,12 +125,8 @@ def export_cmd(
         raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
-    method, why = choose_method(method, dprof.meta, rprof.meta)
+    method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts)
     out.print(f"method: {method} ({why})", markup=False)
-    if method == "pinv-tokens":
-        from commandv.profiles.token_rows import add_token_rows
-
-        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, token_prompts)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                            method=method,
                            name=pack_name, donor_name=dprof.meta.model_name)

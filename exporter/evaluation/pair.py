@@ -17,10 +17,9 @@ from typing import Sequence
 from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.evaluation.evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
-from commandv.exporter.transfer.export import choose_method, export_pack, method_problem
+from commandv.exporter.transfer.export import export_pack, fit_profiles, method_problem
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
-from commandv.profiles.token_rows import add_token_rows
 from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.models.fingerprint import model_info_from_gguf
@@ -205,9 +204,8 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
-    method, _ = choose_method(s.method, dprof.meta, rprof.meta)
-    if method == "pinv-tokens":
-        dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, s.token_prompts, progress=progress)
+    method, _, dprof, rprof = fit_profiles(s.method, donor, recipient, dprof, rprof, s.token_prompts,
+                                           progress=progress)
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=method,
                       name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)

@@ -86,6 +86,21 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tu
     return "pinv-tokens", f"auto: across families ({donor.arch} → {recipient.arch}) into a wider recipient ({widths})"
 
 
+def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Profile, recipient: Profile,
+                 token_prompts: int = 256, *, progress: bool = True) -> tuple[str, str, Profile, Profile]:
+    """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
+    profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
+    first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
+    models are run), else as given. ``donor_model`` / ``recipient_model``: zoo keys or .gguf paths."""
+    method, why = choose_method(method, donor.meta, recipient.meta)
+    if method == "pinv-tokens":
+        from commandv.profiles.token_rows import add_token_rows
+
+        donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
+                                          progress=progress)
+    return method, why, donor, recipient
+
+
 class ExportError(CommandVError, ValueError):
     """Inputs to an export do not fit together."""
 

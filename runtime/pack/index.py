@@ -281,9 +281,9 @@ def _download(url: str, size: int, sha256: str, store: Path) -> bytes:
     partial download of the same sha256 once (``<store>/.partial/<sha256>.part``, one HTTP pull at a time per store);
     a partial that then fails the hash is dropped and fetched again from the start. A ``file://`` URL is read
     whole, with no partial file. :class:`PullError` (the store untouched) otherwise."""
-    if urllib.parse.urlsplit(url).scheme == "file":
-        path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
-        data = read_regular(path, size, what="pack file", error=PullError)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        data = read_regular(urllib.request.url2pathname(parts.path), size, what="pack file", error=PullError)
         if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
             raise PullError(f"{safe_text(url)}: size or sha256 is not the index's (a swapped or tampered file); "
                             "refused")
