@@ -99,6 +99,48 @@ def ridge_maps(XR, XD, seed: int = 0):
     return Crd, crd, Cdr
 
 
+def read_ridge(XR, Z, seed: int = 0, lams=(1e-3, 1e-2, 1e-1, 1.0, 10.0)):
+    """``(W [d_R, k], w0 [k], r2)``: centered, standardized ridge from recipient rows ``XR [N, d_R]`` to the donor
+    adapter's read values ``Z [N, k]`` (``X_D @ [A | P]``), λ (× mean eigenvalue) by held-out R² on a fifth."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(XR))
+    held, fit = perm[: len(XR) // 5], perm[len(XR) // 5:]
+    mx, sx = XR.mean(0), XR.std(0) + 1e-6
+    Xs = (XR - mx) / sx
+
+    def solve(rows, lam):
+        zm = Z[rows].mean(0)
+        return _ridge(Xs[rows], Z[rows] - zm, lam), zm
+
+    best = None
+    for lam in lams:
+        W, zm = solve(fit, lam)
+        r2 = 1 - ((Xs[held] @ W + zm - Z[held]) ** 2).sum() / ((Z[held] - Z[held].mean(0)) ** 2).sum()
+        if best is None or r2 > best[0]:
+            best = (r2, lam)
+    W, zm = solve(np.arange(len(XR)), best[1])
+    W = W / sx[:, None]
+    return W, zm - mx @ W, best[0]
+
+
+def fold_read(edit, XR, XD, Cdr, layer, positions):
+    """The donor edit with its read values ``x_D @ A`` (and ``x_D @ P``) predicted from ``h_R`` by
+    :func:`read_ridge`, written back through ``Cdr``: ``act(h@A' + b')@(C@Cdr) - (h@P')@(Q@Cdr) + e'``."""
+    f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    reads = [edit.A] + ([edit.P] if edit.P is not None else [])
+    W, w0, r2 = read_ridge(XR, XD @ np.concatenate(reads, axis=1))
+    r = edit.A.shape[1]
+    A, b = W[:, :r], edit.b + w0[:r]
+    C = edit.C @ Cdr
+    e = None if edit.e is None else edit.e @ Cdr
+    P = Q = None
+    if edit.P is not None:
+        P, Q = W[:, r:], edit.Q @ Cdr
+        e = -(w0[r:] @ Q) if e is None else e - w0[r:] @ Q
+    return PackEntry(layer=layer, donor_layer=edit.layer, A=f32(A), b=f32(b), C=f32(C), P=f32(P), Q=f32(Q),
+                     e=f32(e), act=edit.act, positions=positions, strength=1.0), r2
+
+
 def fold(edit, Crd, crd, Cdr, layer, positions):
     """The donor edit read through ``h @ Crd + crd`` and written back through ``Cdr`` as a pack entry."""
     f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
@@ -167,6 +209,8 @@ def main() -> None:
     rows_for = {f"pinv-N{k}": np.arange(min(k, n_gen - 64)) for k in (128, 256, 512, 1024)}
     rows_for["pinv-anchored"] = np.concatenate([np.arange(256), np.arange(n_gen, n_total)])
     rows_for["ridge"] = rows_for["roundtrip"] = np.arange(min(512, n_gen - 64))
+    rows_for["readridge"] = np.arange(n_gen - 64)
+    rows_for["readridge-anchored"] = np.concatenate([np.arange(n_gen - 64), np.arange(n_gen, n_total)])
     engine = Recipient(args.recipient, n_ctx=2048)
     prompts = default_prompts(args.behavior, args.n)
     results, packs, maps = {}, {}, {}
@@ -213,7 +257,11 @@ def main() -> None:
                     Crd, crd, Cdr = pinv_maps(XR, XD)
                 if name == "roundtrip":
                     Cdr = robust_pinv(Crd)
-                ent = fold(edit, Crd, crd, Cdr, l_r, positions)
+                if name.startswith("readridge"):
+                    ent, r2 = fold_read(edit, XR, XD, Cdr, l_r, positions)
+                    print(f"  {method} {edit.layer}->{l_r}: read R² {r2:.3f}", flush=True)
+                else:
+                    ent = fold(edit, Crd, crd, Cdr, l_r, positions)
                 if mod == "cal":
                     ent = calibrated(ent, edit, XR, XD)
                 entries.append(ent)

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.evaluation.evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
 from commandv.exporter.transfer.export import export_pack, fit_profiles, method_problem
+from commandv.exporter.transfer.gated import Contrast
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
@@ -65,6 +68,9 @@ class PairEvalSettings:
             raise EvalSettingsError(method_problem(self.method))
         if self.token_prompts < 1:
             raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
+        if self.method == "gated" and self.profile_train_prompts < 2:
+            raise EvalSettingsError("method gated needs the behavior's training prompts in the profile "
+                                    "(--profile-train-prompts, e.g. 256)")
         if self.max_tokens < 1 or self.profile_prompts < 1 or self.profile_train_prompts < 0:
             raise EvalSettingsError(f"max_tokens and profile_prompts must be >= 1 and profile_train_prompts >= 0, "
                                     f"got {self.max_tokens}, {self.profile_prompts}, {self.profile_train_prompts}")
@@ -103,6 +109,24 @@ def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0
     train = ([specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick], f"{behavior} training pool")
     return combine_prompt_sets(f"general[:{n_general}]+{behavior}-train[{len(pick)}]",
                                [(gen.prompts, gen.ids, gen.source), train])
+
+
+def contrast_rows(behavior: str, pset: PromptSet, n_general: int) -> Contrast:
+    """The :class:`~commandv.exporter.transfer.gated.Contrast` of a :func:`profiling_set` ``pset`` made with
+    ``n_general`` general prompts: ``baseline`` = its general part, ``expected`` = its training prompts of the
+    label the behavior is reported on where expected (refusal: ``harmful``). Raises
+    :class:`~commandv.exporter.transfer.export.ExportError` when either group is short of 2 prompts."""
+    from commandv.exporter.transfer.export import ExportError
+
+    n_gen = len(profiling_set(behavior, n_general, 0))
+    want = next(p.label for p in report_prompts(behavior) if p.expect)
+    label = {sp.prompt: sp.label for sp in get_behavior(behavior).train_specs()}
+    expected = np.asarray([i for i in range(n_gen, len(pset)) if label.get(pset.prompts[i]) == want], np.int64)
+    contrast = Contrast(expected=expected, baseline=np.arange(n_gen), last_token=len(pset))
+    problem = contrast.validate(len(pset))
+    if problem:
+        raise ExportError(f"{behavior}: {problem}")
+    return contrast
 
 
 MIN_REPORT_PROMPTS = 100
@@ -206,8 +230,9 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     key = pair_key(donor, recipient)
     method, _, dprof, rprof = fit_profiles(s.method, donor, recipient, dprof, rprof, s.token_prompts,
                                            progress=progress)
+    contrast = contrast_rows(behavior, pset, s.profile_prompts) if method == "gated" else None
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=method,
-                      name=f"{behavior}-{key}",
+                      contrast=contrast, name=f"{behavior}-{key}",
                       donor_name=dprof.meta.model_name)
     out_dir = Path(out_dir)
     res.pack.save(out_dir / f"{key}-{behavior}.pack.gguf")

@@ -30,6 +30,7 @@ import numpy as np
 from commandv.exporter.adapters.folder import Adapter, adapter_name
 from commandv.exporter.adapters.interventions import DonorEdit
 from commandv.exporter.transfer.fold import FoldItem, fold_edits
+from commandv.exporter.transfer.gated import Contrast, gated_entry
 from commandv.exporter.transfer.layermap import DEFAULT_LAYER_RULE, build_layer_map
 from commandv.exporter.transfer.score import layer_figures, median_relative_edit, pack_score, pinv_to_donor
 from commandv.exporter.transfer.translators import GramFactor, factorize, fit_diagnostics
@@ -38,10 +39,12 @@ from commandv.runtime import __version__
 from commandv.runtime.errors import CommandVError
 from commandv.runtime.pack.model import BehaviorPack, PackEntry
 
-METHODS = ("pinv", "pinv-cal", "pinv-tokens")
+METHODS = ("pinv", "pinv-cal", "pinv-tokens", "gated")
 """Fold methods of :func:`export_pack` (``--method``): the paper's pseudo-inverse translators; the same with
 per-layer edit-norm calibration; the same fitted on profiles that also hold token-aligned rows
-(:mod:`commandv.profiles.token_rows`; the caller appends them, the pack records the method). Whatever the
+(:mod:`commandv.profiles.token_rows`; the caller appends them, the pack records the method); the donor edit's
+difference between the behavior's prompts and ordinary ones behind a gate (:mod:`commandv.exporter.transfer.gated`;
+needs a :class:`~commandv.exporter.transfer.gated.Contrast`). Whatever the
 method, a layer pair with more fit rows than ``d_R + d_D`` is compressed exactly before it is factored
 (:func:`compressed_pair`)."""
 DEFAULT_METHOD = "pinv"
@@ -93,7 +96,7 @@ def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Pro
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
     models are run), else as given. ``donor_model`` / ``recipient_model``: zoo keys or .gguf paths."""
     method, why = choose_method(method, donor.meta, recipient.meta)
-    if method == "pinv-tokens":
+    if method == "pinv-tokens" or (method == "gated" and donor.meta.backend == recipient.meta.backend == "gguf"):
         from commandv.profiles.token_rows import add_token_rows
 
         donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
@@ -219,7 +222,8 @@ def _profile_key(p: Profile) -> tuple:
 
 def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_rule: str = DEFAULT_LAYER_RULE,
                 holdout: float = 0.1, strength: float = 1.0, name: str = "pack", donor_name: str | None = None,
-                positions: str | None = None, rcond: float | None = None, method: str = DEFAULT_METHOD) -> ExportResult:
+                positions: str | None = None, rcond: float | None = None, method: str = DEFAULT_METHOD,
+                contrast: Contrast | None = None) -> ExportResult:
     """Fold ``adapter`` (trained on the donor) into a pack for the recipient.
 
     ``rcond``: drop singular directions of each profile below ``rcond × σ_max`` in the translators
@@ -229,10 +233,20 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
 
     ``method``: one of :data:`METHODS`: ``pinv`` folds through the paper's translators as they are;
     ``pinv-cal`` then scales each entry's write side so its median relative edit ``‖δ_R‖/‖h_R‖`` on the fit
-    prompts equals the donor's ``‖δ_D‖/‖h_D‖`` (per-layer strength calibration).
+    prompts equals the donor's ``‖δ_D‖/‖h_D‖`` (per-layer strength calibration); ``gated`` replaces each entry by
+    the gated difference edit of :mod:`~commandv.exporter.transfer.gated` (``contrast``: which profile rows are the
+    behavior's prompts and which ordinary ones; a layer whose gate cannot separate them gets no entry). The
+    diagnostics' R², cycle error and score are those of the paper's translators whatever the method; ``gated``
+    adds ``ridge_read_r2`` (held-out R² of its read), ``gate_expected_open`` / ``gate_baseline_open`` (the
+    fractions of those rows the gate lets through) and ``dropped`` for a layer without an entry.
     """
     if method not in METHODS:
         raise ExportError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if method == "gated":
+        problem = ("the gated method needs contrast rows (profile the behavior's training prompts too)"
+                   if contrast is None else contrast.validate(donor.meta.n_prompts))
+        if problem:
+            raise ExportError(problem)
     t0 = time.perf_counter()
     dm, rm = donor.meta, recipient.meta
     if dm.prompt_sha256 != rm.prompt_sha256 or dm.n_prompts != rm.n_prompts:
@@ -267,20 +281,31 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     if method == "pinv-cal":
         entries = [calibrated(e, it.edit, recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit])
                    for e, it in zip(entries, items)]  # the states themselves (a compressed factor's X is not)
+    gate_figs = [{}] * len(items)
+    if method == "gated":
+        n = contrast.last_token
+        gated = [gated_entry(it.edit, recipient.layer(it.recipient_layer)[:n], donor.layer(it.edit.layer)[:n],
+                             recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit], contrast,
+                             it.recipient_layer, it.positions, strength) for it in items]
+        entries, gate_figs = [g[0] for g in gated], [g[1] for g in gated]
     diags = []
-    for it, entry, h in zip(items, entries, helds):
+    for it, entry, h, g in zip(items, entries, helds, gate_figs):
         edit, fR, fD = it.edit, it.fR, it.fD
         d = {"donor_layer": edit.layer, "recipient_layer": it.recipient_layer, "rank_fit_R": fR.rank,
              "rank_fit_D": fD.rank}
-        if h is not None:
+        if method == "gated" and entry is None:
+            d["dropped"] = "gate cannot separate the contrast rows"
+        elif h is not None:
             d.update(h.fit)
             d["delta_energy"] = float(entry.delta_norms(h.XR).mean() / max(h.norm_r, 1e-30))
             d["donor_delta_energy"] = float(edit.delta_norms(h.XD).mean() / max(h.norm_d, 1e-30))
             d.update(layer_figures(edit, entry, pinv_to_donor(fR, fD), h.XR, h.XD))
-        diags.append(d)
+        diags.append({**d, **g})
     score = pack_score([d for d in diags if "edit_cos" in d], strength)
+    if not any(e is not None for e in entries):
+        raise ExportError("gated: at no layer does the gate separate the behavior's prompts from ordinary ones")
     pack = BehaviorPack(
-        entries=entries,
+        entries=[e for e in entries if e is not None],
         name=name,
         recipient={"fingerprint": rm.model_fingerprint, "arch": rm.arch, "n_layer": rm.n_layer,
                    "d_model": rm.d_model, "name": rm.model_name},
