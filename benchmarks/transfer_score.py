@@ -7,7 +7,8 @@ adapter it names, else the committed ``adapters/<donor>/<behavior>``), which giv
 Each re-export is checked against the committed pack beside the report (``*.pack.gguf``: the same folded
 matrices up to float32 rounding), so the score belongs to the pack that was evaluated. Packs that cannot be
 re-exported from the profile store (``--method pinv-tokens``, profiles with training prompts) give the score the
-evaluated pack carries in its metadata.
+evaluated pack carries in its metadata. Reports of ``--method gated`` are left out: the score measures how a
+translator carries the whole edit (``edit_cos`` on profile prompts), and a gated edit is zero on most of them.
 
 The measured gain of a configuration: the behavior rate with the pack at strength 1 minus the off-shelf rate
 where the behavior is expected, in points (and, where the report has donor rows, divided by the donor adapter's own
@@ -143,6 +144,9 @@ def main() -> None:
             print(f"{path.name}: no strength-1 configuration, skipped")
             continue
         n_gen, rcond, rule, adapter_dir, method = report_settings(doc, path.stem)
+        if method == "gated":  # the score reads whole-edit folds; a gated edit is zero on most profile prompts
+            print(f"{path.stem}: skipped (method gated: the score's edit_cos is not defined for a gated edit)")
+            continue
         committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
         try:
             if method == "pinv-tokens":  # its fit rows come from prompt passes, not from the profile store
