@@ -184,8 +184,8 @@ def test_unknown_method_is_refused():
 
 
 def test_choose_method_auto_rule():
-    """auto: pinv-tokens only across families into a wider recipient with GGUF profiles on both sides; named
-    methods pass through; anything else is refused by name."""
+    """auto: pinv-tokens only across families into a wider recipient with GGUF profiles on both sides, gated there
+    when the behavior's prompts are profiled; named methods pass through; anything else is refused by name."""
     import dataclasses
 
     from commandv.exporter.transfer.export import choose_method
@@ -200,6 +200,10 @@ def test_choose_method_auto_rule():
     assert choose_method("auto", narrow, other_narrow)[0] == "pinv"  # equal widths: not wider
     hf = dataclasses.replace(other_wide, backend="hf")
     assert choose_method("auto", narrow, hf) == ("pinv", "auto: token rows need GGUF models on both sides")
+    assert choose_method("auto", narrow, other_wide, contrast=True) == (
+        "gated", "auto: across families (llama → qwen2) into a wider recipient (d 8 → 12), the behavior's prompts profiled")
+    for other in ((narrow, wide), (wide, other_narrow), (narrow, hf)):  # gated only where pinv-tokens would be
+        assert choose_method("auto", *other, contrast=True) == choose_method("auto", *other)
     assert choose_method("pinv-cal", narrow, wide) == ("pinv-cal", "as asked")
     with pytest.raises(ExportError, match="unknown method 'best'; choose auto or one of: pinv, pinv-cal"):
         choose_method("best", narrow, wide)

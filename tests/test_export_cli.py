@@ -172,16 +172,17 @@ def test_export_method_auto_on_one_family_is_the_paper_pinv_either_way(tmp_home,
 
 
 def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
-    """``--method gated`` and ``--behavior`` go together, and ``--behavior`` brings its own profile set: each misuse
-    is refused in one line before any profiling, and no file is written."""
+    """``--method gated`` needs ``--behavior``, which brings its own profile set, and the behavior must exist: each
+    misuse is refused in one line before any profiling, and no file is written."""
     pyreft_fixtures, wide, narrow, prompts = _tiny_pair(tmp_path)
     pyreft_fixtures.save_reft_adapter(tmp_path / "ad48", "NodiReFT", layers=(0, 2), rank=4, d=48)
     common = ["export", "--adapter", str(tmp_path / "ad48"), "--type", "NodiReFT", "--donor", str(narrow),
               "--recipient", str(wide), "-o", str(tmp_path / "x.gguf"), "--utility-check", "0"]
-    for extra, words in ((["--method", "gated"], "--method gated and --behavior go together"),
-                         (["--behavior", "refusal"], "--method gated and --behavior go together"),
+    for extra, words in ((["--method", "gated"], "--method gated needs --behavior"),
                          (["--method", "gated", "--behavior", "refusal", "--prompts", str(prompts)],
-                          "drop --prompts")):
+                          "drop --prompts"),
+                         (["--behavior", "refusal", "--prompts", str(prompts)], "drop --prompts"),
+                         (["--behavior", "no-such"], "no-such")):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()

@@ -11,7 +11,7 @@ from commandv.exporter.adapters.folder import Adapter  # noqa: E402
 from commandv.exporter.adapters.interventions import DonorEdit  # noqa: E402
 from commandv.exporter.evaluation.pair import EvalSettingsError, PairEvalSettings  # noqa: E402
 from commandv.exporter.transfer.export import ExportError, export_pack  # noqa: E402
-from commandv.exporter.transfer.gated import Contrast, gated_entry, read_ridge  # noqa: E402
+from commandv.exporter.transfer.gated import Contrast, gated_entry, read_ridge, write_map  # noqa: E402
 from tests.test_store import make_profile  # noqa: E402
 
 
@@ -92,3 +92,12 @@ def test_eval_settings_gated_needs_training_prompts():
     with pytest.raises(EvalSettingsError, match="profile-train-prompts"):
         PairEvalSettings(method="gated").validate()
     PairEvalSettings(method="gated", profile_train_prompts=256).validate()
+
+
+def test_write_map_on_tall_rows_equals_plain_least_squares():
+    rng = np.random.default_rng(5)
+    XD = rng.standard_normal((400, 7)) @ rng.standard_normal((7, 9))  # rank-deficient: 7 of 9
+    XR = XD @ rng.standard_normal((9, 5)) + 0.1 * rng.standard_normal((400, 5))
+    ref = np.linalg.pinv(XD) @ XR  # minimum-norm least squares
+    np.testing.assert_allclose(write_map(XR, XD), ref, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(write_map(XR[:10], XD[:10]), np.linalg.pinv(XD[:10]) @ XR[:10], rtol=1e-6, atol=1e-8)

@@ -94,13 +94,14 @@ def export_cmd(
                                "also fitted on the states of every prompt token, paired across the two models by "
                                "where the token ends in the text; GGUF donor and recipient) or auto (pinv-tokens "
                                "across model families into a wider GGUF recipient, else pinv: what the measurements "
-                               "support) or gated (the donor edit's difference on the behavior's prompts, behind a "
-                               "gate; needs --behavior)"),
+                               "support; gated there when --behavior is given) or gated (the donor edit's difference "
+                               "on the behavior's prompts, behind a gate; needs --behavior)"),
     token_prompts: int = typer.Option(256, help="with --method pinv-tokens: prompts of the general set whose "
                                       "tokens join the fit"),
-    behavior: Optional[str] = typer.Option(None, help="with --method gated: the built-in behavior (e.g. refusal) whose "
-                                           "training prompts (256, both labels) are profiled after the general "
-                                           "ones and tell the gate which prompts want the behavior"),
+    behavior: Optional[str] = typer.Option(None, help="built-in behavior (e.g. refusal) whose training prompts (256, "
+                                           "both labels) are profiled after the general ones; needed by --method "
+                                           "gated (they tell its gate which prompts want the behavior), which auto "
+                                           "then picks across families into a wider recipient"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     check: int = typer.Option(10, "--utility-check", help="ask a GGUF recipient this many exact-answer questions "
@@ -128,19 +129,20 @@ def export_cmd(
     if token_prompts < 1:
         raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
     contrast = None
-    if (method == "gated") != (behavior is not None):
-        raise ExportError("--method gated and --behavior go together (the gate learns from the behavior's prompts)")
+    if method == "gated" and behavior is None:
+        raise ExportError("--method gated needs --behavior (the gate learns from the behavior's prompts)")
     if behavior is not None:
-        from commandv.exporter.evaluation.pair import contrast_rows, profiling_set
+        from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set
 
         if prompts != "general":
             raise ExportError("--behavior profiles the general set plus the behavior's prompts; drop --prompts")
         n_general = limit or 1024
         prompts, limit = profiling_set(behavior, n_general, 256), None
-        contrast = contrast_rows(behavior, prompts, n_general)
+        contrast = contrast_rows(behavior, prompts, n_general) if is_conditional(behavior) or method == "gated" else None
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
-    method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts)
+    method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts,
+                                             contrast=contrast is not None)
     out.print(f"method: {method} ({why})", markup=False)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                            method=method, contrast=contrast,

@@ -111,6 +111,11 @@ def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0
                                [(gen.prompts, gen.ids, gen.source), train])
 
 
+def is_conditional(behavior: str) -> bool:
+    """Whether the behavior is wanted on some prompts only (refusal: harmful ones), not on every prompt (styles)."""
+    return any(not p.expect for p in report_prompts(behavior))
+
+
 def contrast_rows(behavior: str, pset: PromptSet, n_general: int) -> Contrast:
     """The :class:`~commandv.exporter.transfer.gated.Contrast` of a :func:`profiling_set` ``pset`` made with
     ``n_general`` general prompts: ``baseline`` = its general part, ``expected`` = its training prompts of the
@@ -229,6 +234,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
     method, _, dprof, rprof = fit_profiles(s.method, donor, recipient, dprof, rprof, s.token_prompts,
+                                           contrast=is_conditional(behavior) and s.profile_train_prompts > 0,
                                            progress=progress)
     contrast = contrast_rows(behavior, pset, s.profile_prompts) if method == "gated" else None
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=method,

@@ -61,16 +61,20 @@ def method_problem(method: str) -> str | None:
     return f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}"
 
 
-def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tuple[str, str]:
+def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contrast: bool = False) -> tuple[str, str]:
     """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
-    the measurements support (``benchmarks/results/transfer/``, n >= 100 per group):
+    the measurements support (``benchmarks/results/transfer/``, n >= 100 per group). ``contrast``: the profiles
+    also hold the behavior's training prompts of both kinds (``cmdv export --behavior``, ``cmdv eval
+    --profile-train-prompts`` for a behavior that depends on the prompt), so ``gated`` can be fitted.
 
-    * ``pinv-tokens`` across model families (different ``arch``) into a wider recipient, both profiles from
-      GGUF models (token rows are captured with llama.cpp). SmolLM2 → Qwen0.5B refusal: 0.48 of the direct
-      adapter's gain with over-refusal +4 points, where last-token pinv gave 0.30 with +22.
+    * ``gated`` across model families (different ``arch``) into a wider recipient, both GGUF, with ``contrast``.
+      SmolLM2 → Qwen0.5B refusal: 0.64 of the direct adapter's gain, over-refusal +5, utility unchanged, where
+      ``pinv-tokens`` gave 0.48 with utility −16.
+    * ``pinv-tokens`` across families into a wider recipient, both GGUF, without ``contrast`` (0.48, +4, −16;
+      last-token pinv gave 0.30 with +22).
     * ``pinv`` otherwise. Within Qwen, small → large refusal: pinv +22 points (over-refusal +3), token rows +5
-      (+10); large → small: pinv 0.30, token rows 0.14. Across families large → small nothing transfers and
-      token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
+      (+10); large → small: pinv 0.30, token rows 0.14, gated −0.07. Across families large → small nothing
+      transfers and token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
 
     One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
     French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name.
@@ -86,16 +90,21 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta) -> tu
         return "pinv", f"auto: recipient not wider than the donor ({widths})"
     if not donor.backend == recipient.backend == "gguf":
         return "pinv", "auto: token rows need GGUF models on both sides"
-    return "pinv-tokens", f"auto: across families ({donor.arch} → {recipient.arch}) into a wider recipient ({widths})"
+    across = f"across families ({donor.arch} → {recipient.arch}) into a wider recipient ({widths})"
+    if contrast:
+        return "gated", f"auto: {across}, the behavior's prompts profiled"
+    return "pinv-tokens", f"auto: {across}"
 
 
 def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Profile, recipient: Profile,
-                 token_prompts: int = 256, *, progress: bool = True) -> tuple[str, str, Profile, Profile]:
+                 token_prompts: int = 256, *, contrast: bool = False,
+                 progress: bool = True) -> tuple[str, str, Profile, Profile]:
     """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
     profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
-    models are run), else as given. ``donor_model`` / ``recipient_model``: zoo keys or .gguf paths."""
-    method, why = choose_method(method, donor.meta, recipient.meta)
+    models are run; also for ``gated`` between GGUF models: its write map), else as given. ``donor_model`` /
+    ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`."""
+    method, why = choose_method(method, donor.meta, recipient.meta, contrast)
     if method == "pinv-tokens" or (method == "gated" and donor.meta.backend == recipient.meta.backend == "gguf"):
         from commandv.profiles.token_rows import add_token_rows
 

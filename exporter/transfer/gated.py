@@ -94,6 +94,16 @@ def read_ridge(XR: np.ndarray, Z: np.ndarray, seed: int = 0) -> tuple[np.ndarray
     return W, zm - mx @ W, float(best[0])
 
 
+def write_map(XR: np.ndarray, XD: np.ndarray) -> np.ndarray:
+    """``C_D→R [d_D, d_R]``: least squares ``XD @ C ≈ XR`` over the rows (``[M, d_D]``, ``[M, d_R]``); with more rows
+    than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution."""
+    XR, XD = np.asarray(XR, np.float64), np.asarray(XD, np.float64)
+    if len(XR) > XR.shape[1] + XD.shape[1]:
+        Rm = np.linalg.qr(np.concatenate([XR, XD], axis=1), mode="r")
+        XR, XD = Rm[:, :XR.shape[1]], Rm[:, XR.shape[1]:]
+    return np.linalg.lstsq(XD, XR, rcond=None)[0]
+
+
 def reads(edit: DonorEdit) -> np.ndarray:
     """``[d_D, k]``: the directions the donor edit reads (``A``, then ``P`` when it has one)."""
     return np.concatenate([edit.A] + ([edit.P] if edit.P is not None else []), axis=1).astype(np.float64)
@@ -127,7 +137,7 @@ def gated_entry(edit: DonorEdit, XR: np.ndarray, XD: np.ndarray, write_XR: np.nd
     if not s_exp > tau:
         return None, figs
     dD = np.asarray(edit.delta(XD[exp]), np.float64).mean(0) - np.asarray(edit.delta(XD[base]), np.float64).mean(0)
-    C_dr = np.linalg.lstsq(np.asarray(write_XD, np.float64), np.asarray(write_XR, np.float64), rcond=None)[0]
+    C_dr = write_map(write_XR, write_XD)
     f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
     entry = PackEntry(layer=recipient_layer, donor_layer=edit.layer, A=f32((W @ u)[:, None]),
                       b=f32([(w0 - mu_b) @ u - tau]), C=f32((dD @ C_dr / (s_exp - tau))[None, :]), act="relu",
