@@ -101,3 +101,20 @@ def test_write_map_on_tall_rows_equals_plain_least_squares():
     ref = np.linalg.pinv(XD) @ XR  # minimum-norm least squares
     np.testing.assert_allclose(write_map(XR, XD), ref, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(write_map(XR[:10], XD[:10]), np.linalg.pinv(XD[:10]) @ XR[:10], rtol=1e-6, atol=1e-8)
+
+
+def test_diagnostics_table_shows_the_gate_columns_only_for_gated_packs():
+    from rich.console import Console
+
+    from commandv.exporter.transfer.export import diagnostics_table
+
+    def render(diags):
+        con = Console(width=250, record=True)
+        con.print(diagnostics_table(diags))
+        return con.export_text()
+
+    plain = {"donor_layer": 0, "recipient_layer": 1, "r2_r2d": 0.5}
+    gated = {**plain, "ridge_read_r2": 0.875, "gate_expected_open": 0.961, "gate_baseline_open": 0.171}
+    assert "gate open" not in render([plain])
+    text = render([gated, plain])
+    assert "gate open: behavior" in text and "0.961" in text and "0.171" in text and "0.875" in text

@@ -365,14 +365,15 @@ def diagnostics_table(diags: list[dict]):
     from commandv.runtime.terminal import safe_text
 
     t = Table(title="translator fit (held-out prompts)")
-    for col in ("donor→recipient", "R² R→D", "R² D→R", "cycle err", "Δ energy (R)", "Δ energy (D)", "edit cos",
-                "norm ratio"):
+    gated = [("ridge_read_r2", "gated: read R²"), ("gate_expected_open", "gate open: behavior"),
+             ("gate_baseline_open", "gate open: general")] if any("gate_expected_open" in d for d in diags) else []
+    keys = [("r2_r2d", "R² R→D"), ("r2_d2r", "R² D→R"), ("cycle_err", "cycle err"), ("delta_energy", "Δ energy (R)"),
+            ("donor_delta_energy", "Δ energy (D)"), ("edit_cos", "edit cos"), ("norm_ratio", "norm ratio"), *gated]
+    for col in ["donor→recipient", *(name for _, name in keys)]:
         t.add_column(col, justify="right")
     fmt = lambda d, k: Text(safe_text(f"{d[k]:.3f}")) if k in d else "–"  # noqa: E731
     for d in diags:
-        t.add_row(Text(safe_text(f"{d['donor_layer']}→{d['recipient_layer']}")), fmt(d, "r2_r2d"), fmt(d, "r2_d2r"),
-                  fmt(d, "cycle_err"), fmt(d, "delta_energy"), fmt(d, "donor_delta_energy"), fmt(d, "edit_cos"),
-                  fmt(d, "norm_ratio"))
+        t.add_row(Text(safe_text(f"{d['donor_layer']}→{d['recipient_layer']}")), *(fmt(d, k) for k, _ in keys))
     return t
 
 
