@@ -20,12 +20,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __g
     from commandv.exporter.adapters.folder import Adapter, load_adapter
     from commandv.exporter.adapters.interventions import AdapterError
     from commandv.exporter.transfer.export import ExportError, ExportResult, choose_method, export_pack
+    from commandv.exporter.transfer.gated import Contrast
 
 _LAZY = {"Adapter": ".adapters.folder", "load_adapter": ".adapters.folder", "AdapterError": ".adapters.interventions",
          "export_pack": ".transfer.export", "ExportResult": ".transfer.export", "ExportError": ".transfer.export",
-         "choose_method": ".transfer.export"}
+         "choose_method": ".transfer.export", "Contrast": ".transfer.gated"}
 """Public names imported on first use (name → module)."""
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
-__all__ = ["Adapter", "AdapterError", "ExportError", "ExportResult", "choose_method", "export_pack", "load_adapter"]
+__all__ = ["Adapter", "AdapterError", "Contrast", "ExportError", "ExportResult", "choose_method", "export_pack", "load_adapter"]
