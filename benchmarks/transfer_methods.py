@@ -9,6 +9,9 @@ probes) at a few strengths. Methods (explicit float64 translators, the fold writ
 * ``pinv-N<k>``: the paper's ``C_R→D = pinv(X_R) X_D``, ``C_D→R = pinv(X_D) X_R`` on the first k general prompts;
 * ``pinv-anchored``: the same on general[:256] + 256 of the behavior's training prompts (both labels);
 * ``ridge``: centered, standardized ridge maps (λ by held-out R² per layer), only the linear part carries edits;
+* ``readridge`` / ``readridge-anchored``: the adapter's read values predicted from ``h_R`` by a centered ridge map
+  (the gated fold's read, without its gate), written with ``C_D→R`` on the same rows (general, or general plus
+  the behavior's training prompts);
 * ``roundtrip``: read with ``C_R→D``, write with ``pinv(C_R→D)`` (the smallest recipient edit whose
   translation is the donor's edit);
 * ``<m>+cal``: method m with each entry's write side scaled so the median ‖δ_R‖/‖h_R‖ on the profile equals the
@@ -43,6 +46,7 @@ from commandv.exporter.evaluation.pair import pair_key, profiling_set  # noqa: E
 from commandv.exporter.evaluation.proxy import default_prompts, proxy_score  # noqa: E402
 from commandv.exporter.training.behaviors import get_behavior  # noqa: E402
 from commandv.exporter.transfer.export import calibrated, export_pack  # noqa: E402
+from commandv.exporter.transfer.gated import read_ridge, reads  # noqa: E402
 from commandv.exporter.transfer.layermap import build_layer_map  # noqa: E402
 from commandv.exporter.transfer.score import layer_figures, pack_score  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
@@ -99,36 +103,11 @@ def ridge_maps(XR, XD, seed: int = 0):
     return Crd, crd, Cdr
 
 
-def read_ridge(XR, Z, seed: int = 0, lams=(1e-3, 1e-2, 1e-1, 1.0, 10.0)):
-    """``(W [d_R, k], w0 [k], r2)``: centered, standardized ridge from recipient rows ``XR [N, d_R]`` to the donor
-    adapter's read values ``Z [N, k]`` (``X_D @ [A | P]``), λ (× mean eigenvalue) by held-out R² on a fifth."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(XR))
-    held, fit = perm[: len(XR) // 5], perm[len(XR) // 5:]
-    mx, sx = XR.mean(0), XR.std(0) + 1e-6
-    Xs = (XR - mx) / sx
-
-    def solve(rows, lam):
-        zm = Z[rows].mean(0)
-        return _ridge(Xs[rows], Z[rows] - zm, lam), zm
-
-    best = None
-    for lam in lams:
-        W, zm = solve(fit, lam)
-        r2 = 1 - ((Xs[held] @ W + zm - Z[held]) ** 2).sum() / ((Z[held] - Z[held].mean(0)) ** 2).sum()
-        if best is None or r2 > best[0]:
-            best = (r2, lam)
-    W, zm = solve(np.arange(len(XR)), best[1])
-    W = W / sx[:, None]
-    return W, zm - mx @ W, best[0]
-
-
 def fold_read(edit, XR, XD, Cdr, layer, positions):
     """The donor edit with its read values ``x_D @ A`` (and ``x_D @ P``) predicted from ``h_R`` by
     :func:`read_ridge`, written back through ``Cdr``: ``act(h@A' + b')@(C@Cdr) - (h@P')@(Q@Cdr) + e'``."""
     f32 = lambda a: None if a is None else np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    reads = [edit.A] + ([edit.P] if edit.P is not None else [])
-    W, w0, r2 = read_ridge(XR, XD @ np.concatenate(reads, axis=1))
+    W, w0, r2 = read_ridge(XR, XD @ reads(edit))  # the gated fold's read (exporter/transfer/gated.py)
     r = edit.A.shape[1]
     A, b = W[:, :r], edit.b + w0[:r]
     C = edit.C @ Cdr
