@@ -29,4 +29,5 @@ _LAZY = {"Adapter": ".adapters.folder", "load_adapter": ".adapters.folder", "Ada
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
-__all__ = ["Adapter", "AdapterError", "Contrast", "ExportError", "ExportResult", "choose_method", "export_pack", "load_adapter"]
+__all__ = ["Adapter", "AdapterError", "Contrast", "ExportError", "ExportResult", "choose_method", "export_pack",
+           "load_adapter"]

@@ -82,6 +82,7 @@ def test_export_pack_gated():
     res = export_pack(ad, donor, recip, method="gated", contrast=c)
     (entry,) = res.pack.entries
     assert entry.act == "relu" and res.pack.meta["method"] == "gated"
+    assert "transfer_score" not in res.pack.meta  # not defined for a gated edit
     assert {"ridge_read_r2", "gate_expected_open", "gate_baseline_open", "r2_r2d"} <= set(res.diagnostics[0])
     with pytest.raises(ExportError, match="at no layer"):
         export_pack(ad, donor, recip, method="gated",
@@ -115,6 +116,7 @@ def test_diagnostics_table_shows_the_gate_columns_only_for_gated_packs():
 
     plain = {"donor_layer": 0, "recipient_layer": 1, "r2_r2d": 0.5}
     gated = {**plain, "ridge_read_r2": 0.875, "gate_expected_open": 0.961, "gate_baseline_open": 0.171}
-    assert "gate open" not in render([plain])
+    assert "gate open" not in render([plain]) and "edit cos" in render([plain])
     text = render([gated, plain])
     assert "gate open: behavior" in text and "0.961" in text and "0.171" in text and "0.875" in text
+    assert "edit cos" not in text  # the whole-edit figures measure the gate here

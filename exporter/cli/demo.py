@@ -79,8 +79,8 @@ def register(app: typer.Typer, user_errors) -> None:
         layer_rule: str = typer.Option("nearest", help="donor→recipient layer map: nearest (authors' code) or floor"),
         rcond: Optional[float] = typer.Option(None, help="truncate translator singular values below rcond×σ_max "
                                                          "(default: plain pinv; see cmdv export --help)"),
-        method: str = typer.Option("auto", help="fold method: auto, pinv, pinv-cal, pinv-tokens or gated (see cmdv export "
-                                   "--help)"),
+        method: str = typer.Option("auto", help="fold method: auto, pinv, pinv-cal, pinv-tokens or gated (see "
+                                   "cmdv export --help)"),
         token_prompts: int = typer.Option(256, help="with --method pinv-tokens: general prompts whose tokens join "
                                           "the fit"),
     ) -> None:

@@ -138,7 +138,8 @@ def export_cmd(
             raise ExportError("--behavior profiles the general set plus the behavior's prompts; drop --prompts")
         n_general = limit or 1024
         prompts, limit = profiling_set(behavior, n_general, 256), None
-        contrast = contrast_rows(behavior, prompts, n_general) if is_conditional(behavior) or method == "gated" else None
+        wanted = is_conditional(behavior) or method == "gated"
+        contrast = contrast_rows(behavior, prompts, n_general) if wanted else None
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
     method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts,

@@ -242,12 +242,13 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
 
     ``method``: one of :data:`METHODS`: ``pinv`` folds through the paper's translators as they are;
     ``pinv-cal`` then scales each entry's write side so its median relative edit ``‖δ_R‖/‖h_R‖`` on the fit
-    prompts equals the donor's ``‖δ_D‖/‖h_D‖`` (per-layer strength calibration); ``gated`` replaces each entry by
-    the gated difference edit of :mod:`~commandv.exporter.transfer.gated` (``contrast``: which profile rows are the
-    behavior's prompts and which ordinary ones; a layer whose gate cannot separate them gets no entry). The
-    diagnostics' R², cycle error and score are those of the paper's translators whatever the method; ``gated``
-    adds ``ridge_read_r2`` (held-out R² of its read), ``gate_expected_open`` / ``gate_baseline_open`` (the
-    fractions of those rows the gate lets through) and ``dropped`` for a layer without an entry.
+    prompts equals the donor's ``‖δ_D‖/‖h_D‖`` (per-layer strength calibration); ``gated`` replaces each entry
+    by the gated difference edit of :mod:`~commandv.exporter.transfer.gated` (``contrast``: which profile rows are
+    the behavior's prompts and which ordinary ones; a layer whose gate cannot separate them gets no entry). The
+    diagnostics' R² and cycle error are those of the paper's translators whatever the method, and a gated pack
+    has no transferability score (its edit is zero on most profile prompts); ``gated`` adds ``ridge_read_r2``
+    (held-out R² of its read), ``gate_expected_open`` / ``gate_baseline_open`` (the fractions of those rows the
+    gate lets through) and ``dropped`` for a layer without an entry.
     """
     if method not in METHODS:
         raise ExportError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -310,7 +311,8 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             d["donor_delta_energy"] = float(edit.delta_norms(h.XD).mean() / max(h.norm_d, 1e-30))
             d.update(layer_figures(edit, entry, pinv_to_donor(fR, fD), h.XR, h.XD))
         diags.append({**d, **g})
-    score = pack_score([d for d in diags if "edit_cos" in d], strength)
+    # the score reads whole-edit folds; a gated edit is zero on most profile prompts, so it is not scored
+    score = pack_score([d for d in diags if "edit_cos" in d], strength) if method != "gated" else float("nan")
     if not any(e is not None for e in entries):
         raise ExportError("gated: at no layer does the gate separate the behavior's prompts from ordinary ones")
     pack = BehaviorPack(
@@ -365,10 +367,13 @@ def diagnostics_table(diags: list[dict]):
     from commandv.runtime.terminal import safe_text
 
     t = Table(title="translator fit (held-out prompts)")
-    gated = [("ridge_read_r2", "gated: read R²"), ("gate_expected_open", "gate open: behavior"),
-             ("gate_baseline_open", "gate open: general")] if any("gate_expected_open" in d for d in diags) else []
-    keys = [("r2_r2d", "R² R→D"), ("r2_d2r", "R² D→R"), ("cycle_err", "cycle err"), ("delta_energy", "Δ energy (R)"),
-            ("donor_delta_energy", "Δ energy (D)"), ("edit_cos", "edit cos"), ("norm_ratio", "norm ratio"), *gated]
+    keys = [("r2_r2d", "R² R→D"), ("r2_d2r", "R² D→R"), ("cycle_err", "cycle err")]
+    if any("gate_expected_open" in d for d in diags):  # a gated pack: its own read and gate, not the whole-edit figures
+        keys += [("ridge_read_r2", "read R²"), ("gate_expected_open", "gate open: behavior"),
+                 ("gate_baseline_open", "gate open: general")]
+    else:
+        keys += [("delta_energy", "Δ energy (R)"), ("donor_delta_energy", "Δ energy (D)"), ("edit_cos", "edit cos"),
+                 ("norm_ratio", "norm ratio")]
     for col in ["donor→recipient", *(name for _, name in keys)]:
         t.add_column(col, justify="right")
     fmt = lambda d, k: Text(safe_text(f"{d[k]:.3f}")) if k in d else "–"  # noqa: E731

@@ -14,8 +14,8 @@ state says it is such a prompt. Per layer pair, with rows of both profiles on th
    ``s(h) = (z_R(h) - mean z_R(baseline))·u`` opens above ``τ = k·std(s(baseline))``.
 3. **Write**: ``Δ_D = mean δ_D(expected) - mean δ_D(baseline)`` (the donor edit's own difference) mapped with
    ``C_D→R`` (least squares on every fit row, token rows included when the profiles carry them).
-4. **Entry**: ``δ_R(h) = relu(s(h) - τ) / (mean s(expected) - τ) · Δ_D·C_D→R``: rank 1, activation relu, so it is an
-   ordinary pack entry (``A [d_R, 1]``, ``b [1]``, ``C [1, d_R]``). On an average expected prompt it adds the
+4. **Entry**: ``δ_R(h) = relu(s(h) - τ) / (mean s(expected) - τ) · Δ_D·C_D→R``: rank 1, activation relu, so it is
+   an ordinary pack entry (``A [d_R, 1]``, ``b [1]``, ``C [1, d_R]``). On an average expected prompt it adds the
    donor's difference; on most ordinary prompts nothing. A layer whose gate cannot tell the two groups apart
    (mean expected ``s`` not above ``τ``) gets no entry.
 
@@ -95,8 +95,8 @@ def read_ridge(XR: np.ndarray, Z: np.ndarray, seed: int = 0) -> tuple[np.ndarray
 
 
 def write_map(XR: np.ndarray, XD: np.ndarray) -> np.ndarray:
-    """``C_D→R [d_D, d_R]``: least squares ``XD @ C ≈ XR`` over the rows (``[M, d_D]``, ``[M, d_R]``); with more rows
-    than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution."""
+    """``C_D→R [d_D, d_R]``: least squares ``XD @ C ≈ XR`` over the rows (``[M, d_D]``, ``[M, d_R]``); with more
+    rows than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution."""
     XR, XD = np.asarray(XR, np.float64), np.asarray(XD, np.float64)
     if len(XR) > XR.shape[1] + XD.shape[1]:
         Rm = np.linalg.qr(np.concatenate([XR, XD], axis=1), mode="r")
