@@ -72,8 +72,8 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
       ``pinv-tokens`` gave 0.48 with utility −16.
     * ``pinv-tokens`` across families into a wider recipient, both GGUF, without ``contrast`` (0.48, +4, −16;
       last-token pinv gave 0.30 with +22).
-    * ``pinv`` otherwise. Within Qwen, small → large refusal: pinv +22 points (over-refusal +3), token rows +5
-      (+10); large → small: pinv 0.30, token rows 0.14, gated −0.07. Across families large → small nothing
+    * ``pinv`` otherwise. Within Qwen, small → large refusal: pinv +22 points (over-refusal +3), gated +9 (+2),
+      token rows +5 (+10); large → small: pinv 0.30, token rows 0.14, gated −0.07. Across families large → small nothing
       transfers and token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
 
     One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
