@@ -33,7 +33,7 @@ from commandv.exporter.transfer.fold import FoldItem, fold_edits
 from commandv.exporter.transfer.gated import Contrast, gated_entry
 from commandv.exporter.transfer.layermap import DEFAULT_LAYER_RULE, build_layer_map
 from commandv.exporter.transfer.score import layer_figures, median_relative_edit, pack_score, pinv_to_donor
-from commandv.exporter.transfer.translators import GramFactor, factorize, fit_diagnostics
+from commandv.exporter.transfer.translators import GramFactor, compressed_pair, factorize, fit_diagnostics
 from commandv.profiles.store import Profile, ProfileMeta
 from commandv.runtime import __version__
 from commandv.runtime.errors import CommandVError
@@ -287,17 +287,18 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             fD, fR = _factor_for(kD, XD, rcond, fit), _factor_for(kR, XR, rcond, fit)
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         helds.append(_held_for((kD, kR, held_key), XR, XD, held, fR, fD) if len(held) else None)
-    entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
-    if method == "pinv-cal":
-        entries = [calibrated(e, it.edit, recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit])
-                   for e, it in zip(entries, items)]  # the states themselves (a compressed factor's X is not)
-    gate_figs = [{}] * len(items)
-    if method == "gated":
+    if method == "gated":  # its own entries: the pinv factors above serve only the diagnostics
         n = contrast.last_token
         gated = [gated_entry(it.edit, recipient.layer(it.recipient_layer)[:n], donor.layer(it.edit.layer)[:n],
                              recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit], contrast,
                              it.recipient_layer, it.positions, strength) for it in items]
         entries, gate_figs = [g[0] for g in gated], [g[1] for g in gated]
+    else:
+        entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)
+        gate_figs = [{}] * len(items)
+    if method == "pinv-cal":
+        entries = [calibrated(e, it.edit, recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit])
+                   for e, it in zip(entries, items)]  # the states themselves (a compressed factor's X is not)
     diags = []
     for it, entry, h, g in zip(items, entries, helds, gate_figs):
         edit, fR, fD = it.edit, it.fR, it.fD
@@ -337,15 +338,6 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
     )
     pack.validate()
     return ExportResult(pack=pack, diagnostics=diags, seconds=time.perf_counter() - t0)
-
-
-def compressed_pair(XR: np.ndarray, XD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``XR [N, d_R]``, ``XD [N, d_D]`` with N > d_R + d_D → ``(R_R [k, d_R], R_D [k, d_D])``, k = d_R + d_D,
-    from the QR factor of ``[XR | XD]``: ``pinv(R_R)·R_D = pinv(XR)·XD`` and ``pinv(R_D)·R_R = pinv(XD)·XR``
-    exactly, with the same singular values (so ``rcond`` cuts the same directions), at a k×k Gram's cost."""
-    Rm = np.linalg.qr(np.concatenate([np.asarray(XR, np.float64), np.asarray(XD, np.float64)], axis=1), mode="r")
-    d_r = XR.shape[1]
-    return np.ascontiguousarray(Rm[:, :d_r]), np.ascontiguousarray(Rm[:, d_r:])
 
 
 def calibrated(entry: PackEntry, edit: DonorEdit, XR: np.ndarray, XD: np.ndarray) -> PackEntry:

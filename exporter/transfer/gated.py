@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from commandv.exporter.adapters.interventions import DonorEdit
+from commandv.exporter.transfer.translators import compressed_pair
 from commandv.runtime.pack.model import PackEntry
 
 GATE_K = 1.0
@@ -96,11 +97,11 @@ def read_ridge(XR: np.ndarray, Z: np.ndarray, seed: int = 0) -> tuple[np.ndarray
 
 def write_map(XR: np.ndarray, XD: np.ndarray) -> np.ndarray:
     """``C_D→R [d_D, d_R]``: least squares ``XD @ C ≈ XR`` over the rows (``[M, d_D]``, ``[M, d_R]``); with more
-    rows than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution."""
+    rows than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution
+    (:func:`~commandv.exporter.transfer.translators.compressed_pair`)."""
     XR, XD = np.asarray(XR, np.float64), np.asarray(XD, np.float64)
     if len(XR) > XR.shape[1] + XD.shape[1]:
-        Rm = np.linalg.qr(np.concatenate([XR, XD], axis=1), mode="r")
-        XR, XD = Rm[:, :XR.shape[1]], Rm[:, XR.shape[1]:]
+        XR, XD = compressed_pair(XR, XD)
     return np.linalg.lstsq(XD, XR, rcond=None)[0]
 
 

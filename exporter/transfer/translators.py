@@ -263,3 +263,12 @@ def fit_diagnostics(
         "r2_d2r": r2(pred_r, XR),
         "cycle_err": float(np.linalg.norm(cyc - XR) / max(np.linalg.norm(XR), 1e-30)),
     }
+
+
+def compressed_pair(XR: np.ndarray, XD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``XR [N, d_R]``, ``XD [N, d_D]`` with N > d_R + d_D → ``(R_R [k, d_R], R_D [k, d_D])``, k = d_R + d_D,
+    from the QR factor of ``[XR | XD]``: ``pinv(R_R)·R_D = pinv(XR)·XD`` and ``pinv(R_D)·R_R = pinv(XD)·XR``
+    exactly, with the same singular values (so ``rcond`` cuts the same directions), at a k×k Gram's cost."""
+    Rm = np.linalg.qr(np.concatenate([np.asarray(XR, np.float64), np.asarray(XD, np.float64)], axis=1), mode="r")
+    d_r = XR.shape[1]
+    return np.ascontiguousarray(Rm[:, :d_r]), np.ascontiguousarray(Rm[:, d_r:])
