@@ -205,5 +205,9 @@ def test_choose_method_auto_rule():
     for other in ((narrow, wide), (wide, other_narrow), (narrow, hf)):  # gated only where pinv-tokens would be
         assert choose_method("auto", *other, contrast=True) == choose_method("auto", *other)
     assert choose_method("pinv-cal", narrow, wide) == ("pinv-cal", "as asked")
+    assert choose_method("gated", narrow, other_wide) == ("gated", "as asked")
+    for pair in ((narrow, hf), (hf, narrow)):  # gated's write map needs token rows: GGUF on both sides
+        with pytest.raises(ExportError, match=r"gated fold's write map needs token rows.*\(profiles: "):
+            choose_method("gated", *pair)
     with pytest.raises(ExportError, match="unknown method 'best'; choose auto or one of: pinv, pinv-cal"):
         choose_method("best", narrow, wide)

@@ -182,7 +182,9 @@ def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
                          (["--method", "gated", "--behavior", "refusal", "--prompts", str(prompts)],
                           "drop --prompts"),
                          (["--behavior", "refusal", "--prompts", str(prompts)], "drop --prompts"),
-                         (["--behavior", "no-such"], "no-such")):
+                         (["--behavior", "no-such"], "no-such"),
+                         (["--method", "gated", "--behavior", "refusal", "--backend", "hf"],
+                          "--method gated needs --backend gguf")):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()

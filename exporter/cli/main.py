@@ -131,6 +131,9 @@ def export_cmd(
     contrast = None
     if method == "gated" and behavior is None:
         raise ExportError("--method gated needs --behavior (the gate learns from the behavior's prompts)")
+    if method == "gated" and backend != "gguf":
+        raise ExportError(f"--method gated needs --backend gguf (its write map is fitted on token rows, which the "
+                          f"{backend} backend does not give)")
     if behavior is not None:
         from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set
 

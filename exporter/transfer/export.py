@@ -77,10 +77,15 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
       transfers and token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
 
     One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
-    French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name.
+    French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name, and
+    for ``gated`` unless both profiles are GGUF (its write map needs token rows; with last-token rows only it
+    collapsed refusal on the SmolLM2 → Qwen0.5B tuning prompts).
     """
     if method_problem(method):
         raise ExportError(method_problem(method))
+    if method == "gated" and not donor.backend == recipient.backend == "gguf":
+        raise ExportError(f"the gated fold's write map needs token rows, which need GGUF models on both sides "
+                          f"(profiles: {donor.backend} → {recipient.backend}); profile both with --backend gguf")
     if method in METHODS:
         return method, "as asked"
     widths = f"d {donor.d_model} → {recipient.d_model}"
