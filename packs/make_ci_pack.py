@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from commandv.exporter.adapters.folder import load_adapter
-from commandv.exporter.evaluation.evaluate import adapter_pack
+from commandv.exporter.adapters.self_pack import adapter_pack
 from commandv.runtime.models import zoo
 from commandv.runtime.models.fingerprint import model_info_from_gguf
 

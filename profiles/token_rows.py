@@ -141,13 +141,15 @@ def with_token_rows(donor: Profile, recipient: Profile, XD: Sequence[np.ndarray]
 
 
 def add_token_rows(donor_model: str, recipient_model: str, donor: Profile, recipient: Profile,
-                   n_prompts: int = 256, *, progress: bool = True) -> tuple[Profile, Profile]:
+                   n_prompts: int = 256, *, texts: Sequence[str] = (), progress: bool = True
+                   ) -> tuple[Profile, Profile]:
     """The donor and recipient last-token profiles with both models' aligned token rows on the first
-    ``n_prompts`` prompts of the general set appended (:func:`capture_token_rows` → :func:`aligned_rows` →
+    ``n_prompts`` prompts of the general set, then on ``texts`` (e.g. text the donor writes with its adapter:
+    :mod:`commandv.exporter.transfer.anchor`), appended (:func:`capture_token_rows` → :func:`aligned_rows` →
     :func:`with_token_rows`)."""
     from commandv.profiles.prompts import load_prompt_set
 
-    prompts = load_prompt_set("general", limit=n_prompts).prompts
+    prompts = load_prompt_set("general", limit=n_prompts).prompts + list(texts)
     d = capture_token_rows(donor_model, prompts, progress=progress)
     r = capture_token_rows(recipient_model, prompts, progress=progress)
     XD, XR = aligned_rows(d, r)

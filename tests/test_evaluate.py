@@ -3,12 +3,9 @@
 import numpy as np
 import pytest
 
-from commandv.exporter.adapters.folder import Adapter
-from commandv.exporter.adapters.interventions import DonorEdit
 from commandv.exporter.evaluation.evaluate import (
     ConfigResult,
     PairReport,
-    adapter_pack,
     run_config,
     utility_ok,
     utility_questions,
@@ -31,17 +28,6 @@ def test_utility_ok_numbers_stand_alone():
         assert not utility_ok(text, "12"), text
     for text in ("12", "12.", "The root is 12.0!", "12°", "12, since 12·12 = 144", "(12)", "twelve or 12"):
         assert utility_ok(text, "12"), text
-
-
-def test_adapter_pack_is_the_adapter():
-    rng = np.random.default_rng(0)
-    e = DonorEdit(2, rng.standard_normal((16, 4)), rng.standard_normal(4), rng.standard_normal((4, 16)), kind="NodiReFT")
-    ad = Adapter(edits=[e], kind="NodiReFT", positions="l1", component="block_output", sha256="s" * 64, source="x")
-    p = adapter_pack(ad, "f" * 64, "llama", 4, "self")
-    p.validate()
-    h = rng.standard_normal((3, 16))
-    assert np.allclose(p.entries[0].delta(h.astype(np.float32)), e.delta(h), rtol=1e-4, atol=1e-4)
-    assert p.entries[0].layer == 2
 
 
 class FakeEngine:

@@ -206,6 +206,15 @@ def test_choose_method_auto_rule():
         assert choose_method("auto", *other, contrast=True) == choose_method("auto", *other)
     assert choose_method("pinv-cal", narrow, wide) == ("pinv-cal", "as asked")
     assert choose_method("gated", narrow, other_wide) == ("gated", "as asked")
+    anchored = "auto: token rows on the donor's behavior text (anchor texts)"
+    for pair in ((narrow, wide), (wide, other_narrow), (narrow, other_wide)):  # anchor texts: pinv-tokens, any pair
+        assert choose_method("auto", *pair, anchored=True) == ("pinv-tokens", anchored)
+    assert choose_method("gated", narrow, other_wide, anchored=True) == ("gated", "as asked")
+    for bad, words in (("pinv", "which pinv does not fit"), ("pinv-cal", "which pinv-cal does not fit")):
+        with pytest.raises(ExportError, match=words):
+            choose_method(bad, narrow, wide, anchored=True)
+    with pytest.raises(ExportError, match="anchor texts need GGUF models on both sides"):
+        choose_method("auto", narrow, hf, anchored=True)
     for pair in ((narrow, hf), (hf, narrow)):  # gated's write map needs token rows: GGUF on both sides
         with pytest.raises(ExportError, match=r"gated fold's write map needs token rows.*\(profiles: "):
             choose_method("gated", *pair)

@@ -184,7 +184,11 @@ def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
                          (["--behavior", "refusal", "--prompts", str(prompts)], "drop --prompts"),
                          (["--behavior", "no-such"], "no-such"),
                          (["--method", "gated", "--behavior", "refusal", "--backend", "hf"],
-                          "--method gated needs --backend gguf")):
+                          "--method gated needs --backend gguf"),
+                         (["--anchor-texts", "8"], "--anchor-texts needs --behavior"),
+                         (["--anchor-texts", "-1", "--behavior", "french"], "--anchor-texts must be >= 0"),
+                         (["--anchor-texts", "8", "--behavior", "french", "--method", "pinv"],
+                          "which --method pinv does not fit")):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()

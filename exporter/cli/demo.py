@@ -83,6 +83,9 @@ def register(app: typer.Typer, user_errors) -> None:
                                    "cmdv export --help)"),
         token_prompts: int = typer.Option(256, help="with --method pinv-tokens: general prompts whose tokens join "
                                           "the fit"),
+        anchor_texts: int = typer.Option(0, help="the donor with its adapter answers this many of the behavior's "
+                                         "training prompts; both models' token rows on those answers join the fit "
+                                         "(pinv-tokens; auto picks it)"),
     ) -> None:
         """Transfer a donor adapter and measure the behavior on the quantized recipient (JSON + Markdown + PNG)."""
         from commandv.exporter.evaluation.pair import PairEvalSettings, run_pair_eval
@@ -90,7 +93,7 @@ def register(app: typer.Typer, user_errors) -> None:
         s = PairEvalSettings(strengths=tuple(comma_list(strengths, float, "--strengths")), n_expected=n, n_unexpected=n,
                              max_tokens=max_tokens, include_donor=not no_donor, profile_prompts=profile_prompts,
                              profile_train_prompts=profile_train_prompts, layer_rule=layer_rule, rcond=rcond,
-                             method=method, token_prompts=token_prompts)
+                             method=method, token_prompts=token_prompts, anchor_texts=anchor_texts)
         rep = run_pair_eval(donor, recipient, behavior, adapter or committed_adapter(donor, behavior), out_dir,
                             direct_dir=direct, settings=s)
         out.print(safe_text(rep.markdown(), multiline=True), markup=False)  # model names and outputs: plain text

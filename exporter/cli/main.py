@@ -102,6 +102,9 @@ def export_cmd(
                                            "both labels) are profiled after the general ones; needed by --method "
                                            "gated (they tell its gate which prompts want the behavior), which auto "
                                            "then picks across families into a wider recipient"),
+    anchor_texts: int = typer.Option(0, help="with --behavior: the donor with its adapter answers this many of the "
+                                     "behavior's training prompts, and both models' token rows on those answers "
+                                     "join the fit (pinv-tokens; auto picks it). Measured: French into SmolLM2"),
     backend: str = typer.Option("gguf", help="profiling backend for GGUF models"),
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     check: int = typer.Option(10, "--utility-check", help="ask a GGUF recipient this many exact-answer questions "
@@ -134,8 +137,16 @@ def export_cmd(
     if method == "gated" and backend != "gguf":
         raise ExportError(f"--method gated needs --backend gguf (its write map is fitted on token rows, which the "
                           f"{backend} backend does not give)")
+    if anchor_texts < 0:
+        raise ExportError(f"--anchor-texts must be >= 0, got {anchor_texts}")
+    if anchor_texts and (behavior is None or len(loaded) > 1 or backend != "gguf"):
+        raise ExportError("--anchor-texts needs --behavior (the donor answers its training prompts), one --adapter "
+                          "and --backend gguf")
+    if anchor_texts and method in ("pinv", "pinv-cal"):
+        raise ExportError(f"--anchor-texts joins the token rows, which --method {method} does not fit: use "
+                          "pinv-tokens or auto")
     if behavior is not None:
-        from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set
+        from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set, training_prompts
 
         if prompts != "general":
             raise ExportError("--behavior profiles the general set plus the behavior's prompts; drop --prompts")
@@ -145,8 +156,13 @@ def export_cmd(
         contrast = contrast_rows(behavior, prompts, n_general) if wanted else None
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
+    texts = []
+    if anchor_texts:
+        from commandv.exporter.transfer.anchor import behavior_texts
+
+        texts = behavior_texts(donor, loaded[0], training_prompts(behavior, anchor_texts)[0])
     method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts,
-                                             contrast=contrast is not None)
+                                             contrast=contrast is not None, anchor_texts=texts)
     out.print(f"method: {method} ({why})", markup=False)
     results = [export_pack(ad, dprof, rprof, layer_rule=layer_rule, holdout=holdout, strength=strength, rcond=rcond,
                            method=method, contrast=contrast,

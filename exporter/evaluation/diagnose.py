@@ -1,7 +1,7 @@
 """Where does a transferred edit point? Compare it with the recipient's own directly trained adapter.
 
 For one recipient, a transferred pack (e.g. Qwen0.5B → SmolLM2 refusal) and an adapter trained directly on the
-recipient for the same behavior (folded as a self-pack, :func:`commandv.exporter.evaluation.evaluate.adapter_pack`), on the same prompts
+recipient for the same behavior (folded as a self-pack, :func:`commandv.exporter.adapters.self_pack.adapter_pack`), on the same prompts
 (refusal: harmful + harmless):
 
 * **edits**: ``h`` = the recipient's block outputs at the last prompt token from a prompt pass *without* packs;

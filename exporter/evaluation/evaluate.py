@@ -28,10 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from commandv.exporter.adapters.folder import Adapter
 from commandv.exporter.evaluation.stats import paired_bootstrap, paired_bootstrap_ratio, wilson
 from commandv.exporter.training.behaviors import Behavior, EvalPrompt
-from commandv.runtime.pack.model import BehaviorPack, PackEntry
+from commandv.runtime.pack.model import BehaviorPack
 
 
 @dataclass
@@ -124,16 +123,6 @@ def utility_ok(text: str, answer: str) -> bool:
 
     after = r"(?!\w)(?!,\d)(?!\.\d*[1-9])"  # not a longer word, a thousands/decimal comma, or a non-zero fraction
     return re.search(rf"(?<![\w.]){re.escape(answer.lower())}{after}", text.lower()) is not None
-
-
-def adapter_pack(adapter: Adapter, fingerprint: str, arch: str, n_layer: int, name: str) -> BehaviorPack:
-    """The adapter applied to the model it was trained on (identity translators), as a pack."""
-    f32 = lambda a: None if a is None else np.ascontiguousarray(a, np.float32)  # noqa: E731
-    entries = [PackEntry(layer=e.layer, donor_layer=e.layer, A=f32(e.A), b=f32(e.b), C=f32(e.C), P=f32(e.P),
-                         Q=f32(e.Q), e=f32(e.e), act=e.act, positions=adapter.positions) for e in adapter.edits]
-    return BehaviorPack(entries=entries, name=name, meta={"adapter_sha256": adapter.sha256, "self_pack": True},
-                        recipient={"fingerprint": fingerprint, "arch": arch, "n_layer": n_layer,
-                                   "d_model": adapter.d_model})
 
 
 def run_config(engine, label: str, behavior: Behavior, prompts: Sequence[EvalPrompt], utility: Sequence[dict],

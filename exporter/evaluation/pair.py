@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from commandv.exporter.adapters.folder import load_adapter
-from commandv.exporter.evaluation.evaluate import PairReport, adapter_pack, is_refusal, run_config, utility_questions
+from commandv.exporter.adapters.self_pack import adapter_pack
+from commandv.exporter.evaluation.evaluate import PairReport, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
 from commandv.exporter.transfer.export import export_pack, fit_profiles, method_problem
 from commandv.exporter.transfer.gated import Contrast
@@ -53,6 +54,7 @@ class PairEvalSettings:
     include_donor: bool = True
     method: str = "auto"
     token_prompts: int = 256
+    anchor_texts: int = 0
 
     def validate(self) -> None:
         """Refuse counts that would silently shrink or empty the report (slices with 0 or -1)."""
@@ -68,6 +70,11 @@ class PairEvalSettings:
             raise EvalSettingsError(method_problem(self.method))
         if self.token_prompts < 1:
             raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
+        if self.anchor_texts < 0:
+            raise EvalSettingsError(f"anchor_texts must be >= 0, got {self.anchor_texts}")
+        if self.anchor_texts and self.method in ("pinv", "pinv-cal"):
+            raise EvalSettingsError(f"anchor texts join the token rows, which {self.method} does not fit: use "
+                                    "pinv-tokens or auto")
         if self.method == "gated" and self.profile_train_prompts < 2:
             raise EvalSettingsError("method gated needs the behavior's training prompts in the profile "
                                     "(--profile-train-prompts, e.g. 256)")
@@ -98,17 +105,25 @@ def profiling_set(behavior: str, n_general: int, n_train: int = 0, seed: int = 0
                                   [([gen.prompts[i] for i in keep], [gen.ids[i] for i in keep], gen.source)])
     if n_train <= 0:
         return gen
+    prompts, sources = training_prompts(behavior, n_train, seed)
+    return combine_prompt_sets(f"general[:{n_general}]+{behavior}-train[{len(prompts)}]",
+                               [(gen.prompts, gen.ids, gen.source), (prompts, sources, f"{behavior} training pool")])
+
+
+def training_prompts(behavior: str, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``(prompts, sources)``: up to ``n`` of the behavior's training prompts (the pool the adapter's examples
+    were drawn from), equal numbers per label, a ``random.Random(seed)`` pick in pool order; never a prompt the
+    behavior is reported on (:func:`report_prompts`)."""
+    reported = {p.prompt for p in report_prompts(behavior)}
     specs = get_behavior(behavior).train_specs()
     groups: dict[str, list[int]] = {}
     for i, sp in enumerate(specs):
         if sp.prompt not in reported:  # e.g. refusal trains on all of AdvBench; its held-out split is reported
             groups.setdefault(sp.label, []).append(i)
     rng = random.Random(seed)
-    per = max(1, n_train // len(groups))
+    per = max(1, n // len(groups))
     pick = sorted(i for name in sorted(groups) for i in rng.sample(groups[name], min(per, len(groups[name]))))
-    train = ([specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick], f"{behavior} training pool")
-    return combine_prompt_sets(f"general[:{n_general}]+{behavior}-train[{len(pick)}]",
-                               [(gen.prompts, gen.ids, gen.source), train])
+    return [specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick]
 
 
 def is_conditional(behavior: str) -> bool:
@@ -233,9 +248,14 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
+    texts = []
+    if s.anchor_texts:
+        from commandv.exporter.transfer.anchor import behavior_texts
+
+        texts = behavior_texts(donor, adapter, training_prompts(behavior, s.anchor_texts)[0], progress=progress)
     method, _, dprof, rprof = fit_profiles(s.method, donor, recipient, dprof, rprof, s.token_prompts,
                                            contrast=is_conditional(behavior) and s.profile_train_prompts > 0,
-                                           progress=progress)
+                                           anchor_texts=texts, progress=progress)
     contrast = contrast_rows(behavior, pset, s.profile_prompts) if method == "gated" else None
     res = export_pack(adapter, dprof, rprof, layer_rule=s.layer_rule, rcond=s.rcond, method=method,
                       contrast=contrast, name=f"{behavior}-{key}",
@@ -272,7 +292,9 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
                                   "rcond": s.rcond if s.rcond is not None else "plain pinv",
                                   "method": method, "adapter": adapter_label(adapter_dir),
-                                  **({"token prompts": s.token_prompts} if method == "pinv-tokens" else {})},
+                                  **({"token prompts": s.token_prompts} if method == "pinv-tokens" else {}),
+                                  **({"anchor texts": f"{len(texts)} donor+adapter answers to {s.anchor_texts} "
+                                      f"{behavior} training prompts"} if s.anchor_texts else {})},
                         notes=report_notes(trained_behavior(adapter_dir, behavior), prompts))
     recommend_strength(res.pack, report).save(out_dir / f"{key}-{behavior}.pack.gguf")
     stem = f"{key}-{behavior}"  # not Path.with_suffix: pair keys contain dots ("qwen0.5b")

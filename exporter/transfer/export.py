@@ -24,6 +24,7 @@ import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -61,7 +62,8 @@ def method_problem(method: str) -> str | None:
     return f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}"
 
 
-def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contrast: bool = False) -> tuple[str, str]:
+def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contrast: bool = False,
+                  anchored: bool = False) -> tuple[str, str]:
     """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
     the measurements support (``benchmarks/results/transfer/``, n >= 100 per group). ``contrast``: the profiles
     also hold the behavior's training prompts of both kinds (``cmdv export --behavior``, ``cmdv eval
@@ -77,7 +79,11 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
       transfers and token rows cost 38 points of utility (Qwen0.5B → SmolLM2).
 
     One measured exception, to choose by hand: a style behavior within Qwen, small → large (Qwen0.5B → Qwen1.5B
-    French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv). Raises :class:`ExportError` for any other name, and
+    French 0 → 55 % with ``pinv-tokens``, 0-25 % with pinv).
+
+    ``anchored``: token rows on the donor's behavior text will be added (:mod:`commandv.exporter.transfer.anchor`):
+    auto picks ``pinv-tokens`` (GGUF on both sides), which is what those rows join; ``pinv`` / ``pinv-cal`` are
+    refused. Raises :class:`ExportError` for any other name, and
     for ``gated`` unless both profiles are GGUF (its write map needs token rows; with last-token rows only it
     collapsed refusal on the SmolLM2 → Qwen0.5B tuning prompts).
     """
@@ -86,6 +92,14 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
     if method == "gated" and not donor.backend == recipient.backend == "gguf":
         raise ExportError(f"the gated fold's write map needs token rows, which need GGUF models on both sides "
                           f"(profiles: {donor.backend} → {recipient.backend}); profile both with --backend gguf")
+    if anchored:
+        if method in ("pinv", "pinv-cal"):
+            raise ExportError(f"anchor texts join the token rows, which {method} does not fit: use pinv-tokens or auto")
+        if not donor.backend == recipient.backend == "gguf":
+            raise ExportError(f"anchor texts need GGUF models on both sides (profiles: {donor.backend} → "
+                              f"{recipient.backend})")
+        if method == AUTO_METHOD:
+            return "pinv-tokens", "auto: token rows on the donor's behavior text (anchor texts)"
     if method in METHODS:
         return method, "as asked"
     widths = f"d {donor.d_model} → {recipient.d_model}"
@@ -102,19 +116,20 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
 
 
 def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Profile, recipient: Profile,
-                 token_prompts: int = 256, *, contrast: bool = False,
+                 token_prompts: int = 256, *, contrast: bool = False, anchor_texts: Sequence[str] = (),
                  progress: bool = True) -> tuple[str, str, Profile, Profile]:
     """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
     profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
     models are run; also for ``gated`` between GGUF models: its write map), else as given. ``donor_model`` /
-    ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`."""
-    method, why = choose_method(method, donor.meta, recipient.meta, contrast)
+    ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`; ``anchor_texts``:
+    text whose token rows follow the general ones (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
+    method, why = choose_method(method, donor.meta, recipient.meta, contrast, anchored=bool(anchor_texts))
     if method == "pinv-tokens" or (method == "gated" and donor.meta.backend == recipient.meta.backend == "gguf"):
         from commandv.profiles.token_rows import add_token_rows
 
         donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
-                                          progress=progress)
+                                          texts=anchor_texts, progress=progress)
     return method, why, donor, recipient
 
 

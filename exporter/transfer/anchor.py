@@ -1,0 +1,44 @@
+"""Behavior-anchored token rows: text the donor writes with its adapter, read by both models, joins the fit.
+
+Why: the general prompts are English questions, so neither profile varies along what a style adapter writes
+(French, say): the translators fitted on them have no row where that feature moves, and the folded edit loses it.
+The donor's own answers *with* the adapter are text in the behavior. Both models read that text; their states at
+tokens that end at the same byte are paired (:mod:`commandv.profiles.token_rows`) and appended to the fit rows of
+``pinv-tokens``. On Qwen0.5B → SmolLM2 French (40 tuning prompts, strength 1): 0 % French with the general
+token rows alone, 35 % with the donor's French text added (``benchmarks/results/transfer/`` has the n = 160
+report)::
+
+    texts = behavior_texts("qwen2.5-coder-0.5b-instruct", adapter, prompts)      # list[str], the donor's answers
+    dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, 256, texts=texts)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from commandv.exporter.adapters.folder import Adapter
+from commandv.runtime.progress import progress_bar
+
+ANCHOR_MAX_TOKENS = 32
+"""Tokens the donor writes per anchor prompt (greedy)."""
+
+
+def behavior_texts(donor_model: str, adapter: Adapter, prompts: Sequence[str], max_tokens: int = ANCHOR_MAX_TOKENS,
+                   progress: bool = True) -> list[str]:
+    """The donor's greedy answers to ``prompts`` with ``adapter`` applied to it at strength 1 (llama.cpp; the
+    adapter folded as a self-pack, :func:`~commandv.exporter.adapters.self_pack.adapter_pack`), blank answers
+    dropped. ``donor_model``: zoo key or .gguf of the model the adapter was trained on."""
+    from commandv.exporter.adapters.self_pack import adapter_pack
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.models.fingerprint import model_info_from_gguf
+    from commandv.runtime.models.ref import resolve_model
+
+    info = model_info_from_gguf(resolve_model(donor_model).path)
+    pack = adapter_pack(adapter, info.fingerprint, info.arch, info.n_layer, "anchor")
+    texts = []
+    with Recipient(donor_model, n_ctx=2048) as eng, progress_bar("donor behavior text", len(prompts),
+                                                                 enabled=progress, unit="prompts") as advance:
+        for p in prompts:
+            texts.append(eng.generate(p, packs=[pack], strengths=[1.0], max_tokens=max_tokens))
+            advance(1)
+    return [t for t in texts if t.strip()]
