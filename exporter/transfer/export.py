@@ -83,7 +83,7 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
 
     ``anchored``: token rows on the donor's behavior text will be added (:mod:`commandv.exporter.transfer.anchor`):
     auto picks ``pinv-tokens`` (GGUF on both sides), which is what those rows join; ``pinv`` / ``pinv-cal`` are
-    refused. Raises :class:`ExportError` for any other name, and
+    refused. Measured: Qwen0.5B → SmolLM2 French, 0.54 [0.43, 0.65] of the donor's own rate (plain pinv 0.00). Raises :class:`ExportError` for any other name, and
     for ``gated`` unless both profiles are GGUF (its write map needs token rows; with last-token rows only it
     collapsed refusal on the SmolLM2 → Qwen0.5B tuning prompts).
     """
