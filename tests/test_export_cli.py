@@ -188,7 +188,7 @@ def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
                          (["--anchor-texts", "8"], "--anchor-texts needs --behavior"),
                          (["--anchor-texts", "-1", "--behavior", "french"], "--anchor-texts must be >= 0"),
                          (["--anchor-texts", "8", "--behavior", "french", "--method", "pinv"],
-                          "which --method pinv does not fit")):
+                          "--anchor-texts: anchor texts join the token rows, which pinv does not fit")):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()

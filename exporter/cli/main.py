@@ -115,6 +115,7 @@ def export_cmd(
     from commandv.exporter.adapters.folder import load_adapter
     from commandv.exporter.transfer.export import (
         ExportError,
+        anchor_problem,
         diagnostics_table,
         export_pack,
         fit_profiles,
@@ -142,9 +143,8 @@ def export_cmd(
     if anchor_texts and (behavior is None or len(loaded) > 1 or backend != "gguf"):
         raise ExportError("--anchor-texts needs --behavior (the donor answers its training prompts), one --adapter "
                           "and --backend gguf")
-    if anchor_texts and method in ("pinv", "pinv-cal"):
-        raise ExportError(f"--anchor-texts joins the token rows, which --method {method} does not fit: use "
-                          "pinv-tokens or auto")
+    if anchor_texts and anchor_problem(method):
+        raise ExportError(f"--anchor-texts: {anchor_problem(method)}")
     if behavior is not None:
         from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set, training_prompts
 

@@ -20,7 +20,7 @@ from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.adapters.self_pack import adapter_pack
 from commandv.exporter.evaluation.evaluate import PairReport, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
-from commandv.exporter.transfer.export import export_pack, fit_profiles, method_problem
+from commandv.exporter.transfer.export import anchor_problem, export_pack, fit_profiles, method_problem
 from commandv.exporter.transfer.gated import Contrast
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
@@ -72,9 +72,8 @@ class PairEvalSettings:
             raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
         if self.anchor_texts < 0:
             raise EvalSettingsError(f"anchor_texts must be >= 0, got {self.anchor_texts}")
-        if self.anchor_texts and self.method in ("pinv", "pinv-cal"):
-            raise EvalSettingsError(f"anchor texts join the token rows, which {self.method} does not fit: use "
-                                    "pinv-tokens or auto")
+        if self.anchor_texts and anchor_problem(self.method):
+            raise EvalSettingsError(anchor_problem(self.method))
         if self.method == "gated" and self.profile_train_prompts < 2:
             raise EvalSettingsError("method gated needs the behavior's training prompts in the profile "
                                     "(--profile-train-prompts, e.g. 256)")

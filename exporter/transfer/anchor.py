@@ -4,9 +4,10 @@ Why: the general prompts are English questions, so neither profile varies along 
 (French, say): the translators fitted on them have no row where that feature moves, and the folded edit loses it.
 The donor's own answers *with* the adapter are text in the behavior. Both models read that text; their states at
 tokens that end at the same byte are paired (:mod:`commandv.profiles.token_rows`) and appended to the fit rows of
-``pinv-tokens``. On Qwen0.5B → SmolLM2 French (40 tuning prompts, strength 1): 0 % French with the general
-token rows alone, 35 % with the donor's French text added (``benchmarks/results/transfer/`` has the n = 160
-report)::
+``pinv-tokens``. On Qwen0.5B → SmolLM2 French (40 tuning prompts, strength 1): 10 % French with the general
+token rows alone, 92 % with the donor's answers with its adapter added (35 % with the answers it was trained on
+instead); on the 160 held-out prompts 41 %, 0.54 of the donor's own rate
+(``benchmarks/results/transfer/qwen0.5b-to-smollm2-french.json``). It did not carry refusal or pirate there::
 
     texts = behavior_texts("qwen2.5-coder-0.5b-instruct", adapter, prompts)      # list[str], the donor's answers
     dprof, rprof = add_token_rows(donor, recipient, dprof, rprof, 256, texts=texts)

@@ -62,6 +62,14 @@ def method_problem(method: str) -> str | None:
     return f"unknown method {method!r}; choose {AUTO_METHOD} or one of: {', '.join(METHODS)}"
 
 
+def anchor_problem(method: str) -> str | None:
+    """The one-line complaint about anchor texts with ``method`` (they join token rows, which pinv and pinv-cal
+    do not fit), or None."""
+    if method in ("pinv", "pinv-cal"):
+        return f"anchor texts join the token rows, which {method} does not fit: use pinv-tokens or auto"
+    return None
+
+
 def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contrast: bool = False,
                   anchored: bool = False) -> tuple[str, str]:
     """``(method, why)``: ``method`` itself when it is one of :data:`METHODS`; for :data:`AUTO_METHOD` the one
@@ -93,8 +101,8 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
         raise ExportError(f"the gated fold's write map needs token rows, which need GGUF models on both sides "
                           f"(profiles: {donor.backend} → {recipient.backend}); profile both with --backend gguf")
     if anchored:
-        if method in ("pinv", "pinv-cal"):
-            raise ExportError(f"anchor texts join the token rows, which {method} does not fit: use pinv-tokens or auto")
+        if anchor_problem(method):
+            raise ExportError(anchor_problem(method))
         if not donor.backend == recipient.backend == "gguf":
             raise ExportError(f"anchor texts need GGUF models on both sides (profiles: {donor.backend} → "
                               f"{recipient.backend})")
