@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from commandv.exporter.adapters.folder import Adapter
@@ -20,3 +22,13 @@ def adapter_pack(adapter: Adapter, fingerprint: str, arch: str, n_layer: int, na
     return BehaviorPack(entries=entries, name=name, meta={"adapter_sha256": adapter.sha256, "self_pack": True},
                         recipient={"fingerprint": fingerprint, "arch": arch, "n_layer": n_layer,
                                    "d_model": adapter.d_model})
+
+
+def model_adapter_pack(model: str | os.PathLike, adapter: Adapter, name: str) -> BehaviorPack:
+    """:func:`adapter_pack` for the GGUF ``model`` (zoo key or .gguf path), whose fingerprint, architecture and
+    layer count are read from the file."""
+    from commandv.runtime.models.fingerprint import model_info_from_gguf
+    from commandv.runtime.models.ref import resolve_model
+
+    info = model_info_from_gguf(resolve_model(model).path)
+    return adapter_pack(adapter, info.fingerprint, info.arch, info.n_layer, name)

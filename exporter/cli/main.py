@@ -146,7 +146,7 @@ def export_cmd(
     if anchor_texts and anchor_problem(method):
         raise ExportError(f"--anchor-texts: {anchor_problem(method)}")
     if behavior is not None:
-        from commandv.exporter.evaluation.pair import contrast_rows, is_conditional, profiling_set, training_prompts
+        from commandv.exporter.evaluation.pair import contrast_rows, donor_anchor_texts, is_conditional, profiling_set
 
         if prompts != "general":
             raise ExportError("--behavior profiles the general set plus the behavior's prompts; drop --prompts")
@@ -156,11 +156,7 @@ def export_cmd(
         contrast = contrast_rows(behavior, prompts, n_general) if wanted else None
     dprof, _, _ = profile_model(donor, prompts, backend, limit=limit)
     rprof, _, _ = profile_model(recipient, prompts, backend, limit=limit)
-    texts = []
-    if anchor_texts:
-        from commandv.exporter.transfer.anchor import behavior_texts
-
-        texts = behavior_texts(donor, loaded[0], training_prompts(behavior, anchor_texts)[0])
+    texts = donor_anchor_texts(behavior, donor, loaded[0], anchor_texts) if anchor_texts else []
     method, why, dprof, rprof = fit_profiles(method, donor, recipient, dprof, rprof, token_prompts,
                                              contrast=contrast is not None, anchor_texts=texts)
     out.print(f"method: {method} ({why})", markup=False)

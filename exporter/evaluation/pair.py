@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from commandv.exporter.adapters.folder import load_adapter
-from commandv.exporter.adapters.self_pack import adapter_pack
+from commandv.exporter.adapters.self_pack import model_adapter_pack
 from commandv.exporter.evaluation.evaluate import PairReport, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
 from commandv.exporter.transfer.export import anchor_problem, export_pack, fit_profiles, method_problem
@@ -26,8 +26,6 @@ from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
 from commandv.runtime.atomic import AtomicTargetError, atomic_path, write_text_atomic
 from commandv.runtime.errors import CommandVError
-from commandv.runtime.models.fingerprint import model_info_from_gguf
-from commandv.runtime.models.ref import resolve_model
 from commandv.runtime.pack.model import BehaviorPack
 from commandv.runtime.progress import progress_bar
 from commandv.runtime.safe_io import check_output_target
@@ -123,6 +121,14 @@ def training_prompts(behavior: str, n: int, seed: int = 0) -> tuple[list[str], l
     per = max(1, n // len(groups))
     pick = sorted(i for name in sorted(groups) for i in rng.sample(groups[name], min(per, len(groups[name]))))
     return [specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick]
+
+
+def donor_anchor_texts(behavior: str, donor: str, adapter, n: int, progress: bool = True) -> list[str]:
+    """The donor's answers with ``adapter`` (:func:`~commandv.exporter.transfer.anchor.behavior_texts`) to ``n`` of
+    the behavior's training prompts (:func:`training_prompts`): the anchor texts of ``--anchor-texts n``."""
+    from commandv.exporter.transfer.anchor import behavior_texts
+
+    return behavior_texts(donor, adapter, training_prompts(behavior, n)[0], progress=progress)
 
 
 def is_conditional(behavior: str) -> bool:
@@ -247,11 +253,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     dprof, _, _ = profile_model(donor, pset, "gguf", progress=progress)
     rprof, _, _ = profile_model(recipient, pset, "gguf", progress=progress)
     key = pair_key(donor, recipient)
-    texts = []
-    if s.anchor_texts:
-        from commandv.exporter.transfer.anchor import behavior_texts
-
-        texts = behavior_texts(donor, adapter, training_prompts(behavior, s.anchor_texts)[0], progress=progress)
+    texts = donor_anchor_texts(behavior, donor, adapter, s.anchor_texts, progress) if s.anchor_texts else []
     method, _, dprof, rprof = fit_profiles(s.method, donor, recipient, dprof, rprof, s.token_prompts,
                                            contrast=is_conditional(behavior) and s.profile_train_prompts > 0,
                                            anchor_texts=texts, progress=progress)
@@ -267,14 +269,10 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
     configs = []
     plan_r = [("recipient", None, 1.0)] + [(f"recipient+transfer@{x:g}", res.pack, x) for x in s.strengths]
     if direct_dir:
-        info = model_info_from_gguf(resolve_model(recipient).path)
-        plan_r.append(("recipient+direct", adapter_pack(load_adapter(direct_dir), info.fingerprint, info.arch,
-                                                        info.n_layer, "direct"), 1.0))
+        plan_r.append(("recipient+direct", model_adapter_pack(recipient, load_adapter(direct_dir), "direct"), 1.0))
     plan_d = []
     if s.include_donor:
-        dinfo = model_info_from_gguf(resolve_model(donor).path)
-        plan_d = [("donor", None, 1.0),
-                  ("donor+adapter", adapter_pack(adapter, dinfo.fingerprint, dinfo.arch, dinfo.n_layer, "self"), 1.0)]
+        plan_d = [("donor", None, 1.0), ("donor+adapter", model_adapter_pack(donor, adapter, "self"), 1.0)]
     total = per_config * (len(plan_r) + len(plan_d))
     with progress_bar(f"evaluating {key} {behavior}", total, enabled=progress, unit="generations") as adv:
         for model, plan in ((recipient, plan_r), (donor, plan_d)):

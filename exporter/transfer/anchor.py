@@ -27,15 +27,12 @@ ANCHOR_MAX_TOKENS = 32
 def behavior_texts(donor_model: str, adapter: Adapter, prompts: Sequence[str], max_tokens: int = ANCHOR_MAX_TOKENS,
                    progress: bool = True) -> list[str]:
     """The donor's greedy answers to ``prompts`` with ``adapter`` applied to it at strength 1 (llama.cpp; the
-    adapter folded as a self-pack, :func:`~commandv.exporter.adapters.self_pack.adapter_pack`), blank answers
+    adapter folded as a self-pack, :func:`~commandv.exporter.adapters.self_pack.model_adapter_pack`), blank answers
     dropped. ``donor_model``: zoo key or .gguf of the model the adapter was trained on."""
-    from commandv.exporter.adapters.self_pack import adapter_pack
+    from commandv.exporter.adapters.self_pack import model_adapter_pack
     from commandv.runtime.engines.llama.engine import Recipient
-    from commandv.runtime.models.fingerprint import model_info_from_gguf
-    from commandv.runtime.models.ref import resolve_model
 
-    info = model_info_from_gguf(resolve_model(donor_model).path)
-    pack = adapter_pack(adapter, info.fingerprint, info.arch, info.n_layer, "anchor")
+    pack = model_adapter_pack(donor_model, adapter, "anchor")
     texts = []
     with Recipient(donor_model, n_ctx=2048) as eng, progress_bar("donor behavior text", len(prompts),
                                                                  enabled=progress, unit="prompts") as advance:

@@ -97,13 +97,14 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
     """
     if method_problem(method):
         raise ExportError(method_problem(method))
-    if method == "gated" and not donor.backend == recipient.backend == "gguf":
+    gguf = donor.backend == recipient.backend == "gguf"  # token rows are captured with llama.cpp
+    if method == "gated" and not gguf:
         raise ExportError(f"the gated fold's write map needs token rows, which need GGUF models on both sides "
                           f"(profiles: {donor.backend} → {recipient.backend}); profile both with --backend gguf")
     if anchored:
         if anchor_problem(method):
             raise ExportError(anchor_problem(method))
-        if not donor.backend == recipient.backend == "gguf":
+        if not gguf:
             raise ExportError(f"anchor texts need GGUF models on both sides (profiles: {donor.backend} → "
                               f"{recipient.backend})")
         if method == AUTO_METHOD:
@@ -115,7 +116,7 @@ def choose_method(method: str, donor: ProfileMeta, recipient: ProfileMeta, contr
         return "pinv", f"auto: same model family ({donor.arch})"
     if recipient.d_model <= donor.d_model:
         return "pinv", f"auto: recipient not wider than the donor ({widths})"
-    if not donor.backend == recipient.backend == "gguf":
+    if not gguf:
         return "pinv", "auto: token rows need GGUF models on both sides"
     across = f"across families ({donor.arch} → {recipient.arch}) into a wider recipient ({widths})"
     if contrast:
@@ -129,11 +130,11 @@ def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Pro
     """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
     profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
-    models are run; also for ``gated`` between GGUF models: its write map), else as given. ``donor_model`` /
+    models are run; also for ``gated``, whose write map fits them), else as given. ``donor_model`` /
     ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`; ``anchor_texts``:
     text whose token rows follow the general ones (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
     method, why = choose_method(method, donor.meta, recipient.meta, contrast, anchored=bool(anchor_texts))
-    if method == "pinv-tokens" or (method == "gated" and donor.meta.backend == recipient.meta.backend == "gguf"):
+    if method in ("pinv-tokens", "gated"):  # choose_method has refused gated unless both profiles are GGUF
         from commandv.profiles.token_rows import add_token_rows
 
         donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
