@@ -18,9 +18,17 @@ gain on the donor: the share of the donor's effect that arrived). Figures:
   ``transfer_score_configs``: how many;
 * ``transfer_score_spearman_share``: the same against the donor-normalized gain (reports with donor rows);
 * ``transfer_score_spearman_with_methods``: pooled with every (method, strength) of the method sweeps
-  (``benchmarks/transfer_methods.py``: gains on the tuning prompts), ``transfer_score_configs_with_methods``.
+  (``benchmarks/transfer_methods.py``: gains on the tuning prompts), ``transfer_score_configs_with_methods``;
+* ``response_score_spearman`` over ``response_score_configs`` reports (gated ones included): the same rank
+  correlation for the response check ``cmdv export`` prints (:func:`~commandv.exporter.evaluation.proxy.pack_response`:
+  how much likelier the pack makes the adapter's own training answers on the recipient, nats per token, one
+  teacher-forced pass per answer, 32 answers, never the reported test prompts), per behavior
+  (``response_score_spearman_<behavior>``), and how its warning (below ``RESPONSE_MIN_DELTA``) sorts the packs:
+  ``response_warned_packs``, ``response_warned_packs_that_failed`` (gain < 10 points),
+  ``response_unwarned_packs_that_failed``.
 
-    python benchmarks/transfer_score.py        # profiles general[:1024] once per model (Qwen1.5B: ~6 min)
+    python benchmarks/transfer_score.py        # profiles general[:1024] once per model (Qwen1.5B: ~6 min),
+                                               # then ~12 min of response checks
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from commandv.exporter.adapters.folder import load_adapter  # noqa: E402
 from commandv.exporter.cli.demo import committed_adapter  # noqa: E402
 from commandv.exporter.evaluation.evaluate import PairReport  # noqa: E402
 from commandv.exporter.evaluation.pair import profiling_set  # noqa: E402
+from commandv.exporter.evaluation.proxy import RESPONSE_MIN_DELTA  # noqa: E402
 from commandv.exporter.evaluation.stats import spearman  # noqa: E402
 from commandv.exporter.transfer.export import export_pack  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
@@ -132,7 +141,7 @@ def pack_difference(a: BehaviorPack, b: BehaviorPack) -> float:
 
 
 def main() -> None:
-    rows = []
+    rows, responses = [], []
     for path in sorted(REPORTS.glob("*.json")) + sorted((REPORTS / "variants").glob("*.json")):
         doc = json.loads(path.read_text())
         if "configs" not in doc:
@@ -144,10 +153,18 @@ def main() -> None:
             print(f"{path.name}: no strength-1 configuration, skipped")
             continue
         n_gen, rcond, rule, adapter_dir, method = report_settings(doc, path.stem)
+        committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
+        donor_gain = d_ad.expected_rate - d_off.expected_rate if d_off and d_ad else float("nan")
+        gain = tr.expected_rate - off.expected_rate
+        if committed.is_file():
+            responses.append({"config": path.stem, "recipient": rep.recipient, "donor": rep.donor,
+                              "adapter": adapter_dir or str(committed_adapter(rep.donor, rep.behavior)
+                                                            .relative_to(REPO)),
+                              "pack": committed, "gain_pts": 100 * gain,
+                              "share": gain / donor_gain if donor_gain > 0 else float("nan")})
         if method == "gated":  # the score reads whole-edit folds; a gated edit is zero on most profile prompts
             print(f"{path.stem}: skipped (method gated: the score's edit_cos is not defined for a gated edit)")
             continue
-        committed = path.with_name(path.name.removesuffix(".json") + ".pack.gguf")
         try:
             if method == "pinv-tokens":  # its fit rows come from prompt passes, not from the profile store
                 raise NotReexportable("token rows are not re-captured here")
@@ -164,8 +181,6 @@ def main() -> None:
             pack = BehaviorPack.load(committed)
             diags, diff = pack.diagnostics, 0.0
             print(f"{path.stem}: score read from the evaluated pack ({why})")
-        donor_gain = d_ad.expected_rate - d_off.expected_rate if d_off and d_ad else float("nan")
-        gain = tr.expected_rate - off.expected_rate
         rows.append({"config": path.stem, "score": pack.meta.get("transfer_score", float("nan")),
                      "gain_pts": 100 * gain, "donor_gain_pts": 100 * donor_gain,
                      "share": gain / donor_gain if donor_gain > 0 else float("nan"),
@@ -189,12 +204,92 @@ def main() -> None:
     rho_all = spearman([r["score"] for r in both], [r["gain_pts"] for r in both])
     print(f"Spearman rho over {len(ok)} (pair, behavior) reports: {rho:.3f} (donor-normalized, {len(shared)}: "
           f"{rho_share:.3f}); with {len(methods)} method-sweep configurations: {rho_all:.3f}")
+    response_rows(responses)
+    resp = [r for r in responses if np.isfinite(r["response_delta"])]
+    rho_resp = spearman([r["response_delta"] for r in resp], [r["gain_pts"] for r in resp])
+    resp_share = [r for r in resp if np.isfinite(r["share"])]
+    rho_resp_share = spearman([r["response_delta"] for r in resp_share], [r["share"] for r in resp_share])
+    both_scores = [r for r in ok if r["config"] in {x["config"] for x in resp}]
+    rho_same = spearman([r["score"] for r in both_scores], [r["gain_pts"] for r in both_scores])
+    rel = [r for r in resp if np.isfinite(r["response_share"])]
+    rho_rel = spearman([r["response_share"] for r in rel], [r["gain_pts"] for r in rel])
+    print(f"Response check: Spearman rho over {len(resp)} reports {rho_resp:.3f} (against the donor-normalized "
+          f"gain, {len(resp_share)}: {rho_resp_share:.3f}; the check divided by the donor's own, {len(rel)}: "
+          f"{rho_rel:.3f}); the profile score on the {len(both_scores)} of them it covers: {rho_same:.3f}")
+    by_behavior = {}
+    for b in sorted({r["behavior"] for r in resp}):
+        rb = [r for r in resp if r["behavior"] == b]
+        if len(rb) >= 4:
+            by_behavior[f"response_score_spearman_{b}"] = (spearman([r["response_delta"] for r in rb],
+                                                                    [r["gain_pts"] for r in rb]), "rho")
+            by_behavior[f"response_score_configs_{b}"] = (float(len(rb)), "configs")
+    warned = [r for r in resp if r["response_delta"] < RESPONSE_MIN_DELTA]
+    right = sum(r["gain_pts"] < GAIN_THAT_COUNTS for r in warned)
+    missed = sum(r["gain_pts"] < GAIN_THAT_COUNTS for r in resp) - right
+    print(f"export's warning (response < {RESPONSE_MIN_DELTA} nats/token): {len(warned)} packs, {right} of them "
+          f"gained < {GAIN_THAT_COUNTS} pts; {missed} other packs gained < {GAIN_THAT_COUNTS} pts unwarned; "
+          + ", ".join(f"{k} {v[0]:.2f}" for k, v in by_behavior.items() if "spearman" in k))
+    for r in responses:
+        r["pack"] = str(r["pack"].relative_to(REPO))
     write_results("transfer_score", {"transfer_score_spearman": (rho, "rho"),
                                      "transfer_score_configs": (float(len(ok)), "configs"),
                                      "transfer_score_spearman_share": (rho_share, "rho"),
                                      "transfer_score_spearman_with_methods": (rho_all, "rho"),
-                                     "transfer_score_configs_with_methods": (float(len(both)), "configs")},
-                  extra={"configs": rows, "method_configs": methods})
+                                     "transfer_score_configs_with_methods": (float(len(both)), "configs"),
+                                     "response_score_spearman": (rho_resp, "rho"),
+                                     "response_score_configs": (float(len(resp)), "configs"),
+                                     "response_score_spearman_share": (rho_resp_share, "rho"),
+                                     "response_share_spearman": (rho_rel, "rho"),
+                                     "transfer_score_spearman_same_configs": (rho_same, "rho"),
+                                     **by_behavior,
+                                     "response_warned_packs": (float(len(warned)), "packs"),
+                                     "response_warned_packs_that_failed": (float(right), "packs"),
+                                     "response_unwarned_packs_that_failed": (float(missed), "packs")},
+                  extra={"configs": rows, "method_configs": methods, "response_configs": responses,
+                         "response_answers": RESPONSE_ANSWERS})
+
+
+GAIN_THAT_COUNTS = 10.0
+"""A transfer that gains less than this (points, strength 1) counts as failed for the export warning's figures."""
+
+RESPONSE_ANSWERS = 32
+"""Training answers per response check (as ``cmdv export``)."""
+
+
+def response_rows(responses: list[dict]) -> None:
+    """Adds ``response_delta`` (and the check's means) to each ``{"recipient", "donor", "adapter", "pack", ...}``:
+    the :func:`~commandv.exporter.evaluation.proxy.response_check` of the evaluated pack at strength 1 on the
+    adapter's own training answers (never the test prompts its gain was measured on), and ``donor_delta``, the
+    same check of the adapter on its donor (its self-pack); one engine per model, its own pass once per adapter."""
+    from commandv.exporter.adapters.self_pack import model_adapter_pack
+    from commandv.exporter.evaluation.proxy import response_check
+    from commandv.exporter.training.answers import training_answers
+    from commandv.runtime.engines.llama.engine import Recipient
+
+    pairs = {a: training_answers(load_adapter(REPO / a), RESPONSE_ANSWERS) for a in {r["adapter"] for r in responses}}
+    models = sorted({r["recipient"] for r in responses} | {r["donor"] for r in responses})
+    donor_delta: dict[str, float] = {}
+    for model in models:
+        eng = Recipient(model, n_ctx=2048)
+        offs: dict[str, np.ndarray] = {}
+        try:
+            for a in sorted({r["adapter"] for r in responses if r["donor"] == model}):
+                self_pack = model_adapter_pack(model, load_adapter(REPO / a), "self")
+                check, offs[a] = response_check(eng, pairs[a], self_pack, 1.0, offs.get(a))
+                donor_delta[a] = check.delta
+                print(f"{a} on its donor: {check.off:.3f} -> {check.on:.3f} nats/token", flush=True)
+            for r in (r for r in responses if r["recipient"] == model):
+                check, offs[r["adapter"]] = response_check(eng, pairs[r["adapter"]], r["pack"], 1.0,
+                                                           offs.get(r["adapter"]))
+                r.update({"response_delta": check.delta, "response_off": check.off, "response_on": check.on,
+                          "response_answers": check.n})
+                print(f"{r['config']}: response {check.off:.3f} -> {check.on:.3f} nats/token, "
+                      f"gain {r['gain_pts']:+.0f} pts", flush=True)
+        finally:
+            eng.close()
+    for r in responses:
+        r["donor_delta"] = donor_delta[r["adapter"]]
+        r["response_share"] = r["response_delta"] / r["donor_delta"] if r["donor_delta"] > 0 else float("nan")
 
 
 def method_rows() -> list[dict]:

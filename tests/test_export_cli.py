@@ -40,6 +40,7 @@ def test_export_and_inspect(tmp_home, tmp_path):
     assert res.exit_code == 0, res.output
     assert "translator fit" in res.output and "R² R→D" in res.output
     assert "utility check (10 exact-answer questions" in res.output and "transferability score" in res.output
+    assert "response check skipped: the adapter folder keeps no training answers" in res.output
     pack = BehaviorPack.load(out)
     assert [e.layer for e in pack.entries] == [0, 1]  # nearest, ties down: 2*3/4 = 1.5 -> 1
     ins = CliRunner().invoke(app, ["inspect", str(out)])
@@ -115,6 +116,45 @@ def test_export_warns_when_the_pack_costs_utility(tmp_home, tmp_path, monkeypatc
     assert "without the pack 9/10, with it 3/10" in res.output and "costs the recipient utility (90 → 30 %" in res.output
 
 
+def test_export_response_check_on_the_adapters_training_answers(tmp_home, tmp_path):
+    """An adapter folder that keeps its training answers (training_metadata.json + donor_answers.jsonl, as
+    ``cmdv train-demo`` writes them): export prints the response check and stores it in the pack; its recipient
+    figures equal a response check of the written pack on the same answers, the donor's that of the adapter's
+    self-pack on the donor."""
+    from commandv.exporter.adapters.self_pack import model_adapter_pack
+    from commandv.exporter.evaluation.proxy import response_check
+    from commandv.exporter.training.answers import training_answers
+    from commandv.exporter.training.behaviors import get_behavior
+    from commandv.exporter.training.donor_gen import answer_key
+    from commandv.runtime.engines.llama.engine import Recipient
+
+    pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
+    ad = tmp_path / "ad"
+    pyreft_fixtures.save_reft_adapter(ad, "NodiReFT", layers=(0, 2), rank=4, d=64)
+    (ad / "training_metadata.json").write_text(json.dumps({"behavior": "pirate", "donor_model_id": "m",
+                                                           "max_response_tokens": 24}))
+    specs = get_behavior("pirate").train_specs()[:3]
+    (ad / "donor_answers.jsonl").write_text("".join(json.dumps({"key": answer_key(s.teacher_prompt, "m", 24),
+                                                                "text": f"the answer is {i}", "ids": [1],
+                                                                "finished": True}) + "\n"
+                                                    for i, s in enumerate(specs)))
+    out = tmp_path / "pack.gguf"
+    res = CliRunner().invoke(app, ["export", "--adapter", str(ad), "--type", "NodiReFT", "--donor", str(donor),
+                                   "--recipient", str(recip), "--prompts", str(prompts), "-o", str(out),
+                                   "--utility-check", "0", "--response-check", "2"])
+    assert res.exit_code == 0, res.output
+    assert "recipient response: the adapter's own training answers (2, teacher-forced" in res.output
+    got = BehaviorPack.load(out).meta["response_check"]
+    adapter = load_adapter(ad, kind="NodiReFT")
+    pairs = training_answers(adapter, 2)
+    with Recipient(str(recip), n_ctx=2048) as eng:
+        want = response_check(eng, pairs, BehaviorPack.load(out))[0]
+    with Recipient(str(donor), n_ctx=2048) as eng:
+        want_d = response_check(eng, pairs, model_adapter_pack(str(donor), adapter, "self"))[0]
+    assert got["recipient"]["n"] == 2 and got["recipient"]["delta"] == pytest.approx(want.delta, abs=1e-5)
+    assert got["donor"]["delta"] == pytest.approx(want_d.delta, abs=1e-5)
+
+
 def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp_path):
     """``--method pinv-tokens``: the pack equals export_pack on the profiles with both models' token rows
     (captured again here) appended; the fit has more rows than the last-token profile."""
@@ -188,7 +228,8 @@ def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
                          (["--anchor-texts", "8"], "--anchor-texts needs --behavior"),
                          (["--anchor-texts", "-1", "--behavior", "french"], "--anchor-texts must be >= 0"),
                          (["--anchor-texts", "8", "--behavior", "french", "--method", "pinv"],
-                          "--anchor-texts: anchor texts join the token rows, which pinv does not fit")):
+                          "--anchor-texts: anchor texts join the token rows, which pinv does not fit"),
+                         (["--response-check", "-1"], "--response-check must be >= 0")):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()

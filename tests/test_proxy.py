@@ -146,3 +146,57 @@ def test_cli_proxy(tiny_gguf, pack, tmp_path):
     assert [x["label"] for x in doc["results"]] == ["off-shelf", "pack@0.5", "pack@2"]
     assert doc["results"][2]["strengths"] == [2.0] and len(doc["results"][0]["per_prompt"]) == 3
     assert "wrote" in r.output
+
+
+PAIRS = [("Tell me about rivers.", "hello there, the answer"), ("What is the capital?", "count from one")]
+
+
+def test_answer_logprobs_equal_token_by_token_passes(rec, pack):
+    """Each answer's mean per-token log-prob equals :func:`_independent`'s token-by-token target log-prob (its own
+    passes, last-row logits) divided by the answer's length, without and with the pack."""
+    from commandv.exporter.evaluation.proxy import answer_logprobs
+
+    for packs, s in (([], None), ([pack], [1.5])):
+        got = answer_logprobs(rec, PAIRS, rec.load_packs(packs) if packs else (), 1.5)
+        for (prompt, answer), g in zip(PAIRS, got):
+            total, _, _ = _independent(rec, prompt, answer, packs, s, [])
+            k = len(rec.model.tokenize(answer, add_special=False, parse_special=False))
+            assert g == pytest.approx(total / k, abs=1e-4)
+
+
+def test_response_check_reuses_off_and_zero_strength_is_no_response(rec, pack):
+    from commandv.exporter.evaluation.proxy import response_check
+
+    check, off = response_check(rec, PAIRS, pack, 2.0)
+    assert check.n == 2 and check.off == pytest.approx(off.mean()) and abs(check.delta) > 1e-3
+    again, off2 = response_check(rec, PAIRS, pack, 0.0, off=off)
+    assert off2 is off and again.delta == pytest.approx(0.0, abs=1e-6)
+    assert check.to_json()["delta"] == pytest.approx(check.on - check.off)
+    with pytest.raises(ProxyError, match="no answers"):
+        response_check(rec, [], pack)
+
+
+def test_pack_response_on_the_tiny_gguf(tiny_gguf, tmp_path, monkeypatch):
+    """``pack_response``: the recipient's check is :func:`response_check` of the pack, the donor's that of the
+    adapter's self-pack; a folder without training answers gives None."""
+    from commandv.exporter.adapters.self_pack import model_adapter_pack
+    from commandv.exporter.evaluation import proxy
+    from commandv.exporter.training import answers
+    from tests.test_anchor import _adapter
+
+    ad = _adapter(5.0)
+    assert proxy.pack_response(str(tiny_gguf), str(tiny_gguf), ad, None) is None  # no training metadata
+    monkeypatch.setattr(answers, "training_answers", lambda adapter, n: PAIRS[:n])
+    self_pack = model_adapter_pack(str(tiny_gguf), ad, "self")
+    resp = proxy.pack_response(str(tiny_gguf), str(tiny_gguf), ad, self_pack, n=2, strength=0.5)
+    with Recipient(str(tiny_gguf), n_ctx=2048) as eng:
+        want_r = proxy.response_check(eng, PAIRS, self_pack, 0.5)[0]
+        want_d = proxy.response_check(eng, PAIRS, self_pack, 1.0)[0]
+    assert resp.recipient.delta == pytest.approx(want_r.delta, abs=1e-5)
+    assert resp.donor.delta == pytest.approx(want_d.delta, abs=1e-5)
+    if want_d.delta > 0:
+        assert resp.share == pytest.approx(want_r.delta / want_d.delta, rel=1e-4)
+    else:  # a random edit makes these answers less likely on the donor: no share to give
+        assert np.isnan(resp.share)
+    assert "nats/token likelier" in resp.line()
+    np.testing.assert_equal(resp.to_json()["share"], resp.share)

@@ -109,6 +109,10 @@ def export_cmd(
     dtype: str = typer.Option("f32", help="pack tensor type: f32 or f16"),
     check: int = typer.Option(10, "--utility-check", help="ask a GGUF recipient this many exact-answer questions "
                               "without and with the pack and warn when the pack costs more than 10 points (0: skip)"),
+    response: int = typer.Option(32, "--response-check", help="teacher-force this many of the adapter's own "
+                                 "training answers (folders written by cmdv train-demo keep them) on a GGUF "
+                                 "recipient without and with the pack, and on the donor with the adapter; warn when "
+                                 "the recipient barely responds (0: skip)"),
     name: Optional[str] = typer.Option(None, help="pack name"),
 ) -> None:
     """Fold a donor's pyreft adapter (or several, each into its own pack) into a behavior pack for the recipient."""
@@ -138,6 +142,8 @@ def export_cmd(
     if method == "gated" and backend != "gguf":
         raise ExportError(f"--method gated needs --backend gguf (its write map is fitted on token rows, which the "
                           f"{backend} backend does not give)")
+    if response < 0:
+        raise ExportError(f"--response-check must be >= 0, got {response}")
     if anchor_texts < 0:
         raise ExportError(f"--anchor-texts must be >= 0, got {anchor_texts}")
     if anchor_texts and (behavior is None or len(loaded) > 1 or backend != "gguf"):
@@ -164,17 +170,48 @@ def export_cmd(
                            method=method, contrast=contrast,
                            name=pack_name, donor_name=dprof.meta.model_name)
                for ad, (_, pack_name) in zip(loaded, targets)]  # every export before any file is written
+    responses = [pack_response_of(donor, recipient, ad, res.pack, response)
+                 if response > 0 and rprof.meta.backend == "gguf" else None for ad, res in zip(loaded, results)]
+    for res, resp in zip(results, responses):
+        if resp is not None:
+            res.pack.meta["response_check"] = resp.to_json()
     if len(targets) > 1:
         out_path.mkdir(parents=True, exist_ok=True)
-    for res, (path, _) in zip(results, targets):
+    for res, resp, (path, _) in zip(results, responses, targets):
         res.pack.save(path, dtype=dtype)
         out.print(diagnostics_table(res.diagnostics))
         if score_line(res.pack):
             out.print(score_line(res.pack), markup=False)
+        if resp is not None:
+            report_response(resp)
         out.print(f"{safe_text(res.pack.summary())}\n" + safe_text(f"folded in {res.seconds * 1000:.0f} ms; wrote "
                   f"{path} ({path.stat().st_size / 1e3:.1f} kB)"), markup=False)
         if check > 0 and rprof.meta.backend == "gguf":
             report_utility(recipient, res.pack, check)
+
+
+def pack_response_of(donor: str, recipient: str, adapter, pack, n: int):
+    """:func:`~commandv.exporter.evaluation.proxy.pack_response` (None, said in one line, when the adapter folder
+    keeps no training answers)."""
+    from commandv.exporter.evaluation.proxy import pack_response
+
+    resp = pack_response(donor, recipient, adapter, pack, n)
+    if resp is None:
+        out.print("response check skipped: the adapter folder keeps no training answers (training_metadata.json and "
+                  "donor_answers.jsonl, as cmdv train-demo writes them)", markup=False)
+    return resp
+
+
+def report_response(resp) -> None:
+    """Print a :class:`~commandv.exporter.evaluation.proxy.PackResponse` and warn when the recipient barely
+    responds."""
+    from commandv.exporter.evaluation.proxy import RESPONSE_MIN_DELTA
+
+    out.print(resp.line(), markup=False, soft_wrap=True)
+    if resp.recipient.delta < RESPONSE_MIN_DELTA:
+        err.print(f"[yellow]warning:[/yellow] the recipient barely responds to this pack (the behavior's answers "
+                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}): measured "
+                  "transfers this weak changed no behavior; check with cmdv eval", soft_wrap=True)
 
 
 def report_utility(recipient: str, pack, n: int) -> None:

@@ -247,3 +247,117 @@ def proxy_sweep(engine, behavior: str, pack, strengths: Sequence[float], prompts
         for s in strengths:
             out.append((f"pack@{s:g}", proxy_score(engine, behavior, [pack], [s], prompts, targets)))
     return out
+
+
+
+@dataclass(frozen=True)
+class ResponseCheck:
+    """Does a model respond to a pack? The mean per-token log-probability of answers that show the behavior
+    (the adapter's own training answers, :func:`~commandv.exporter.training.answers.training_answers`),
+    teacher-forced after their prompts, without and with the pack: the adapter's training objective read on
+    this model. One prompt pass per answer and configuration, no generation (:func:`response_check`)."""
+
+    n: int  # answers
+    strength: float
+    off: float  # mean per-token log-prob (nats), the model alone
+    on: float  # … with the pack
+
+    @property
+    def delta(self) -> float:
+        """``on − off`` (nats per answer token): how much likelier the pack makes the behavior's answers."""
+        return self.on - self.off
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "delta": self.delta}
+
+
+RESPONSE_MIN_DELTA = 0.05
+"""Below this :attr:`ResponseCheck.delta` (nats per token) ``cmdv export`` warns that the recipient barely
+responds to the pack."""
+
+
+def answer_logprobs(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
+    """``[len(pairs)]`` mean per-token log-probabilities of each answer after its chat-templated prompt, the packs
+    (loaded, :meth:`load_packs`) at ``strength`` on the prompt rows their positions select (as in generation)."""
+    out = []
+    for prompt, answer in pairs:
+        ids, tgt = list(engine.encode(prompt)), _tokenize(engine, answer)
+        if not tgt:
+            raise ProxyError(f"an answer tokenizes to nothing: {answer[:40]!r}")
+        logits, _ = engine.prompt_pass(ids + tgt, packs, [strength] * len(packs) if packs else None, all_logits=True,
+                                       rows=edit_rows(packs, len(ids)))
+        lp = log_softmax(logits[len(ids) - 1: len(ids) - 1 + len(tgt)])
+        out.append(float(lp[np.arange(len(tgt)), tgt].mean()))
+    return np.array(out, np.float64)
+
+
+def response_check(engine, pairs: Sequence[tuple[str, str]], pack, strength: float = 1.0,
+                   off: np.ndarray | None = None) -> tuple[ResponseCheck, np.ndarray]:
+    """:class:`ResponseCheck` of ``pack`` (object or file) at ``strength`` (a multiplier of the strengths the pack
+    stores, as in generation) on ``pairs`` ``[(prompt, answer)]``, through ``engine`` (a llama.cpp
+    :class:`~commandv.runtime.engines.llama.engine.Recipient`). ``off``: the model's own values on the same pairs
+    from an earlier call (reused). Returns ``(check, off)``."""
+    if not pairs:
+        raise ProxyError("no answers to score")
+    off = answer_logprobs(engine, pairs) if off is None else off
+    on = answer_logprobs(engine, pairs, engine.load_packs([pack]), float(strength))
+    return ResponseCheck(n=len(pairs), strength=float(strength), off=float(off.mean()), on=float(on.mean())), off
+
+
+@dataclass(frozen=True)
+class PackResponse:
+    """What ``cmdv export`` reports on a transferred pack (:func:`pack_response`): the recipient's
+    :class:`ResponseCheck` and the same check of the adapter on its donor (None when the donor is not GGUF)."""
+
+    recipient: ResponseCheck
+    donor: ResponseCheck | None
+
+    @property
+    def share(self) -> float:
+        """The recipient's log-prob gain over the donor's (nan without a donor check or with a donor gain ≤ 0)."""
+        if self.donor is None or not self.donor.delta > 0:
+            return float("nan")
+        return self.recipient.delta / self.donor.delta
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        s = (f"recipient response: the adapter's own training answers ({self.recipient.n}, teacher-forced, no "
+             f"generation) are {self.recipient.delta:+.2f} nats/token likelier with the pack "
+             f"({self.recipient.off:.2f} → {self.recipient.on:.2f})")
+        if self.donor is not None:
+            s += f"; on the donor with the adapter {self.donor.delta:+.2f}"
+            if math.isfinite(self.share):
+                s += f" (share {self.share:.2f})"
+        return s
+
+    def to_json(self) -> dict:
+        return {"recipient": self.recipient.to_json(), "donor": self.donor.to_json() if self.donor else None,
+                "share": self.share}
+
+
+def pack_response(donor: str, recipient: str, adapter, pack, n: int = 32, strength: float = 1.0
+                  ) -> PackResponse | None:
+    """The response check of ``pack`` (the fold of ``adapter``, a loaded
+    :class:`~commandv.exporter.adapters.folder.Adapter`) on the GGUF ``recipient`` at ``strength``, beside the
+    adapter's own on the ``donor`` (a GGUF donor only), on ``n`` of the adapter's training answers
+    (:func:`~commandv.exporter.training.answers.training_answers`). None when the adapter folder does not
+    hold them (a pyreft adapter trained elsewhere)."""
+    from commandv.exporter.adapters.self_pack import model_adapter_pack
+    from commandv.exporter.training.answers import training_answers
+    from commandv.runtime.engines.llama.engine import Recipient
+    from commandv.runtime.models.ref import resolve_model
+
+    pairs = training_answers(adapter, n)
+    if not pairs:
+        return None
+    def check(model: str, the_pack, s: float) -> ResponseCheck:
+        eng = Recipient(model, n_ctx=2048)
+        try:
+            return response_check(eng, pairs, the_pack, s)[0]
+        finally:
+            eng.close()
+
+    on_donor = None
+    if resolve_model(donor).kind == "gguf":
+        on_donor = check(donor, model_adapter_pack(donor, adapter, "donor+adapter"), 1.0)
+    return PackResponse(recipient=check(recipient, pack, strength), donor=on_donor)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from commandv.exporter.adapters.folder import load_adapter
+from commandv.exporter.training.answers import ANSWERS_FILE
 from commandv.exporter.training.behaviors import Behavior, EvalPrompt, get_behavior
 from commandv.exporter.training.data import build_examples, select_specs
 from commandv.exporter.training.donor_gen import cached_answers, greedy_generate, prompt_token_ids
@@ -33,8 +34,6 @@ from commandv.exporter.training.train import (
     train_reft,
 )
 from commandv.runtime.atomic import replace_problem
-
-ANSWERS_FILE = "donor_answers.jsonl"
 
 
 @dataclass

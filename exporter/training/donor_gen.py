@@ -98,8 +98,26 @@ def greedy_generate(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_n
     return out  # type: ignore[return-value]
 
 
-def _cache_key(prompt: str, model_id: str, max_new_tokens: int) -> str:
+def answer_key(prompt: str, model_id: str, max_new_tokens: int) -> str:
+    """The answer cache's key of ``prompt`` answered by ``model_id`` in at most ``max_new_tokens`` tokens."""
     return hashlib.sha256(json.dumps([model_id, max_new_tokens, prompt]).encode("utf-8")).hexdigest()[:24]
+
+
+def read_answer_cache(cache: Path) -> dict[str, Generation]:
+    """``{key: Generation}`` of an answer cache file (JSONL, see :func:`cached_answers`); ``{}`` when it is
+    missing. A malformed line: :class:`GenerationError`."""
+    have: dict[str, Generation] = {}
+    if not cache.is_file():
+        return have
+    for lineno, line in enumerate(cache.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            have[obj["key"]] = Generation(str(obj["text"]), [int(t) for t in obj["ids"]], bool(obj["finished"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise GenerationError(f"{cache}: malformed answer cache line {lineno}; delete the file") from None
+    return have
 
 
 def cached_answers(model, tokenizer, prompts: Sequence[str], cache: Path | None, model_id: str,
@@ -113,17 +131,8 @@ def cached_answers(model, tokenizer, prompts: Sequence[str], cache: Path | None,
     and the cache is rewritten atomically after every ``save_every`` prompts (rounded to whole
     batches), so an interrupted run keeps what it finished.
     """
-    have: dict[str, Generation] = {}
-    if cache is not None and cache.is_file():
-        for lineno, line in enumerate(cache.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                have[obj["key"]] = Generation(str(obj["text"]), [int(t) for t in obj["ids"]], bool(obj["finished"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise GenerationError(f"{cache}: malformed answer cache line {lineno}; delete the file") from None
-    keys = [_cache_key(p, model_id, max_new_tokens) for p in prompts]
+    have = read_answer_cache(cache) if cache is not None else {}
+    keys = [answer_key(p, model_id, max_new_tokens) for p in prompts]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in have}.values())
     if todo:
         ids = prompt_token_ids(tokenizer, [prompts[i] for i in todo])
