@@ -158,6 +158,7 @@ def main() -> None:
         gain = tr.expected_rate - off.expected_rate
         if committed.is_file():
             responses.append({"config": path.stem, "recipient": rep.recipient, "donor": rep.donor,
+                              "behavior": rep.behavior,
                               "adapter": adapter_dir or str(committed_adapter(rep.donor, rep.behavior)
                                                             .relative_to(REPO)),
                               "pack": committed, "gain_pts": 100 * gain,
