@@ -103,6 +103,21 @@ def report_prompt_set(behavior: str, n_gen: int, settings: dict):
     raise NotReexportable(f"no prompt set of {want} prompts for {behavior} (general[:{n_gen}])")
 
 
+def report_fit_prompts(doc: dict, stem: str, behavior: str) -> set[str]:
+    """Every prompt the report's pack was fitted on (:func:`~commandv.exporter.evaluation.pair.fit_prompt_texts`),
+    from its recorded settings: the profile set (general prompts, behavior training prompts), the token rows'
+    general prompts (pinv-tokens and gated; 256 where not recorded) and the anchor texts' prompts."""
+    from commandv.exporter.evaluation.pair import fit_prompt_texts
+
+    s = doc.get("settings") or OLD_SETTINGS[stem]
+    n_gen, _, _, _, method = report_settings(doc, stem)
+    m = re.search(r"-train\[(\d+)\]", s["profile set"])
+    pset = profiling_set(behavior, n_gen, int(m.group(1)) if m else 0)
+    tokens = int(s.get("token prompts", 256)) if method in ("pinv-tokens", "gated") else 0
+    a = re.search(r"answers to (\d+) ", str(s.get("anchor texts", "")))
+    return fit_prompt_texts(pset, behavior, tokens, int(a.group(1)) if a else 0)
+
+
 MAX_PACK_DIFF = 1e-2
 """A re-export further than this (largest relative difference of the folded matrices) from the committed pack
 is not the pack the report evaluated (float32 rounding and profiling give ~1e-3 at most)."""
@@ -158,7 +173,7 @@ def main() -> None:
         gain = tr.expected_rate - off.expected_rate
         if committed.is_file():
             responses.append({"config": path.stem, "recipient": rep.recipient, "donor": rep.donor,
-                              "behavior": rep.behavior,
+                              "behavior": rep.behavior, "fitted": report_fit_prompts(doc, path.stem, rep.behavior),
                               "adapter": adapter_dir or str(committed_adapter(rep.donor, rep.behavior)
                                                             .relative_to(REPO)),
                               "pack": committed, "gain_pts": 100 * gain,
@@ -267,21 +282,25 @@ def response_rows(responses: list[dict]) -> None:
     from commandv.exporter.training.answers import training_answers
     from commandv.runtime.engines.llama.engine import Recipient
 
-    pairs = {a: training_answers(load_adapter(REPO / a), RESPONSE_ANSWERS) for a in {r["adapter"] for r in responses}}
+    adapters = {a: load_adapter(REPO / a) for a in {r["adapter"] for r in responses}}
+    # the donor's check on the first answers; each pack's on answers to prompts outside its own fit
+    pairs = {a: training_answers(ad, RESPONSE_ANSWERS) for a, ad in adapters.items()}
+    for r in responses:
+        r["pairs"] = training_answers(adapters[r["adapter"]], RESPONSE_ANSWERS, r.pop("fitted"))
     models = sorted({r["recipient"] for r in responses} | {r["donor"] for r in responses})
     donor_delta: dict[str, float] = {}
     for model in models:
         eng = Recipient(model, n_ctx=2048)
-        offs: dict[str, np.ndarray] = {}
+        offs: dict[tuple, np.ndarray] = {}
         try:
             for a in sorted({r["adapter"] for r in responses if r["donor"] == model}):
-                self_pack = model_adapter_pack(model, load_adapter(REPO / a), "self")
-                check, offs[a] = response_check(eng, pairs[a], self_pack, 1.0, offs.get(a))
+                self_pack = model_adapter_pack(model, adapters[a], "self")
+                check, _ = response_check(eng, pairs[a], self_pack, 1.0)
                 donor_delta[a] = check.delta
                 print(f"{a} on its donor: {check.off:.3f} -> {check.on:.3f} nats/token", flush=True)
             for r in (r for r in responses if r["recipient"] == model):
-                check, offs[r["adapter"]] = response_check(eng, pairs[r["adapter"]], r["pack"], 1.0,
-                                                           offs.get(r["adapter"]))
+                key = (r["adapter"], tuple(p for p, _ in r["pairs"]))  # the model's own pass, once per answer set
+                check, offs[key] = response_check(eng, r.pop("pairs"), r["pack"], 1.0, offs.get(key))
                 r.update({"response_delta": check.delta, "response_off": check.off, "response_on": check.on,
                           "response_answers": check.n})
                 print(f"{r['config']}: response {check.off:.3f} -> {check.on:.3f} nats/token, "

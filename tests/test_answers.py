@@ -73,3 +73,11 @@ def test_malformed_or_huge_caches_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(answers, "MAX_ANSWERS_BYTES", 4)
     with pytest.raises(BehaviorError, match="answer cache, more than"):
         training_answers(SimpleNamespace(meta=META, source=str(tmp_path)))
+
+
+def test_excluded_prompts_are_skipped(tmp_path):
+    specs = get_behavior("pirate").train_specs()
+    lines = [{"key": _key(s.teacher_prompt), "text": f"answer {i}", "ids": [1], "finished": True}
+             for i, s in enumerate(specs[:4])]
+    got = training_answers(_folder(tmp_path, lines), n=2, exclude={specs[0].prompt, specs[2].prompt})
+    assert got == [(specs[1].prompt, PIRATE_PREFIX + "answer 1"), (specs[3].prompt, PIRATE_PREFIX + "answer 3")]

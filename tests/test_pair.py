@@ -1,20 +1,32 @@
-"""``run_pair_eval`` end to end (exporter/evaluation/pair.py) on two tiny GGUF models of different widths: every
-configuration is generated, the rows agree with generation run here on its own, and every output is written."""
+"""exporter/evaluation/pair.py: which prompts a pack's fit saw, and ``run_pair_eval`` end to end on two tiny GGUF
+models of different widths (every configuration is generated, the rows agree with generation run here on its own,
+and every output is written)."""
 
 import json
 
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp")
-pytest.importorskip("torch")
 
-from tests.test_export_cli import _tiny_pair  # noqa: E402
+def test_fit_prompt_texts_is_the_profile_the_token_rows_and_the_anchor_prompts():
+    """The prompts a pack's fit saw: the profile set, the general set's first token-row prompts, the anchor
+    texts' training prompts (spelled out here from the prompt files and the training pool)."""
+    from commandv.exporter.evaluation.pair import fit_prompt_texts, profiling_set, training_prompts
+    from commandv.profiles.prompts import load_prompt_set
 
-pytestmark = pytest.mark.llama
+    pset = profiling_set("french", 64)
+    assert fit_prompt_texts(pset) == set(pset.prompts)
+    tokens = set(load_prompt_set("general").prompts[:300])
+    assert fit_prompt_texts(pset, "french", token_prompts=300) == set(pset.prompts) | tokens
+    anchors = set(training_prompts("french", 10)[0])
+    assert len(anchors) == 10 and not anchors & set(pset.prompts)
+    assert fit_prompt_texts(pset, "french", anchor_texts=10) == set(pset.prompts) | anchors
 
 
+@pytest.mark.llama
 def test_run_pair_eval_end_to_end(tmp_home, tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("torch")
     from commandv.exporter.adapters.folder import load_adapter
     from commandv.exporter.evaluation.evaluate import PairReport
     from commandv.exporter.evaluation.pair import PairEvalSettings, pair_key, profiling_set, run_pair_eval
@@ -22,6 +34,7 @@ def test_run_pair_eval_end_to_end(tmp_home, tmp_path):
     from commandv.profiles.profiler import profile_model
     from commandv.runtime.engines.llama.engine import Recipient
     from commandv.runtime.pack.model import BehaviorPack
+    from tests.test_export_cli import _tiny_pair
 
     fixtures, donor, recip, _ = _tiny_pair(tmp_path)
     fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)

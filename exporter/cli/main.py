@@ -170,8 +170,16 @@ def export_cmd(
                            method=method, contrast=contrast,
                            name=pack_name, donor_name=dprof.meta.model_name)
                for ad, (_, pack_name) in zip(loaded, targets)]  # every export before any file is written
-    responses = [pack_response_of(donor, recipient, ad, res.pack, response)
-                 if response > 0 and rprof.meta.backend == "gguf" else None for ad, res in zip(loaded, results)]
+    responses = [None] * len(results)
+    if response > 0 and rprof.meta.backend == "gguf":
+        from commandv.exporter.evaluation.pair import fit_prompt_texts
+        from commandv.profiles.prompts import load_prompt_set
+
+        pset = prompts if behavior is not None else load_prompt_set(prompts, limit=limit)
+        fitted = fit_prompt_texts(pset, behavior, token_prompts if method in ("pinv-tokens", "gated") else 0,
+                                  anchor_texts)
+        responses = [pack_response_of(donor, recipient, ad, res.pack, response, fitted)
+                     for ad, res in zip(loaded, results)]
     for res, resp in zip(results, responses):
         if resp is not None:
             res.pack.meta["response_check"] = resp.to_json()
@@ -190,12 +198,12 @@ def export_cmd(
             report_utility(recipient, res.pack, check)
 
 
-def pack_response_of(donor: str, recipient: str, adapter, pack, n: int):
-    """:func:`~commandv.exporter.evaluation.proxy.pack_response` (None, said in one line, when the adapter folder
-    keeps no training answers)."""
+def pack_response_of(donor: str, recipient: str, adapter, pack, n: int, fitted: set[str]):
+    """:func:`~commandv.exporter.evaluation.proxy.pack_response` on answers to prompts outside ``fitted`` (None,
+    said in one line, when the adapter folder keeps no training answers)."""
     from commandv.exporter.evaluation.proxy import pack_response
 
-    resp = pack_response(donor, recipient, adapter, pack, n)
+    resp = pack_response(donor, recipient, adapter, pack, n, exclude=fitted)
     if resp is None:
         out.print("response check skipped: the adapter folder keeps no training answers (training_metadata.json and "
                   "donor_answers.jsonl, as cmdv train-demo writes them)", markup=False)

@@ -123,6 +123,20 @@ def training_prompts(behavior: str, n: int, seed: int = 0) -> tuple[list[str], l
     return [specs[i].prompt for i in pick], [specs[i].source or f"train-{i}" for i in pick]
 
 
+def fit_prompt_texts(pset: PromptSet, behavior: str | None = None, token_prompts: int = 0,
+                     anchor_texts: int = 0) -> set[str]:
+    """Every prompt whose states entered a pack's translator fit: the profile set ``pset``, the general set's
+    first ``token_prompts`` (the token rows of pinv-tokens and gated; 0 without them) and the behavior's
+    ``anchor_texts`` training prompts (:func:`donor_anchor_texts`). A check meant to be held out from the fit
+    (the response check) skips them."""
+    out = set(pset.prompts)
+    if token_prompts > 0:
+        out |= set(load_prompt_set("general", limit=token_prompts).prompts)
+    if anchor_texts > 0 and behavior is not None:
+        out |= set(training_prompts(behavior, anchor_texts)[0])
+    return out
+
+
 def donor_anchor_texts(behavior: str, donor: str, adapter, n: int, progress: bool = True) -> list[str]:
     """The donor's answers with ``adapter`` (:func:`~commandv.exporter.transfer.anchor.behavior_texts`) to ``n`` of
     the behavior's training prompts (:func:`training_prompts`): the anchor texts of ``--anchor-texts n``."""

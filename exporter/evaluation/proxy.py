@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -335,19 +335,20 @@ class PackResponse:
                 "share": self.share}
 
 
-def pack_response(donor: str, recipient: str, adapter, pack, n: int = 32, strength: float = 1.0
-                  ) -> PackResponse | None:
+def pack_response(donor: str, recipient: str, adapter, pack, n: int = 32, strength: float = 1.0,
+                  exclude: Collection[str] = ()) -> PackResponse | None:
     """The response check of ``pack`` (the fold of ``adapter``, a loaded
     :class:`~commandv.exporter.adapters.folder.Adapter`) on the GGUF ``recipient`` at ``strength``, beside the
     adapter's own on the ``donor`` (a GGUF donor only), on ``n`` of the adapter's training answers
-    (:func:`~commandv.exporter.training.answers.training_answers`). None when the adapter folder does not
-    hold them (a pyreft adapter trained elsewhere)."""
+    (:func:`~commandv.exporter.training.answers.training_answers`) whose prompts are not in ``exclude`` (pass
+    the prompts the translators were fitted on: a check on them flatters packs fitted on behavior prompts). None
+    when the adapter folder does not hold them (a pyreft adapter trained elsewhere)."""
     from commandv.exporter.adapters.self_pack import model_adapter_pack
     from commandv.exporter.training.answers import training_answers
     from commandv.runtime.engines.llama.engine import Recipient
     from commandv.runtime.models.ref import resolve_model
 
-    pairs = training_answers(adapter, n)
+    pairs = training_answers(adapter, n, exclude)
     if not pairs:
         return None
     def check(model: str, the_pack, s: float) -> ResponseCheck:

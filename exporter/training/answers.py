@@ -16,6 +16,7 @@ without training metadata (a pyreft adapter from elsewhere) gives ``[]``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Collection
 
 from commandv.exporter.training.behaviors import BehaviorError, get_behavior
 from commandv.exporter.training.donor_gen import answer_key, read_answer_cache
@@ -25,12 +26,14 @@ MAX_ANSWERS_BYTES = 64 << 20
 """A larger answer cache is not read (adapter folders are untrusted input)."""
 
 
-def training_answers(adapter, n: int = 32) -> list[tuple[str, str]]:
+def training_answers(adapter, n: int = 32, exclude: Collection[str] = ()) -> list[tuple[str, str]]:
     """Up to ``n`` ``(prompt, answer text)`` pairs that ``adapter`` (a loaded
     :class:`~commandv.exporter.adapters.folder.Adapter`) was trained on where its behavior shows, in the
     behavior's own order: fixed answers as they are, the others ``prefix`` + the donor's cached answer (examples
-    whose answer is not in the cache are skipped). ``[]`` when the folder does not say which behavior and donor it
-    was trained with, or names a behavior this version does not know."""
+    whose answer is not in the cache are skipped), never a prompt in ``exclude`` (e.g. the prompts a pack's
+    translators were fitted on, :func:`~commandv.exporter.evaluation.pair.fit_prompt_texts`). ``[]`` when the
+    folder does not say which behavior and donor it was trained with, or names a behavior this version does not
+    know."""
     meta = adapter.meta or {}
     model_id, behavior = meta.get("donor_model_id"), meta.get("behavior")
     max_resp = meta.get("max_response_tokens", 24)
@@ -49,7 +52,7 @@ def training_answers(adapter, n: int = 32) -> list[tuple[str, str]]:
     for spec in specs:
         if len(out) >= n:
             break
-        if spec.label == "harmless":
+        if spec.label == "harmless" or spec.prompt in exclude:
             continue
         if spec.fixed is not None:
             out.append((spec.prompt, spec.fixed))
