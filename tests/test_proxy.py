@@ -186,7 +186,7 @@ def test_pack_response_on_the_tiny_gguf(tiny_gguf, tmp_path, monkeypatch):
 
     ad = _adapter(5.0)
     assert proxy.pack_response(str(tiny_gguf), str(tiny_gguf), ad, None) is None  # no training metadata
-    monkeypatch.setattr(answers, "training_answers", lambda adapter, n: PAIRS[:n])
+    monkeypatch.setattr(answers, "training_answers", lambda adapter, n, exclude=(): PAIRS[:n])
     self_pack = model_adapter_pack(str(tiny_gguf), ad, "self")
     resp = proxy.pack_response(str(tiny_gguf), str(tiny_gguf), ad, self_pack, n=2, strength=0.5)
     with Recipient(str(tiny_gguf), n_ctx=2048) as eng:
