@@ -159,7 +159,7 @@ def test_answer_logprobs_equal_token_by_token_passes(rec, pack):
     for packs, s in (([], None), ([pack], [1.5])):
         got = answer_logprobs(rec, PAIRS, rec.load_packs(packs) if packs else (), 1.5)
         for (prompt, answer), g in zip(PAIRS, got):
-            total, _, _ = _independent(rec, prompt, answer, packs, s, [])
+            total, _, _ = _independent(rec, prompt, answer, packs, s, [0])  # start ids unused here
             k = len(rec.model.tokenize(answer, add_special=False, parse_special=False))
             assert g == pytest.approx(total / k, abs=1e-4)
 
