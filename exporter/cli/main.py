@@ -218,8 +218,9 @@ def report_response(resp) -> None:
     out.print(resp.line(), markup=False, soft_wrap=True)
     if resp.recipient.delta < RESPONSE_MIN_DELTA:
         err.print(f"[yellow]warning:[/yellow] the recipient barely responds to this pack (the behavior's answers "
-                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}): measured "
-                  "transfers this weak changed no behavior; check with cmdv eval", soft_wrap=True)
+                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}): of 7 evaluated packs "
+                  "this weak, 6 gained under 10 points (benchmarks/results/transfer_score.json); check with cmdv eval",
+                  soft_wrap=True)
 
 
 def report_utility(recipient: str, pack, n: int) -> None:
