@@ -51,7 +51,7 @@ from commandv.exporter.evaluation.evaluate import PairReport  # noqa: E402
 from commandv.exporter.evaluation.pair import profiling_set  # noqa: E402
 from commandv.exporter.evaluation.proxy import RESPONSE_MIN_DELTA  # noqa: E402
 from commandv.exporter.evaluation.stats import spearman  # noqa: E402
-from commandv.exporter.transfer.export import export_pack  # noqa: E402
+from commandv.exporter.transfer.export import TOKEN_ROW_METHODS, export_pack  # noqa: E402
 from commandv.profiles.profiler import profile_model  # noqa: E402
 from commandv.profiles.prompts import load_prompt_set  # noqa: E402
 from commandv.profiles.store import Profile  # noqa: E402
@@ -113,7 +113,7 @@ def report_fit_prompts(doc: dict, stem: str, behavior: str) -> set[str]:
     n_gen, _, _, _, method = report_settings(doc, stem)
     m = re.search(r"-train\[(\d+)\]", s["profile set"])
     pset = profiling_set(behavior, n_gen, int(m.group(1)) if m else 0)
-    tokens = int(s.get("token prompts", 256)) if method in ("pinv-tokens", "gated") else 0
+    tokens = int(s.get("token prompts", 256)) if method in TOKEN_ROW_METHODS else 0
     a = re.search(r"answers to (\d+) ", str(s.get("anchor texts", "")))
     return fit_prompt_texts(pset, behavior, tokens, int(a.group(1)) if a else 0)
 

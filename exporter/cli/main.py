@@ -173,11 +173,11 @@ def export_cmd(
     responses = [None] * len(results)
     if response > 0 and rprof.meta.backend == "gguf":
         from commandv.exporter.evaluation.pair import fit_prompt_texts
+        from commandv.exporter.transfer.export import TOKEN_ROW_METHODS
         from commandv.profiles.prompts import load_prompt_set
 
         pset = prompts if behavior is not None else load_prompt_set(prompts, limit=limit)
-        fitted = fit_prompt_texts(pset, behavior, token_prompts if method in ("pinv-tokens", "gated") else 0,
-                                  anchor_texts)
+        fitted = fit_prompt_texts(pset, behavior, token_prompts if method in TOKEN_ROW_METHODS else 0, anchor_texts)
         responses = [pack_response_of(donor, recipient, ad, res.pack, response, fitted)
                      for ad, res in zip(loaded, results)]
     for res, resp in zip(results, responses):

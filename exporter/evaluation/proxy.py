@@ -173,24 +173,31 @@ class ProxyResult:
         return d
 
 
+def forced_logprobs(engine, prompt_ids: Sequence[int], answer_ids: Sequence[int], packs=(),
+                    strengths=None) -> np.ndarray:
+    """``[len(answer_ids), V]`` log-softmax of the distributions that predict each answer token, from one pass over
+    prompt + answer with ``packs`` (loaded, :meth:`load_packs`) at ``strengths`` on the prompt rows their positions
+    select (the answer sees the edit only through attention, as generated tokens do)."""
+    n = len(prompt_ids)
+    logits, _ = engine.prompt_pass(list(prompt_ids) + list(answer_ids), packs, strengths, all_logits=True,
+                                   rows=edit_rows(packs, n))
+    return log_softmax(logits[n - 1: n - 1 + len(answer_ids)])
+
+
 def prompt_values(engine, prompt_ids: Sequence[int], target_ids: Sequence[Sequence[int]], start_ids: Sequence[int],
                   packs=(), strengths=None) -> dict:
     """The proxy values of one tokenized prompt: one pass per target (one pass if there is none).
     ``packs``: loaded packs (:meth:`load_packs`)."""
-    n = len(prompt_ids)
-    rows = edit_rows(packs, n)
     out = {"target_logprobs": [], "target_tokens": []}
     first = None
     for tgt in (list(target_ids) or [[]]):
-        ids = list(prompt_ids) + list(tgt)
         if tgt:
-            logits, _ = engine.prompt_pass(ids, packs, strengths, all_logits=True, rows=rows)
-            lp = log_softmax(logits[n - 1: n - 1 + len(tgt)])
+            lp = forced_logprobs(engine, prompt_ids, tgt, packs, strengths)
             out["target_logprobs"].append(float(lp[np.arange(len(tgt)), list(tgt)].sum()))
             out["target_tokens"].append(len(tgt))
             first = lp[0] if first is None else first
         else:
-            logits, _ = engine.prompt_pass(ids, packs, strengths)
+            logits, _ = engine.prompt_pass(list(prompt_ids), packs, strengths)
             first = log_softmax(logits)
     tl = out["target_logprobs"]
     out["target_logprob"] = _logsumexp(tl) if tl else float("nan")
@@ -281,12 +288,10 @@ def answer_logprobs(engine, pairs: Sequence[tuple[str, str]], packs=(), strength
     (loaded, :meth:`load_packs`) at ``strength`` on the prompt rows their positions select (as in generation)."""
     out = []
     for prompt, answer in pairs:
-        ids, tgt = list(engine.encode(prompt)), _tokenize(engine, answer)
+        tgt = _tokenize(engine, answer)
         if not tgt:
             raise ProxyError(f"an answer tokenizes to nothing: {answer[:40]!r}")
-        logits, _ = engine.prompt_pass(ids + tgt, packs, [strength] * len(packs) if packs else None, all_logits=True,
-                                       rows=edit_rows(packs, len(ids)))
-        lp = log_softmax(logits[len(ids) - 1: len(ids) - 1 + len(tgt)])
+        lp = forced_logprobs(engine, engine.encode(prompt), tgt, packs, [strength] * len(packs) if packs else None)
         out.append(float(lp[np.arange(len(tgt)), tgt].mean()))
     return np.array(out, np.float64)
 

@@ -48,6 +48,9 @@ difference between the behavior's prompts and ordinary ones behind a gate (:mod:
 needs a :class:`~commandv.exporter.transfer.gated.Contrast`). Whatever the
 method, a layer pair with more fit rows than ``d_R + d_D`` is compressed exactly before it is factored
 (:func:`compressed_pair`)."""
+TOKEN_ROW_METHODS = ("pinv-tokens", "gated")
+"""The methods whose fit also holds the token rows of the first ``token_prompts`` general prompts
+(:func:`fit_profiles`)."""
 DEFAULT_METHOD = "pinv"
 """What :func:`export_pack` uses unless told otherwise (the paper's translators)."""
 
@@ -134,7 +137,7 @@ def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Pro
     ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`; ``anchor_texts``:
     text whose token rows follow the general ones (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
     method, why = choose_method(method, donor.meta, recipient.meta, contrast, anchored=bool(anchor_texts))
-    if method in ("pinv-tokens", "gated"):  # choose_method has refused gated unless both profiles are GGUF
+    if method in TOKEN_ROW_METHODS:  # choose_method has refused gated unless both profiles are GGUF
         from commandv.profiles.token_rows import add_token_rows
 
         donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
