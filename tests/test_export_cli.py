@@ -233,3 +233,17 @@ def test_export_gated_needs_a_behavior_and_the_general_set(tmp_home, tmp_path):
         bad = CliRunner().invoke(app, [*common, *extra])
         assert bad.exit_code == 2 and words in bad.output, bad.output
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_the_weak_response_warning_quotes_the_measured_record(tmp_path):
+    from commandv.exporter.cli.main import warned_record
+
+    path = tmp_path / "transfer_score.json"
+    path.write_text(json.dumps({"figures": {"response_warned_packs": {"value": 9.0, "unit": "packs"},
+                                            "response_warned_packs_that_failed": {"value": 4.0, "unit": "packs"}}}))
+    assert warned_record(path) == ": of 9 evaluated packs this weak, 4 gained under 10 points (transfer_score.json)"
+    path.write_text(json.dumps({"figures": {}}))
+    assert warned_record(path) == ""
+    assert warned_record(tmp_path / "missing.json") == ""
+    path.write_text("not json")
+    assert warned_record(path) == ""

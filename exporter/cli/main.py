@@ -10,6 +10,7 @@ onnxruntime, fastapi, ray, …) are imported when a command runs.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -218,9 +219,23 @@ def report_response(resp) -> None:
     out.print(resp.line(), markup=False, soft_wrap=True)
     if resp.recipient.delta < RESPONSE_MIN_DELTA:
         err.print(f"[yellow]warning:[/yellow] the recipient barely responds to this pack (the behavior's answers "
-                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}): of 7 evaluated packs "
-                  "this weak, 6 gained under 10 points (benchmarks/results/transfer_score.json); check with cmdv eval",
-                  soft_wrap=True)
+                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}){warned_record()}; "
+                  "check with cmdv eval", soft_wrap=True)
+
+
+def warned_record(path: Path | None = None) -> str:
+    """``": of K evaluated packs this weak, F gained under 10 points (…)"`` from the measured
+    ``benchmarks/results/transfer_score.json`` (``path``), or ``""`` when that file or its figures are missing."""
+    from commandv.exporter.cli.demo import REPO
+
+    path = path or REPO / "benchmarks" / "results" / "transfer_score.json"
+    try:
+        figs = json.loads(path.read_text())["figures"]
+        warned = int(figs["response_warned_packs"]["value"])
+        failed = int(figs["response_warned_packs_that_failed"]["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f": of {warned} evaluated packs this weak, {failed} gained under 10 points ({path.name})"
 
 
 def report_utility(recipient: str, pack, n: int) -> None:
