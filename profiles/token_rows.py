@@ -20,13 +20,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from commandv.profiles.store import Profile
+from commandv.runtime.atomic import atomic_path
 from commandv.runtime.errors import CommandVError
+from commandv.runtime.paths import profiles_dir
 from commandv.runtime.progress import progress_bar
+from commandv.runtime.safe_io import not_regular_reason
 
 LAST = -1
 """``end`` of a prompt's last token (the template's final token, where packs edit), whatever its text."""
@@ -140,17 +144,84 @@ def with_token_rows(donor: Profile, recipient: Profile, XD: Sequence[np.ndarray]
     return extended(donor, XD), extended(recipient, XR)
 
 
+def token_rows_path(model_fingerprint: str, prompts_sha256: str, max_per_prompt: int, root: Path | None = None
+                    ) -> Path:
+    """Where the profile store keeps a model's token rows on a prompt list (beside its last-token profiles)."""
+    return (root or profiles_dir()) / model_fingerprint[:16] / f"tokens-{prompts_sha256[:16]}-{max_per_prompt}.safetensors"
+
+
+def save_token_rows(rows: TokenRows, path: Path, model_fingerprint: str, max_per_prompt: int) -> Path:
+    """Write ``rows`` atomically (safetensors: ``layer.{i}`` ``[T, d]``, ``prompt`` / ``end`` ``[T]``, the keys in
+    the metadata)."""
+    from safetensors.numpy import save_file
+
+    tensors = {f"layer.{i}": np.ascontiguousarray(x, np.float32) for i, x in enumerate(rows.layers)}
+    tensors.update(prompt=np.ascontiguousarray(rows.prompt, np.int32), end=np.ascontiguousarray(rows.end, np.int32))
+    meta = {"model_fingerprint": model_fingerprint, "prompts_sha256": rows.prompts_sha256,
+            "max_per_prompt": str(max_per_prompt), "n_layer": str(len(rows.layers))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def load_token_rows(path: Path, model_fingerprint: str, prompts_sha256: str, max_per_prompt: int
+                    ) -> TokenRows | None:
+    """The token rows stored at ``path`` for exactly this key, or None (a miss) when the file is absent, not a
+    regular file, made for another key or malformed (wrong tensors, shapes, dtypes, non-finite values)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not_regular_reason(path) is not None:
+        return None
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            meta = fh.metadata() or {}
+            if (meta.get("model_fingerprint"), meta.get("prompts_sha256"), meta.get("max_per_prompt")) != (
+                    model_fingerprint, prompts_sha256, str(max_per_prompt)):
+                return None
+            n_layer = int(meta.get("n_layer", "0"))
+            if set(fh.keys()) != {f"layer.{i}" for i in range(n_layer)} | {"prompt", "end"} or n_layer < 1:
+                return None
+            layers = [fh.get_tensor(f"layer.{i}") for i in range(n_layer)]
+            prompt, end = fh.get_tensor("prompt"), fh.get_tensor("end")
+    except (SafetensorError, OSError, ValueError, TypeError):
+        return None
+    t = prompt.shape
+    if (prompt.dtype != np.int32 or end.dtype != np.int32 or len(t) != 1 or end.shape != t
+            or any(x.dtype != np.float32 or x.ndim != 2 or x.shape != (t[0], layers[0].shape[1]) for x in layers)
+            or not all(np.isfinite(x).all() for x in layers)):
+        return None
+    return TokenRows(layers=layers, prompt=prompt, end=end, prompts_sha256=prompts_sha256)
+
+
+def stored_token_rows(model: str, prompts: Sequence[str], *, max_per_prompt: int = 32, progress: bool = True,
+                      root: Path | None = None) -> TokenRows:
+    """:func:`capture_token_rows`, kept in the profile store: rows stored for this model file (by fingerprint), these
+    prompts and ``max_per_prompt`` are read back; otherwise the model is run and its rows stored."""
+    from commandv.profiles.identity import model_identity
+    from commandv.runtime.models.ref import resolve_model
+
+    fingerprint = model_identity(resolve_model(model)).fingerprint
+    digest = prompts_digest(prompts)
+    path = token_rows_path(fingerprint, digest, max_per_prompt, root)
+    rows = load_token_rows(path, fingerprint, digest, max_per_prompt)
+    if rows is None:
+        rows = capture_token_rows(model, prompts, max_per_prompt=max_per_prompt, progress=progress)
+        save_token_rows(rows, path, fingerprint, max_per_prompt)
+    return rows
+
+
 def add_token_rows(donor_model: str, recipient_model: str, donor: Profile, recipient: Profile,
                    n_prompts: int = 256, *, texts: Sequence[str] = (), progress: bool = True
                    ) -> tuple[Profile, Profile]:
     """The donor and recipient last-token profiles with both models' aligned token rows on the first
     ``n_prompts`` prompts of the general set, then on ``texts`` (e.g. text the donor writes with its adapter:
     :mod:`commandv.exporter.transfer.anchor`), appended (:func:`capture_token_rows` → :func:`aligned_rows` →
-    :func:`with_token_rows`)."""
+    :func:`with_token_rows`; both models' rows are kept in the profile store, :func:`stored_token_rows`)."""
     from commandv.profiles.prompts import load_prompt_set
 
     prompts = load_prompt_set("general", limit=n_prompts).prompts + list(texts)
-    d = capture_token_rows(donor_model, prompts, progress=progress)
-    r = capture_token_rows(recipient_model, prompts, progress=progress)
+    d = stored_token_rows(donor_model, prompts, progress=progress)
+    r = stored_token_rows(recipient_model, prompts, progress=progress)
     XD, XR = aligned_rows(d, r)
     return with_token_rows(donor, recipient, XD, XR)

@@ -36,7 +36,7 @@ def test_behavior_texts_are_the_donor_answers_with_its_adapter(tiny_gguf):
 
 
 @pytest.mark.llama
-def test_anchor_texts_rows_follow_the_general_rows(tiny_gguf):
+def test_anchor_texts_rows_follow_the_general_rows(tiny_gguf, tmp_home):
     """``add_token_rows(..., texts=T)`` = the general prompts' aligned rows, then T's, each captured on its own."""
     pytest.importorskip("llama_cpp")
     from commandv.profiles.prompts import load_prompt_set

@@ -157,8 +157,9 @@ def test_export_response_check_on_the_adapters_training_answers(tmp_home, tmp_pa
 
 def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp_path):
     """``--method pinv-tokens``: the pack equals export_pack on the profiles with both models' token rows
-    (captured again here) appended; the fit has more rows than the last-token profile."""
-    from commandv.profiles.token_rows import add_token_rows
+    (captured again here, not from the store) appended; the fit has more rows than the last-token profile."""
+    from commandv.profiles.prompts import load_prompt_set
+    from commandv.profiles.token_rows import aligned_rows, capture_token_rows, with_token_rows
 
     pyreft_fixtures, donor, recip, prompts = _tiny_pair(tmp_path)
     pyreft_fixtures.save_reft_adapter(tmp_path / "ad", "NodiReFT", layers=(0, 2), rank=4, d=64)
@@ -171,7 +172,10 @@ def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp
     assert pack.meta["method"] == "pinv-tokens" and pack.meta["n_fit"] > 30
     d, _, _ = profile_model(str(donor), str(prompts))
     r, _, _ = profile_model(str(recip), str(prompts))
-    d, r = add_token_rows(str(donor), str(recip), d, r, 12, progress=False)
+    general = load_prompt_set("general", limit=12).prompts
+    XD, XR = aligned_rows(capture_token_rows(str(donor), general, progress=False),
+                          capture_token_rows(str(recip), general, progress=False))
+    d, r = with_token_rows(d, r, XD, XR)
     ref = export_pack(load_adapter(tmp_path / "ad", kind="NodiReFT"), d, r, method="pinv-tokens").pack
     assert pack.meta["n_fit"] == ref.meta["n_fit"]
     for a, b in zip(pack.entries, ref.entries):

@@ -101,3 +101,35 @@ def test_captured_rows_are_the_numpy_forward_at_the_tokens_ending_there(tiny_ggu
                 for il in range(4):  # the engine's context keeps an f16 KV cache: ~5e-4 relative
                     diff = np.linalg.norm(got.layers[il][row] - ref[il][i]) / np.linalg.norm(ref[il][i])
                     assert diff < 2e-3, (k, e, il, diff)
+
+
+@pytest.mark.llama
+def test_stored_token_rows_are_read_back_for_the_same_key_only(tiny_gguf, tmp_home, monkeypatch):
+    """The store returns what a fresh capture returns; a second call reads the file (the model is not run); another
+    prompt list or cap, or a damaged file, is a miss that runs the model again."""
+    pytest.importorskip("llama_cpp")
+    from commandv.profiles import token_rows as tr
+
+    m, prompts = str(tiny_gguf), ["Hello there.", "What is two plus two?", "Bonjour."]
+    fresh = tr.capture_token_rows(m, prompts, progress=False)
+    first = tr.stored_token_rows(m, prompts, progress=False)
+    stored = list((tmp_home / "profiles").rglob("tokens-*.safetensors"))
+    assert len(stored) == 1
+    runs = []
+    real = tr.capture_token_rows
+    monkeypatch.setattr(tr, "capture_token_rows", lambda *a, **k: runs.append(a) or real(*a, **k))
+    again = tr.stored_token_rows(m, prompts, progress=False)
+    assert runs == []
+    for rows in (first, again):
+        np.testing.assert_array_equal(rows.prompt, fresh.prompt)
+        np.testing.assert_array_equal(rows.end, fresh.end)
+        for a, b in zip(rows.layers, fresh.layers):
+            np.testing.assert_array_equal(a, b)
+    tr.stored_token_rows(m, prompts[:2], progress=False)
+    tr.stored_token_rows(m, prompts, max_per_prompt=2, progress=False)
+    assert len(runs) == 2 and len(list((tmp_home / "profiles").rglob("tokens-*.safetensors"))) == 3
+    stored[0].write_bytes(stored[0].read_bytes()[:100])  # truncated: a miss, captured and stored again
+    repaired = tr.stored_token_rows(m, prompts, progress=False)
+    assert len(runs) == 3
+    np.testing.assert_array_equal(repaired.layers[0], fresh.layers[0])
+    assert tr.load_token_rows(stored[0], "another model", fresh.prompts_sha256, 32) is None
