@@ -220,7 +220,7 @@ def add_token_rows(donor_model: str, recipient_model: str, donor: Profile, recip
     :func:`with_token_rows`; both models' rows are kept in the profile store, :func:`stored_token_rows`)."""
     from commandv.profiles.prompts import load_prompt_set
 
-    prompts = load_prompt_set("general", limit=n_prompts).prompts + list(texts)
+    prompts = (load_prompt_set("general", limit=n_prompts).prompts if n_prompts > 0 else []) + list(texts)
     d = stored_token_rows(donor_model, prompts, progress=progress)
     r = stored_token_rows(recipient_model, prompts, progress=progress)
     XD, XR = aligned_rows(d, r)

@@ -184,7 +184,12 @@ def test_export_pinv_tokens_equals_the_library_on_the_aligned_rows(tmp_home, tmp
     bad = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
                                    str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o",
                                    str(tmp_path / "x.gguf"), "--method", "pinv-tokens", "--token-prompts", "0"])
-    assert bad.exit_code == 2 and "--token-prompts must be >= 1" in bad.output
+    assert bad.exit_code == 2 and "pinv-tokens fits token rows" in bad.output
+    neg = CliRunner().invoke(app, ["export", "--adapter", str(tmp_path / "ad"), "--type", "NodiReFT", "--donor",
+                                   str(donor), "--recipient", str(recip), "--prompts", str(prompts), "-o",
+                                   str(tmp_path / "x.gguf"), "--method", "pinv-tokens", "--token-prompts", "-1"])
+    assert neg.exit_code == 2 and "--token-prompts must be >= 0" in neg.output
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_export_method_auto_on_one_family_is_the_paper_pinv_either_way(tmp_home, tmp_path):

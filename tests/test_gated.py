@@ -11,7 +11,7 @@ from commandv.exporter.adapters.folder import Adapter  # noqa: E402
 from commandv.exporter.adapters.interventions import DonorEdit  # noqa: E402
 from commandv.exporter.evaluation.pair import EvalSettingsError, PairEvalSettings  # noqa: E402
 from commandv.exporter.transfer.export import ExportError, export_pack  # noqa: E402
-from commandv.exporter.transfer.gated import Contrast, gated_entry, read_ridge, write_map  # noqa: E402
+from commandv.exporter.transfer.gated import Contrast, gated_entry, read_ridge  # noqa: E402
 from tests.test_store import make_profile  # noqa: E402
 
 
@@ -41,9 +41,9 @@ def test_read_ridge_recovers_a_linear_map_like_least_squares():
 
 def test_entry_adds_the_donor_difference_on_expected_and_nothing_on_baseline():
     XR, XD, edit, c = world()
-    entry, figs = gated_entry(edit, XR, XD, XR, XD, c, recipient_layer=2, positions="l1")
+    C_dr = np.linalg.lstsq(XD, XR, rcond=None)[0]  # the write map
+    entry, figs = gated_entry(edit, XR, XD, lambda M: M @ C_dr, c, recipient_layer=2, positions="l1")
     assert entry.act == "relu" and entry.A.shape == (16, 1) and entry.C.shape == (1, 16) and entry.layer == 2
-    C_dr = np.linalg.lstsq(XD, XR, rcond=None)[0]  # the write map, independently
     want = (edit.delta(XD[c.expected]).mean(0) - edit.delta(XD[c.baseline]).mean(0)) @ C_dr
     got = entry.delta(XR[c.expected].astype(np.float32)).astype(np.float64).mean(0)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.15  # the relu trims a few expected rows
@@ -56,7 +56,7 @@ def test_no_entry_where_the_gate_cannot_separate():
     XR, XD, edit, c = world(shift=0.0)
     rng = np.random.default_rng(3)
     c = Contrast(expected=rng.choice(300, 40, replace=False), baseline=np.arange(300), last_token=360)
-    entry, figs = gated_entry(edit, XR, XD, XR, XD, c, 0, "l1")
+    entry, figs = gated_entry(edit, XR, XD, lambda M: M @ np.linalg.pinv(XD) @ XR, c, 0, "l1")
     assert entry is None and "gate_tau" in figs
 
 
@@ -95,13 +95,31 @@ def test_eval_settings_gated_needs_training_prompts():
     PairEvalSettings(method="gated", profile_train_prompts=256).validate()
 
 
-def test_write_map_on_tall_rows_equals_plain_least_squares():
-    rng = np.random.default_rng(5)
-    XD = rng.standard_normal((400, 7)) @ rng.standard_normal((7, 9))  # rank-deficient: 7 of 9
-    XR = XD @ rng.standard_normal((9, 5)) + 0.1 * rng.standard_normal((400, 5))
-    ref = np.linalg.pinv(XD) @ XR  # minimum-norm least squares
-    np.testing.assert_allclose(write_map(XR, XD), ref, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(write_map(XR[:10], XD[:10]), np.linalg.pinv(XD[:10]) @ XR[:10], rtol=1e-6, atol=1e-8)
+@pytest.mark.parametrize("rcond", [None, 0.05])
+def test_gated_write_is_the_exports_translator_with_its_cutoff(rcond):
+    """The gated entry writes the donor difference through ``pinv(X_D)·X_R`` on the export's fit rows, truncated at
+    ``rcond`` like the pinv translators (reference: numpy's SVD pseudo-inverse on the same rows)."""
+    from commandv.exporter.transfer.export import holdout_rows
+
+    XR, XD, edit, c = world()
+    XD = XD @ np.diag(np.geomspace(1, 1e-3, XD.shape[1]))  # a spread spectrum: the cutoff drops directions
+    n = len(XR)
+    donor = make_profile(n=n, d=12, L=1, fp="d" * 64, net="x" * 64)
+    recip = make_profile(n=n, d=16, L=1, fp="r" * 64, net="y" * 64)
+    donor.layers, recip.layers = [XD.astype(np.float32)], [XR.astype(np.float32)]
+    ad = Adapter(edits=[edit], kind="NodiReFT", positions="l1", component="block_output", sha256="a" * 64, source="t")
+    (entry,) = export_pack(ad, donor, recip, method="gated", contrast=c, rcond=rcond).pack.entries
+    fit, _ = holdout_rows(n, 0.1)
+    XDf, XRf = XD.astype(np.float32)[fit].astype(np.float64), XR.astype(np.float32)[fit].astype(np.float64)
+    C_dr = np.linalg.pinv(XDf, rcond=rcond if rcond is not None else 1e-15) @ XRf
+    dD = edit.delta(XD.astype(np.float32)[c.expected]).mean(0) - edit.delta(XD.astype(np.float32)[c.baseline]).mean(0)
+    want = dD @ C_dr
+    got = entry.C[0].astype(np.float64)
+    cos = got @ want / np.linalg.norm(got) / np.linalg.norm(want)
+    assert cos > 0.999
+    if rcond:  # the cutoff changes the write: the untruncated map points elsewhere
+        full = dD @ (np.linalg.pinv(XDf, rcond=1e-15) @ XRf)
+        assert abs(got @ full) / np.linalg.norm(got) / np.linalg.norm(full) < 0.99
 
 
 def test_diagnostics_table_shows_the_gate_columns_only_for_gated_packs():

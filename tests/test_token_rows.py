@@ -1,6 +1,8 @@
 """profiles/token_rows.py: token ends inside the prompt text, pairing two models' rows, and the pinv-tokens
 export (QR-compressed layer pairs) against explicit torch pseudo-inverses on every fit row."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,24 @@ def test_stored_token_rows_are_read_back_for_the_same_key_only(tiny_gguf, tmp_ho
     assert len(runs) == 3
     np.testing.assert_array_equal(repaired.layers[0], fresh.layers[0])
     assert tr.load_token_rows(stored[0], "another model", fresh.prompts_sha256, 32) is None
+
+
+@pytest.mark.llama
+def test_fit_profiles_adds_token_rows_unless_gated_asks_for_none(tiny_gguf, tmp_home):
+    """gated with 0 token prompts fits on the last-token rows as given; with k it gets the aligned rows of k general
+    prompts (like pinv-tokens); pinv-tokens with 0 and no anchor texts is refused in one line."""
+    pytest.importorskip("llama_cpp")
+    from commandv.exporter.transfer.export import ExportError, fit_profiles
+    from commandv.profiles.prompts import load_prompt_set
+    from commandv.profiles.token_rows import capture_token_rows
+
+    m = str(tiny_gguf)
+    base = make_profile(n=5, d=64, L=4)
+    base.meta = dataclasses.replace(base.meta, backend="gguf")
+    _, _, d0, r0 = fit_profiles("gated", m, m, base, base, 0, contrast=True, progress=False)
+    assert d0.layers[0].shape == (5, 64) and r0.meta.prompt_sha256 == base.meta.prompt_sha256
+    _, _, d3, _ = fit_profiles("gated", m, m, base, base, 3, contrast=True, progress=False)
+    rows = capture_token_rows(m, load_prompt_set("general", limit=3).prompts, progress=False)
+    assert d3.layers[0].shape == (5 + rows.n_rows, 64)  # one model on both sides: every row pairs
+    with pytest.raises(ExportError, match="pinv-tokens fits token rows"):
+        fit_profiles("pinv-tokens", m, m, base, base, 0, progress=False)

@@ -81,8 +81,8 @@ def register(app: typer.Typer, user_errors) -> None:
                                                          "(default: plain pinv; see cmdv export --help)"),
         method: str = typer.Option("auto", help="fold method: auto, pinv, pinv-cal, pinv-tokens or gated (see "
                                    "cmdv export --help)"),
-        token_prompts: int = typer.Option(256, help="with --method pinv-tokens: general prompts whose tokens join "
-                                          "the fit"),
+        token_prompts: int = typer.Option(256, help="with --method pinv-tokens or gated: general prompts whose "
+                                          "tokens join the fit (gated: 0 fits on last-token rows only)"),
         anchor_texts: int = typer.Option(0, help="the donor with its adapter answers this many of the behavior's "
                                          "training prompts; both models' token rows on those answers join the fit "
                                          "(pinv-tokens; auto picks it)"),

@@ -97,8 +97,8 @@ def export_cmd(
                                "across model families into a wider GGUF recipient, else pinv: what the measurements "
                                "support; gated there when --behavior is given) or gated (the donor edit's difference "
                                "on the behavior's prompts, behind a gate; needs --behavior)"),
-    token_prompts: int = typer.Option(256, help="with --method pinv-tokens: prompts of the general set whose "
-                                      "tokens join the fit"),
+    token_prompts: int = typer.Option(256, help="with --method pinv-tokens or gated: prompts of the general set "
+                                      "whose tokens join the fit (gated: 0 fits on last-token rows only)"),
     behavior: Optional[str] = typer.Option(None, help="built-in behavior (e.g. refusal) whose training prompts (256, "
                                            "both labels) are profiled after the general ones; needed by --method "
                                            "gated (they tell its gate which prompts want the behavior), which auto "
@@ -135,8 +135,8 @@ def export_cmd(
         raise ExportError(f"--method: {method_problem(method)}")
     if rcond is not None and not 0 < rcond < 1:
         raise ExportError(f"--rcond must be between 0 and 1, got {rcond}")
-    if token_prompts < 1:
-        raise ExportError(f"--token-prompts must be >= 1, got {token_prompts}")
+    if token_prompts < 0:
+        raise ExportError(f"--token-prompts must be >= 0, got {token_prompts}")
     contrast = None
     if method == "gated" and behavior is None:
         raise ExportError("--method gated needs --behavior (the gate learns from the behavior's prompts)")

@@ -20,7 +20,13 @@ from commandv.exporter.adapters.folder import load_adapter
 from commandv.exporter.adapters.self_pack import model_adapter_pack
 from commandv.exporter.evaluation.evaluate import PairReport, is_refusal, run_config, utility_questions
 from commandv.exporter.training.behaviors import get_behavior
-from commandv.exporter.transfer.export import anchor_problem, export_pack, fit_profiles, method_problem
+from commandv.exporter.transfer.export import (
+    TOKEN_ROW_METHODS,
+    anchor_problem,
+    export_pack,
+    fit_profiles,
+    method_problem,
+)
 from commandv.exporter.transfer.gated import Contrast
 from commandv.profiles.profiler import profile_model
 from commandv.profiles.prompts import PromptSet, combine_prompt_sets, load_prompt_set
@@ -66,8 +72,8 @@ class PairEvalSettings:
                 raise EvalSettingsError(f"{name} (--n) must be >= 1, got {v}")
         if method_problem(self.method):
             raise EvalSettingsError(method_problem(self.method))
-        if self.token_prompts < 1:
-            raise EvalSettingsError(f"token_prompts must be >= 1, got {self.token_prompts}")
+        if self.token_prompts < 0:
+            raise EvalSettingsError(f"token_prompts must be >= 0, got {self.token_prompts}")
         if self.anchor_texts < 0:
             raise EvalSettingsError(f"anchor_texts must be >= 0, got {self.anchor_texts}")
         if self.anchor_texts and anchor_problem(self.method):
@@ -303,7 +309,7 @@ def run_pair_eval(donor: str, recipient: str, behavior: str, adapter_dir: str | 
                         settings={"profile set": f"{pset.name} ({len(pset)} prompts)", "layer rule": s.layer_rule,
                                   "rcond": s.rcond if s.rcond is not None else "plain pinv",
                                   "method": method, "adapter": adapter_label(adapter_dir),
-                                  **({"token prompts": s.token_prompts} if method == "pinv-tokens" else {}),
+                                  **({"token prompts": s.token_prompts} if method in TOKEN_ROW_METHODS else {}),
                                   **({"anchor texts": f"{len(texts)} donor+adapter answers to {s.anchor_texts} "
                                       f"{behavior} training prompts"} if s.anchor_texts else {})},
                         notes=report_notes(trained_behavior(adapter_dir, behavior), prompts))

@@ -33,7 +33,13 @@ from commandv.exporter.adapters.interventions import DonorEdit
 from commandv.exporter.transfer.fold import FoldItem, fold_edits
 from commandv.exporter.transfer.gated import Contrast, gated_entry
 from commandv.exporter.transfer.layermap import DEFAULT_LAYER_RULE, build_layer_map
-from commandv.exporter.transfer.score import layer_figures, median_relative_edit, pack_score, pinv_to_donor
+from commandv.exporter.transfer.score import (
+    layer_figures,
+    median_relative_edit,
+    pack_score,
+    pinv_to_donor,
+    pinv_to_recipient,
+)
 from commandv.exporter.transfer.translators import GramFactor, compressed_pair, factorize, fit_diagnostics
 from commandv.profiles.store import Profile, ProfileMeta
 from commandv.runtime import __version__
@@ -133,11 +139,13 @@ def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Pro
     """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
     profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
-    models are run; also for ``gated``, whose write map fits them), else as given. ``donor_model`` /
+    models are run; also for ``gated``, whose write map fits them, unless ``token_prompts`` is 0), else as given. ``donor_model`` /
     ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`; ``anchor_texts``:
     text whose token rows follow the general ones (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
     method, why = choose_method(method, donor.meta, recipient.meta, contrast, anchored=bool(anchor_texts))
-    if method in TOKEN_ROW_METHODS:  # choose_method has refused gated unless both profiles are GGUF
+    if method == "pinv-tokens" and token_prompts < 1 and not anchor_texts:
+        raise ExportError("pinv-tokens fits token rows: give it at least 1 token prompt (or anchor texts)")
+    if method in TOKEN_ROW_METHODS and (token_prompts > 0 or anchor_texts):  # gated with 0: last-token rows only
         from commandv.profiles.token_rows import add_token_rows
 
         donor, recipient = add_token_rows(donor_model, recipient_model, donor, recipient, token_prompts,
@@ -319,11 +327,11 @@ def export_pack(adapter: Adapter, donor: Profile, recipient: Profile, *, layer_r
             fD, fR = _factor_for(kD, XD, rcond, fit), _factor_for(kR, XR, rcond, fit)
         items.append(FoldItem(edit, fR, fD, l_r, positions=positions or adapter.positions, strength=strength))
         helds.append(_held_for((kD, kR, held_key), XR, XD, held, fR, fD) if len(held) else None)
-    if method == "gated":  # its own entries: the pinv factors above serve only the diagnostics
+    if method == "gated":  # its own entries; the pinv factors above give its write map and the diagnostics
         n = contrast.last_token
         gated = [gated_entry(it.edit, recipient.layer(it.recipient_layer)[:n], donor.layer(it.edit.layer)[:n],
-                             recipient.layer(it.recipient_layer)[fit], donor.layer(it.edit.layer)[fit], contrast,
-                             it.recipient_layer, it.positions, strength) for it in items]
+                             pinv_to_recipient(it.fR, it.fD), contrast, it.recipient_layer, it.positions, strength)
+                 for it in items]
         entries, gate_figs = [g[0] for g in gated], [g[1] for g in gated]
     else:
         entries = fold_edits(items)  # every layer pair at once (one native call when the factors allow)

@@ -13,7 +13,9 @@ state says it is such a prompt. Per layer pair, with rows of both profiles on th
    prompts where the behavior is wanted, e.g. harmful requests; ``baseline``: ordinary prompts); the gate
    ``s(h) = (z_R(h) - mean z_R(baseline))·u`` opens above ``τ = k·std(s(baseline))``.
 3. **Write**: ``Δ_D = mean δ_D(expected) - mean δ_D(baseline)`` (the donor edit's own difference) mapped with
-   ``C_D→R`` (least squares on every fit row, token rows included when the profiles carry them).
+   the export's translator ``C_D→R = pinv(X_D)·X_R`` (every fit row, token rows included when the profiles carry
+   them; truncated at the export's ``rcond``). Within Qwen the cutoff decides the sign: Qwen1.5B → Qwen0.5B
+   refusal fell 51 → 29 % with the untruncated map and rose to 68-76 % with ``rcond`` 3e-3 (tuning prompts).
 4. **Entry**: ``δ_R(h) = relu(s(h) - τ) / (mean s(expected) - τ) · Δ_D·C_D→R``: rank 1, activation relu, so it is
    an ordinary pack entry (``A [d_R, 1]``, ``b [1]``, ``C [1, d_R]``). On an average expected prompt it adds the
    donor's difference; on most ordinary prompts nothing. A layer whose gate cannot tell the two groups apart
@@ -25,11 +27,11 @@ Call :func:`gated_entry` per layer pair (``export_pack(..., method="gated", cont
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from commandv.exporter.adapters.interventions import DonorEdit
-from commandv.exporter.transfer.translators import compressed_pair
 from commandv.runtime.pack.model import PackEntry
 
 GATE_K = 1.0
@@ -95,28 +97,19 @@ def read_ridge(XR: np.ndarray, Z: np.ndarray, seed: int = 0) -> tuple[np.ndarray
     return W, zm - mx @ W, float(best[0])
 
 
-def write_map(XR: np.ndarray, XD: np.ndarray) -> np.ndarray:
-    """``C_D→R [d_D, d_R]``: least squares ``XD @ C ≈ XR`` over the rows (``[M, d_D]``, ``[M, d_R]``); with more
-    rows than ``d_R + d_D`` (token rows) solved on the QR-compressed pair, which has the same solution
-    (:func:`~commandv.exporter.transfer.translators.compressed_pair`)."""
-    XR, XD = np.asarray(XR, np.float64), np.asarray(XD, np.float64)
-    if len(XR) > XR.shape[1] + XD.shape[1]:
-        XR, XD = compressed_pair(XR, XD)
-    return np.linalg.lstsq(XD, XR, rcond=None)[0]
-
-
 def reads(edit: DonorEdit) -> np.ndarray:
     """``[d_D, k]``: the directions the donor edit reads (``A``, then ``P`` when it has one)."""
     return np.concatenate([edit.A] + ([edit.P] if edit.P is not None else []), axis=1).astype(np.float64)
 
 
-def gated_entry(edit: DonorEdit, XR: np.ndarray, XD: np.ndarray, write_XR: np.ndarray, write_XD: np.ndarray,
+def gated_entry(edit: DonorEdit, XR: np.ndarray, XD: np.ndarray, to_recipient: Callable[[np.ndarray], np.ndarray],
                 contrast: Contrast, recipient_layer: int, positions: str, strength: float = 1.0,
                 k: float = GATE_K) -> tuple[PackEntry | None, dict]:
     """One layer pair's gated entry and its figures.
 
     ``XR [n, d_R]`` / ``XD [n, d_D]``: the last-token rows the read and gate are fitted on (``contrast`` indexes
-    them); ``write_XR [M, d_R]`` / ``write_XD [M, d_D]``: the rows ``C_D→R`` is fitted on. Returns
+    them); ``to_recipient``: ``M [m, d_D] ↦ M·C_D→R [m, d_R]``, the write map (the export's own translator,
+    :func:`~commandv.exporter.transfer.score.pinv_to_recipient`, with its cutoff and fit rows). Returns
     ``(entry or None, {"ridge_read_r2", "gate_tau", "gate_expected_open", "gate_baseline_open"})``; None when the gate
     cannot separate the two groups at this layer.
     """
@@ -138,9 +131,9 @@ def gated_entry(edit: DonorEdit, XR: np.ndarray, XD: np.ndarray, write_XR: np.nd
     if not s_exp > tau:
         return None, figs
     dD = np.asarray(edit.delta(XD[exp]), np.float64).mean(0) - np.asarray(edit.delta(XD[base]), np.float64).mean(0)
-    C_dr = write_map(write_XR, write_XD)
+    write = np.asarray(to_recipient(dD[None, :]), np.float64)[0]
     f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
     entry = PackEntry(layer=recipient_layer, donor_layer=edit.layer, A=f32((W @ u)[:, None]),
-                      b=f32([(w0 - mu_b) @ u - tau]), C=f32((dD @ C_dr / (s_exp - tau))[None, :]), act="relu",
+                      b=f32([(w0 - mu_b) @ u - tau]), C=f32((write / (s_exp - tau))[None, :]), act="relu",
                       positions=positions, strength=strength)
     return entry, figs

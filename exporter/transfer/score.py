@@ -41,6 +41,11 @@ def pinv_to_donor(fR: GramFactor, fD: GramFactor) -> Callable[[np.ndarray], np.n
     return lambda M: fD.times_x(fR.times_pinv(M))
 
 
+def pinv_to_recipient(fR: GramFactor, fD: GramFactor) -> Callable[[np.ndarray], np.ndarray]:
+    """``M ↦ M @ C_D→R`` (``[m, d_D] → [m, d_R]``) with ``C_D→R = pinv(X_D) X_R`` from the two factors."""
+    return lambda M: fR.times_x(fD.times_pinv(M))
+
+
 def median_relative_edit(edit_norms: np.ndarray, X: np.ndarray) -> float:
     """Median over rows of ``‖δ(h)‖ / ‖h‖``: ``edit_norms [M]`` the edit's row norms on the states ``X [M, d]``."""
     return float(np.median(edit_norms / np.maximum(np.linalg.norm(X, axis=1), 1e-30)))
