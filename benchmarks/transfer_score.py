@@ -227,6 +227,8 @@ def main() -> None:
     rho_resp_share = spearman([r["response_delta"] for r in resp_share], [r["share"] for r in resp_share])
     both_scores = [r for r in ok if r["config"] in {x["config"] for x in resp}]
     rho_same = spearman([r["score"] for r in both_scores], [r["gain_pts"] for r in both_scores])
+    rho_first = spearman([r["response_first_delta"] for r in resp], [r["gain_pts"] for r in resp])
+    print(f"Response check, first answer token the greedy choice: Spearman rho over {len(resp)} reports {rho_first:.3f}")
     rel = [r for r in resp if np.isfinite(r["response_share"])]
     rho_rel = spearman([r["response_share"] for r in rel], [r["gain_pts"] for r in rel])
     print(f"Response check: Spearman rho over {len(resp)} reports {rho_resp:.3f} (against the donor-normalized "
@@ -254,6 +256,7 @@ def main() -> None:
                                      "transfer_score_configs_with_methods": (float(len(both)), "configs"),
                                      "response_score_spearman": (rho_resp, "rho"),
                                      "response_score_configs": (float(len(resp)), "configs"),
+                                     "response_first_token_spearman": (rho_first, "rho"),
                                      "response_score_spearman_share": (rho_resp_share, "rho"),
                                      "response_share_spearman": (rho_rel, "rho"),
                                      "transfer_score_spearman_same_configs": (rho_same, "rho"),
@@ -302,7 +305,7 @@ def response_rows(responses: list[dict]) -> None:
                 key = (r["adapter"], tuple(p for p, _ in r["pairs"]))  # the model's own pass, once per answer set
                 check, offs[key] = response_check(eng, r.pop("pairs"), r["pack"], 1.0, offs.get(key))
                 r.update({"response_delta": check.delta, "response_off": check.off, "response_on": check.on,
-                          "response_answers": check.n})
+                          "response_answers": check.n, "response_first_delta": check.first_delta})
                 print(f"{r['config']}: response {check.off:.3f} -> {check.on:.3f} nats/token, "
                       f"gain {r['gain_pts']:+.0f} pts", flush=True)
         finally:

@@ -164,14 +164,39 @@ def test_answer_logprobs_equal_token_by_token_passes(rec, pack):
             assert g == pytest.approx(total / k, abs=1e-4)
 
 
+def test_answer_scores_flag_answers_whose_first_token_is_the_greedy_choice(rec, pack):
+    """The second column of :func:`answer_scores` is 1 exactly where the argmax of a plain prompt pass (with the pack's
+    own positions, as generation) is the answer's first token; the first column is :func:`answer_logprobs`."""
+    from commandv.exporter.evaluation.proxy import answer_logprobs, answer_scores
+
+    tok = lambda t: rec.model.tokenize(t, add_special=False, parse_special=False)  # noqa: E731
+    for packs, s in (([], None), ([pack], [1.5])):
+        loaded = rec.load_packs(packs) if packs else ()
+        pairs, want = [], []
+        for i in range(24):
+            prompt = f"Question number {i}?"
+            g = _independent(rec, prompt, "x", packs, s, [0])[2]
+            text = rec.model.detokenize([g])
+            if tok(text)[:1] == [g]:  # the greedy token's text tokenizes back to it: an answer that starts there
+                pairs.append((prompt, text))
+                want.append(1.0)
+            pairs.append((prompt, "count from one"))
+            want.append(float(tok("count from one")[0] == g))
+        got = answer_scores(rec, pairs, loaded, 1.5)
+        assert sum(want) >= 1 and list(got[:, 1]) == want
+        np.testing.assert_allclose(got[:, 0], answer_logprobs(rec, pairs, loaded, 1.5))
+
+
 def test_response_check_reuses_off_and_zero_strength_is_no_response(rec, pack):
     from commandv.exporter.evaluation.proxy import response_check
 
     check, off = response_check(rec, PAIRS, pack, 2.0)
-    assert check.n == 2 and check.off == pytest.approx(off.mean()) and abs(check.delta) > 1e-3
+    assert off.shape == (2, 2) and check.n == 2 and check.off == pytest.approx(off[:, 0].mean())
+    assert abs(check.delta) > 1e-3 and check.first_off == pytest.approx(off[:, 1].mean())
     again, off2 = response_check(rec, PAIRS, pack, 0.0, off=off)
     assert off2 is off and again.delta == pytest.approx(0.0, abs=1e-6)
     assert check.to_json()["delta"] == pytest.approx(check.on - check.off)
+    assert again.first_delta == 0.0 and check.to_json()["first_delta"] == check.first_on - check.first_off
     with pytest.raises(ProxyError, match="no answers"):
         response_check(rec, [], pack)
 

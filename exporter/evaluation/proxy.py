@@ -262,20 +262,28 @@ class ResponseCheck:
     """Does a model respond to a pack? The mean per-token log-probability of answers that show the behavior
     (the adapter's own training answers, :func:`~commandv.exporter.training.answers.training_answers`),
     teacher-forced after their prompts, without and with the pack: the adapter's training objective read on
-    this model. One prompt pass per answer and configuration, no generation (:func:`response_check`)."""
+    this model; and the fraction of those answers whose first token is the model's greedy choice (what decides
+    how generation starts). One prompt pass per answer and configuration, no generation (:func:`response_check`)."""
 
     n: int  # answers
     strength: float
     off: float  # mean per-token log-prob (nats), the model alone
     on: float  # … with the pack
+    first_off: float = float("nan")  # fraction of answers whose first token is the greedy choice, the model alone
+    first_on: float = float("nan")  # … with the pack
 
     @property
     def delta(self) -> float:
         """``on − off`` (nats per answer token): how much likelier the pack makes the behavior's answers."""
         return self.on - self.off
 
+    @property
+    def first_delta(self) -> float:
+        """``first_on − first_off``: how many more answers (a fraction) generation would start with the pack."""
+        return self.first_on - self.first_off
+
     def to_json(self) -> dict:
-        return {**asdict(self), "delta": self.delta}
+        return {**asdict(self), "delta": self.delta, "first_delta": self.first_delta}
 
 
 RESPONSE_MIN_DELTA = 0.05
@@ -283,30 +291,38 @@ RESPONSE_MIN_DELTA = 0.05
 responds to the pack."""
 
 
-def answer_logprobs(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
-    """``[len(pairs)]`` mean per-token log-probabilities of each answer after its chat-templated prompt, the packs
-    (loaded, :meth:`load_packs`) at ``strength`` on the prompt rows their positions select (as in generation)."""
+def answer_scores(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
+    """``[len(pairs), 2]``: per answer, its mean per-token log-probability after its chat-templated prompt (nats),
+    and 1.0 where its first token is the model's greedy choice after the prompt (else 0.0); the packs (loaded,
+    :meth:`load_packs`) at ``strength`` on the prompt rows their positions select (as in generation)."""
     out = []
     for prompt, answer in pairs:
         tgt = _tokenize(engine, answer)
         if not tgt:
             raise ProxyError(f"an answer tokenizes to nothing: {answer[:40]!r}")
         lp = forced_logprobs(engine, engine.encode(prompt), tgt, packs, [strength] * len(packs) if packs else None)
-        out.append(float(lp[np.arange(len(tgt)), tgt].mean()))
-    return np.array(out, np.float64)
+        out.append((float(lp[np.arange(len(tgt)), tgt].mean()), float(int(np.argmax(lp[0])) == tgt[0])))
+    return np.array(out, np.float64).reshape(len(out), 2)
+
+
+def answer_logprobs(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
+    """``[len(pairs)]`` mean per-token log-probabilities of each answer (the first column of :func:`answer_scores`)."""
+    return answer_scores(engine, pairs, packs, strength)[:, 0]
 
 
 def response_check(engine, pairs: Sequence[tuple[str, str]], pack, strength: float = 1.0,
                    off: np.ndarray | None = None) -> tuple[ResponseCheck, np.ndarray]:
     """:class:`ResponseCheck` of ``pack`` (object or file) at ``strength`` (a multiplier of the strengths the pack
     stores, as in generation) on ``pairs`` ``[(prompt, answer)]``, through ``engine`` (a llama.cpp
-    :class:`~commandv.runtime.engines.llama.engine.Recipient`). ``off``: the model's own values on the same pairs
-    from an earlier call (reused). Returns ``(check, off)``."""
+    :class:`~commandv.runtime.engines.llama.engine.Recipient`). ``off``: the model's own
+    :func:`answer_scores` ``[n, 2]`` on the same pairs from an earlier call (reused). Returns ``(check, off)``."""
     if not pairs:
         raise ProxyError("no answers to score")
-    off = answer_logprobs(engine, pairs) if off is None else off
-    on = answer_logprobs(engine, pairs, engine.load_packs([pack]), float(strength))
-    return ResponseCheck(n=len(pairs), strength=float(strength), off=float(off.mean()), on=float(on.mean())), off
+    off = answer_scores(engine, pairs) if off is None else off
+    on = answer_scores(engine, pairs, engine.load_packs([pack]), float(strength))
+    return ResponseCheck(n=len(pairs), strength=float(strength), off=float(off[:, 0].mean()),
+                         on=float(on[:, 0].mean()), first_off=float(off[:, 1].mean()),
+                         first_on=float(on[:, 1].mean())), off
 
 
 @dataclass(frozen=True)
@@ -328,7 +344,9 @@ class PackResponse:
         """One line for a terminal."""
         s = (f"recipient response: the adapter's own training answers ({self.recipient.n}, teacher-forced, no "
              f"generation) are {self.recipient.delta:+.2f} nats/token likelier with the pack "
-             f"({self.recipient.off:.2f} → {self.recipient.on:.2f})")
+             f"({self.recipient.off:.2f} → {self.recipient.on:.2f}); their first token is the greedy choice for "
+             f"{round(self.recipient.first_off * self.recipient.n)} → {round(self.recipient.first_on * self.recipient.n)}"
+             f" of {self.recipient.n}")
         if self.donor is not None:
             s += f"; on the donor with the adapter {self.donor.delta:+.2f}"
             if math.isfinite(self.share):
