@@ -23,7 +23,10 @@ gain on the donor: the share of the donor's effect that arrived). Figures:
   correlation for the response check ``cmdv export`` prints (:func:`~commandv.exporter.evaluation.proxy.pack_response`:
   how much likelier the pack makes the adapter's own training answers on the recipient, nats per token, one
   teacher-forced pass per answer, 32 answers, never the reported test prompts), per behavior
-  (``response_score_spearman_<behavior>``), and how its warning (below ``RESPONSE_MIN_DELTA``) sorts the packs:
+  (``response_score_spearman_<behavior>``); ``response_first_token_spearman``: the same for the check's other
+  figure, how many more of those answers start with the recipient's greedy token with the pack
+  (:attr:`~commandv.exporter.evaluation.proxy.ResponseCheck.first_delta`); and how its warning (below
+  ``RESPONSE_MIN_DELTA``) sorts the packs:
   ``response_warned_packs``, ``response_warned_packs_that_failed`` (gain < 10 points),
   ``response_unwarned_packs_that_failed``.
 
