@@ -11,8 +11,8 @@ This script only aggregates (figure names from issue 5: ``<pair>.offshelf_<b>``,
 ``.donor_share_<b>`` and, for every rate, difference and ratio, ``<name>_ci_low`` / ``<name>_ci_high``: Wilson
 95 % for rates, paired bootstrap 95 % for differences; see ``PairReport.figures``). Reports written before
 per-prompt outcomes were kept get the intervals their ``samples`` allow (behavior and over-refusal); the
-others (utility) are absent, never guessed. ``transfer_score_spearman`` / ``transfer_score_configs`` (and the response check's
-``response_score_spearman``, ``response_score_configs``, ``response_first_token_spearman``) are copied
+others (utility) are absent, never guessed. ``transfer_score_spearman`` / ``transfer_score_configs`` (and the
+response check's ``response_score_spearman``, ``response_score_configs``, ``response_first_token_spearman``) are copied
 from ``benchmarks/results/transfer_score.json`` (``python benchmarks/transfer_score.py``) when it exists.
 
     python benchmarks/transfer_eval.py

@@ -231,7 +231,8 @@ def main() -> None:
     both_scores = [r for r in ok if r["config"] in {x["config"] for x in resp}]
     rho_same = spearman([r["score"] for r in both_scores], [r["gain_pts"] for r in both_scores])
     rho_first = spearman([r["response_first_delta"] for r in resp], [r["gain_pts"] for r in resp])
-    print(f"Response check, first answer token the greedy choice: Spearman rho over {len(resp)} reports {rho_first:.3f}")
+    print(f"Response check, first answer token the greedy choice: Spearman rho over {len(resp)} reports "
+          f"{rho_first:.3f}")
     rel = [r for r in resp if np.isfinite(r["response_share"])]
     rho_rel = spearman([r["response_share"] for r in rel], [r["gain_pts"] for r in rel])
     print(f"Response check: Spearman rho over {len(resp)} reports {rho_resp:.3f} (against the donor-normalized "

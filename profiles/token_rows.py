@@ -147,7 +147,8 @@ def with_token_rows(donor: Profile, recipient: Profile, XD: Sequence[np.ndarray]
 def token_rows_path(model_fingerprint: str, prompts_sha256: str, max_per_prompt: int, root: Path | None = None
                     ) -> Path:
     """Where the profile store keeps a model's token rows on a prompt list (beside its last-token profiles)."""
-    return (root or profiles_dir()) / model_fingerprint[:16] / f"tokens-{prompts_sha256[:16]}-{max_per_prompt}.safetensors"
+    name = f"tokens-{prompts_sha256[:16]}-{max_per_prompt}.safetensors"
+    return (root or profiles_dir()) / model_fingerprint[:16] / name
 
 
 def save_token_rows(rows: TokenRows, path: Path, model_fingerprint: str, max_per_prompt: int) -> Path:

@@ -345,8 +345,8 @@ class PackResponse:
         s = (f"recipient response: the adapter's own training answers ({self.recipient.n}, teacher-forced, no "
              f"generation) are {self.recipient.delta:+.2f} nats/token likelier with the pack "
              f"({self.recipient.off:.2f} → {self.recipient.on:.2f}); their first token is the greedy choice for "
-             f"{round(self.recipient.first_off * self.recipient.n)} → {round(self.recipient.first_on * self.recipient.n)}"
-             f" of {self.recipient.n}")
+             f"{round(self.recipient.first_off * self.recipient.n)} → "
+             f"{round(self.recipient.first_on * self.recipient.n)} of {self.recipient.n}")
         if self.donor is not None:
             s += f"; on the donor with the adapter {self.donor.delta:+.2f}"
             if math.isfinite(self.share):

@@ -139,9 +139,10 @@ def fit_profiles(method: str, donor_model: str, recipient_model: str, donor: Pro
     """``(method, why, donor, recipient)``: ``method`` resolved for these profiles (:func:`choose_method`) and the
     profiles :func:`export_pack` fits for it: for ``pinv-tokens`` with both models' aligned token rows on the
     first ``token_prompts`` general prompts appended (:func:`~commandv.profiles.token_rows.add_token_rows`; the
-    models are run; also for ``gated``, whose write map fits them, unless ``token_prompts`` is 0), else as given. ``donor_model`` /
-    ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`; ``anchor_texts``:
-    text whose token rows follow the general ones (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
+    models are run; also for ``gated``, whose write map fits them, unless ``token_prompts`` is 0), else as given.
+    ``donor_model`` / ``recipient_model``: zoo keys or .gguf paths; ``contrast``: as in :func:`choose_method`;
+    ``anchor_texts``: text whose token rows follow the general ones
+    (:func:`~commandv.exporter.transfer.anchor.behavior_texts`)."""
     method, why = choose_method(method, donor.meta, recipient.meta, contrast, anchored=bool(anchor_texts))
     if method == "pinv-tokens" and token_prompts < 1 and not anchor_texts:
         raise ExportError("pinv-tokens fits token rows: give it at least 1 token prompt (or anchor texts)")
