@@ -256,3 +256,20 @@ def test_the_weak_response_warning_quotes_the_measured_record(tmp_path):
     assert warned_record(tmp_path / "missing.json") == ""
     path.write_text("not json")
     assert warned_record(path) == ""
+
+
+def test_the_weak_response_warning_reads_the_first_token_figure(capsys):
+    from commandv.exporter.cli.main import report_response
+    from commandv.exporter.evaluation.proxy import PackResponse, ResponseCheck
+
+    # 32 answers: 2 more start as the greedy choice with the pack (under one in ten) though the log-prob rose a lot
+    weak = ResponseCheck(n=32, strength=1.0, off=-2.0, on=-1.0, first_off=4 / 32, first_on=6 / 32)
+    # 4 more (one in eight) with a log-prob that barely moved
+    strong = ResponseCheck(n=32, strength=1.0, off=-2.0, on=-1.99, first_off=4 / 32, first_on=8 / 32)
+    assert weak.weak and not strong.weak
+    assert ResponseCheck(n=32, strength=1.0, off=-2.0, on=-2.0).weak  # no first-token figure: nothing known
+    report_response(PackResponse(recipient=weak, donor=None))
+    said = capsys.readouterr()
+    assert "barely responds" in said.err and "+2 of 32" in said.err and "4 → 6 of 32" in said.out
+    report_response(PackResponse(recipient=strong, donor=None))
+    assert "barely responds" not in capsys.readouterr().err

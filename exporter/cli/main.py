@@ -214,13 +214,14 @@ def pack_response_of(donor: str, recipient: str, adapter, pack, n: int, fitted: 
 def report_response(resp) -> None:
     """Print a :class:`~commandv.exporter.evaluation.proxy.PackResponse` and warn when the recipient barely
     responds."""
-    from commandv.exporter.evaluation.proxy import RESPONSE_MIN_DELTA
+    from commandv.exporter.evaluation.proxy import RESPONSE_MIN_FIRST_DELTA
 
     out.print(resp.line(), markup=False, soft_wrap=True)
-    if resp.recipient.delta < RESPONSE_MIN_DELTA:
-        err.print(f"[yellow]warning:[/yellow] the recipient barely responds to this pack (the behavior's answers "
-                  f"{resp.recipient.delta:+.2f} nats/token likelier, under {RESPONSE_MIN_DELTA}){warned_record()}; "
-                  "check with cmdv eval", soft_wrap=True)
+    r = resp.recipient
+    if r.weak:
+        err.print(f"[yellow]warning:[/yellow] the recipient barely responds to this pack (the pack makes "
+                  f"{round(r.first_delta * r.n):+d} of {r.n} of the behavior's answers start as its greedy choice, "
+                  f"under {RESPONSE_MIN_FIRST_DELTA:.0%}){warned_record()}; check with cmdv eval", soft_wrap=True)
 
 
 def warned_record(path: Path | None = None) -> str:

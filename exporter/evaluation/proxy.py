@@ -282,13 +282,21 @@ class ResponseCheck:
         """``first_on − first_off``: how many more answers (a fraction) generation would start with the pack."""
         return self.first_on - self.first_off
 
+    @property
+    def weak(self) -> bool:
+        """True when the pack moves too few answer starts to expect a measurable gain
+        (:attr:`first_delta` under :data:`RESPONSE_MIN_FIRST_DELTA`)."""
+        return not self.first_delta >= RESPONSE_MIN_FIRST_DELTA
+
     def to_json(self) -> dict:
         return {**asdict(self), "delta": self.delta, "first_delta": self.first_delta}
 
 
-RESPONSE_MIN_DELTA = 0.05
-"""Below this :attr:`ResponseCheck.delta` (nats per token) ``cmdv export`` warns that the recipient barely
-responds to the pack."""
+RESPONSE_MIN_FIRST_DELTA = 0.1
+"""Below this :attr:`ResponseCheck.first_delta` (fewer than one in ten more of the behavior's answers start as the
+recipient's greedy choice with the pack) ``cmdv export`` warns that the recipient barely responds to the pack
+(:attr:`ResponseCheck.weak`). Set between the 0.03 and 0.125 of the 26 evaluated packs of
+``benchmarks/results/transfer_score.json``, which gained under 10 points below and 6 or more above, save two."""
 
 
 def answer_scores(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
