@@ -12,7 +12,8 @@ This script only aggregates (figure names from issue 5: ``<pair>.offshelf_<b>``,
 95 % for rates, paired bootstrap 95 % for differences; see ``PairReport.figures``). Reports written before
 per-prompt outcomes were kept get the intervals their ``samples`` allow (behavior and over-refusal); the
 others (utility) are absent, never guessed. ``transfer_score_spearman`` / ``transfer_score_configs`` (and the
-response check's ``response_score_spearman``, ``response_score_configs``, ``response_first_token_spearman``) are copied
+response check's ``response_score_spearman``, ``response_score_configs``, ``response_first_token_spearman`` and its
+``_configs``, ``_new`` and ``_configs_new``) are copied
 from ``benchmarks/results/transfer_score.json`` (``python benchmarks/transfer_score.py``) when it exists.
 
     python benchmarks/transfer_eval.py
@@ -51,7 +52,9 @@ def main() -> None:
         score_figures = json.loads(score.read_text())["figures"]
         for name in ("transfer_score_spearman", "transfer_score_configs", "transfer_score_spearman_share",
                      "transfer_score_spearman_with_methods", "transfer_score_configs_with_methods",
-                     "response_score_spearman", "response_score_configs", "response_first_token_spearman"):
+                     "response_score_spearman", "response_score_configs", "response_first_token_spearman",
+                     "response_first_token_configs", "response_first_token_spearman_new",
+                     "response_first_token_configs_new"):
             v = score_figures.get(name)
             if v:
                 figures[name] = (v["value"], v["unit"])
