@@ -295,8 +295,8 @@ class ResponseCheck:
 RESPONSE_MIN_FIRST_DELTA = 0.1
 """Below this :attr:`ResponseCheck.first_delta` (fewer than one in ten more of the behavior's answers start as the
 recipient's greedy choice with the pack) ``cmdv export`` warns that the recipient barely responds to the pack
-(:attr:`ResponseCheck.weak`). Set between the 0.03 and 0.125 of the 26 evaluated packs of
-``benchmarks/results/transfer_score.json``, which gained under 10 points below and 6 or more above, save two."""
+(:attr:`ResponseCheck.weak`). Chosen in the gap between 0.03 and 0.125 of 26 evaluated packs; on the 30 of
+``benchmarks/results/transfer_score.json`` it flags 18, of which 16 gained under 10 points."""
 
 
 def answer_scores(engine, pairs: Sequence[tuple[str, str]], packs=(), strength: float = 1.0) -> np.ndarray:
